@@ -1,0 +1,5 @@
+import sys
+
+from dpkid.cli import main
+
+sys.exit(main())
