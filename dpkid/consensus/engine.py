@@ -1,0 +1,505 @@
+"""The Tendermint round state machine for one height (arXiv 1807.04938, Algorithm 1).
+
+Pure: inputs go in through methods, effects come out as a list. The caller
+executes the effects in order; a ``PersistSignState`` always precedes the
+``Broadcast`` of what it guards, and the caller must make it durable before
+sending (protocol/CONSENSUS.md §6).
+
+Line numbers in comments ("L22") are those of Algorithm 1 in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from dpkid.consensus.messages import (
+    PRECOMMIT,
+    PREVOTE,
+    STEP_PRECOMMIT,
+    STEP_PREVOTE,
+    STEP_PROPOSE,
+    Block,
+    Commit,
+    CommitSig,
+    DuplicateVoteEvidence,
+    Proposal,
+    Vote,
+    proposal_sign_bytes,
+    sign_bytes_of_proposal,
+    sign_bytes_of_vote,
+    vote_sign_bytes,
+)
+from dpkid.consensus.valset import Priorities, ValidatorSet, proposer_for
+from dpkid.crypto import SigningKey
+
+# Steps of the round state machine.
+PROPOSE: Final = "propose"
+PREVOTE_STEP: Final = "prevote"
+PRECOMMIT_STEP: Final = "precommit"
+COMMITTED: Final = "committed"
+
+MAX_ROUND_AHEAD: Final = 64  # messages more rounds ahead than this are dropped
+MAX_FUTURE_MESSAGES: Final = 4096
+
+
+@dataclass(frozen=True)
+class TimeoutConfig:
+    """Timeouts grow linearly with the round: base + round * delta."""
+
+    propose_ms: int = 1_000
+    propose_delta_ms: int = 500
+    prevote_ms: int = 500
+    prevote_delta_ms: int = 250
+    precommit_ms: int = 500
+    precommit_delta_ms: int = 250
+    commit_ms: int = 200
+
+    def propose(self, r: int) -> int:
+        return self.propose_ms + r * self.propose_delta_ms
+
+    def prevote(self, r: int) -> int:
+        return self.prevote_ms + r * self.prevote_delta_ms
+
+    def precommit(self, r: int) -> int:
+        return self.precommit_ms + r * self.precommit_delta_ms
+
+
+# ------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    msg: Proposal | Vote
+
+
+@dataclass(frozen=True)
+class PersistSignState:
+    state: SignState
+
+
+@dataclass(frozen=True)
+class ScheduleTimeout:
+    height: int
+    round: int
+    step: str
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class Decide:
+    block: Block
+    commit: Commit
+
+
+@dataclass(frozen=True)
+class EvidenceFound:
+    evidence: DuplicateVoteEvidence
+
+
+Effect = Broadcast | PersistSignState | ScheduleTimeout | Decide | EvidenceFound
+
+
+@dataclass(frozen=True)
+class SignState:
+    """The double-sign guard: the highest (height, round, step) this key signed,
+    and what it signed there. Persisted before any signature leaves the node."""
+
+    height: int = 0
+    round: int = -1
+    step: int = 0
+    block_hash: bytes = b""
+    timestamp_ms: int = 0
+    signature: bytes = b""
+
+    def hrs(self) -> tuple[int, int, int]:
+        return (self.height, self.round, self.step)
+
+
+class DoubleSignRefused(Exception):
+    pass
+
+
+@dataclass
+class _RoundVotes:
+    """Votes of one round and one type, counted in integer power."""
+
+    by_validator: dict[bytes, Vote] = field(default_factory=dict)
+    power_by_block: dict[bytes, int] = field(default_factory=dict)
+    total: int = 0
+
+
+class Host:
+    """What the engine needs from the node: pure callbacks, no I/O."""
+
+    def propose_block(self, height: int, round_: int) -> Block:
+        raise NotImplementedError
+
+    def valid_block(self, block: Block) -> bool:
+        raise NotImplementedError
+
+    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
+        raise NotImplementedError
+
+
+class HeightState:
+    """Consensus for one height. A new instance per height."""
+
+    def __init__(
+        self,
+        chain_id: str,
+        height: int,
+        vals: ValidatorSet,
+        priorities: Priorities,
+        key: SigningKey | None,
+        sign_state: SignState,
+        host: Host,
+        timeouts: TimeoutConfig,
+        min_time_ms: int,
+    ) -> None:
+        self.chain_id = chain_id
+        self.height = height
+        self.vals = vals
+        self.priorities = priorities
+        self.key = key
+        self.address = key.address if key is not None else b""
+        self.sign_state = sign_state
+        self.host = host
+        self.timeouts = timeouts
+        self.min_time_ms = min_time_ms  # votes carry a time later than the previous block
+        self.now_ms = 0
+        # The paper's per-height variables (L1-L10).
+        self.round = 0
+        self.step = PROPOSE
+        self.locked_value: Block | None = None
+        self.locked_round = -1
+        self.valid_value: Block | None = None
+        self.valid_round = -1
+        self.decision: Block | None = None
+        # Message stores.
+        self.proposals: dict[int, Proposal] = {}
+        self.prevotes: dict[int, _RoundVotes] = {}
+        self.precommits: dict[int, _RoundVotes] = {}
+        self.valid_cache: dict[bytes, bool] = {}
+        self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
+        self._fired: set[tuple[str, int]] = set()  # "for the first time" guards
+        self._proposers: dict[int, bytes] = {}
+        self._own_votes: dict[tuple[int, int], Vote] = {}
+        self._started = False
+        self.decided_round = -1
+
+    # ------------------------------------------------------------------ helpers
+    def proposer(self, r: int) -> bytes:
+        p = self._proposers.get(r)
+        if p is None:
+            p = proposer_for(self.priorities, self.vals, r)
+            if len(self._proposers) < 1024:
+                self._proposers[r] = p
+        return p
+
+    def _votes(self, type_: int, r: int) -> _RoundVotes:
+        table = self.prevotes if type_ == PREVOTE else self.precommits
+        rv = table.get(r)
+        if rv is None:
+            rv = table[r] = _RoundVotes()
+        return rv
+
+    def _valid(self, block: Block) -> bool:
+        h = block.hash
+        ok = self.valid_cache.get(h)
+        if ok is None:
+            ok = self.host.valid_block(block)
+            self.valid_cache[h] = ok
+        return ok
+
+    def own_votes(self) -> list[Vote]:
+        """Our signed votes of the current round (for re-gossip after loss)."""
+        return [v for (r, _t), v in sorted(self._own_votes.items()) if r == self.round]
+
+    def latest_votes(self, limit: int = 512) -> list[Vote]:
+        """All votes we hold for the current round and the decided round, for re-gossip."""
+        out: list[Vote] = []
+        rounds = {self.round, self.decided_round} - {-1}
+        for r in sorted(rounds):
+            for table in (self.prevotes, self.precommits):
+                rv = table.get(r)
+                if rv:
+                    out.extend(rv.by_validator[a] for a in sorted(rv.by_validator))
+        return out[:limit]
+
+    # ------------------------------------------------------------------ signing
+    def _vote_time(self, block_hash: bytes) -> int:
+        # BFT time (CONSENSUS.md §5): a vote's time is after the previous block
+        # and after the block it votes for, so the next header time increases.
+        floor = self.min_time_ms
+        for p in self.proposals.values():
+            if p.block.hash == block_hash:
+                floor = max(floor, p.block.header.time_ms)
+                break
+        return max(self.now_ms, floor + 1)
+
+    def _sign_vote(self, type_: int, block_hash: bytes, eff: list[Effect]) -> None:
+        if self.key is None or self.vals.get(self.address) is None:
+            return
+        step = STEP_PREVOTE if type_ == PREVOTE else STEP_PRECOMMIT
+        hrs = (self.height, self.round, step)
+        ss = self.sign_state
+        if hrs < ss.hrs():
+            return  # CONSENSUS.md §6: never sign below what we signed before
+        if hrs == ss.hrs():
+            # A restart re-entered a step we already signed: only the same vote may go out.
+            if ss.block_hash != block_hash:
+                return
+            vote = Vote(self.chain_id, type_, self.height, self.round, block_hash,
+                        ss.timestamp_ms, self.address, ss.signature)
+        else:
+            ts = self._vote_time(block_hash)
+            sb = vote_sign_bytes(self.chain_id, type_, self.height, self.round, block_hash, ts,
+                                 self.address)
+            sig = self.key.sign(sb)
+            self.sign_state = SignState(self.height, self.round, step, block_hash, ts, sig)
+            eff.append(PersistSignState(self.sign_state))
+            vote = Vote(self.chain_id, type_, self.height, self.round, block_hash, ts,
+                        self.address, sig)
+        self._own_votes[(self.round, type_)] = vote
+        eff.append(Broadcast(vote))
+        # Our own vote counts like anyone's.
+        self._add_vote(vote, eff, verified=True)
+
+    def _sign_proposal(self, block: Block, pol_round: int, eff: list[Effect]) -> None:
+        assert self.key is not None
+        hrs = (self.height, self.round, STEP_PROPOSE)
+        if hrs <= self.sign_state.hrs():
+            return  # already proposed (or voted) in this round before a restart
+        sb = proposal_sign_bytes(self.chain_id, self.height, self.round, pol_round, block.hash,
+                                 self.address)
+        sig = self.key.sign(sb)
+        self.sign_state = SignState(self.height, self.round, STEP_PROPOSE, block.hash, 0, sig)
+        eff.append(PersistSignState(self.sign_state))
+        prop = Proposal(self.chain_id, self.height, self.round, pol_round, block, self.address, sig)
+        eff.append(Broadcast(prop))
+        self.proposals[self.round] = prop
+
+    # ------------------------------------------------------------------ inputs
+    def start(self, now_ms: int) -> list[Effect]:
+        """Begin the height at round 0 (L10: StartRound(0))."""
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        if not self._started:
+            self._started = True
+            self._start_round(0, eff)
+            self._evaluate(eff)
+        return eff
+
+    def on_proposal(self, p: Proposal, now_ms: int) -> list[Effect]:
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        if p.height != self.height or p.chain_id != self.chain_id:
+            return eff
+        if p.round > self.round + MAX_ROUND_AHEAD or p.round in self.proposals:
+            return eff
+        if p.proposer != self.proposer(p.round) or p.pol_round >= p.round:
+            return eff
+        v = self.vals.get(p.proposer)
+        if v is None or not self.host.verify_sig(v.pubkey, sign_bytes_of_proposal(p), p.sig):
+            return eff
+        if p.block.header.height != self.height:
+            return eff
+        self.proposals[p.round] = p
+        self._evaluate(eff, p.round)
+        return eff
+
+    def on_vote(self, vote: Vote, now_ms: int) -> list[Effect]:
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        if vote.height != self.height or vote.chain_id != self.chain_id:
+            return eff
+        if vote.round > self.round + MAX_ROUND_AHEAD:
+            return eff
+        if self._add_vote(vote, eff, verified=False):
+            self._evaluate(eff, vote.round)
+        return eff
+
+    def on_timeout(self, height: int, round_: int, step: str, now_ms: int) -> list[Effect]:
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        if height != self.height or round_ != self.round or self.step == COMMITTED:
+            return eff
+        if step == PROPOSE and self.step == PROPOSE:
+            # L57-L60: OnTimeoutPropose -> prevote nil.
+            self._sign_vote(PREVOTE, b"", eff)
+            self.step = PREVOTE_STEP
+        elif step == PREVOTE_STEP and self.step == PREVOTE_STEP:
+            # L61-L64: OnTimeoutPrevote -> precommit nil.
+            self._sign_vote(PRECOMMIT, b"", eff)
+            self.step = PRECOMMIT_STEP
+        elif step == PRECOMMIT_STEP:
+            # L65-L67: OnTimeoutPrecommit -> StartRound(round + 1).
+            self._start_round(self.round + 1, eff)
+        self._evaluate(eff)
+        return eff
+
+    # ------------------------------------------------------------------ vote intake
+    def _add_vote(self, vote: Vote, eff: list[Effect], verified: bool) -> bool:
+        v = self.vals.get(vote.validator)
+        if v is None:
+            return False
+        rv = self._votes(vote.type, vote.round)
+        prior = rv.by_validator.get(vote.validator)
+        if prior is not None:
+            if prior.block_hash == vote.block_hash:
+                return False  # duplicate delivery
+            if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+                return False
+            # Equivocation: two signed votes, same height/round/type, different blocks.
+            a, b = sorted((prior, vote), key=lambda x: (x.block_hash, x.timestamp_ms, x.sig))
+            ev = DuplicateVoteEvidence(a, b)
+            k = ev.key()
+            if k not in self.evidence:
+                self.evidence[k] = ev
+                eff.append(EvidenceFound(ev))
+            return False  # the first vote keeps counting, the second never does
+        if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+            return False
+        rv.by_validator[vote.validator] = vote
+        rv.power_by_block[vote.block_hash] = rv.power_by_block.get(vote.block_hash, 0) + v.power
+        rv.total += v.power
+        return True
+
+    # ------------------------------------------------------------------ the rules
+    def _start_round(self, r: int, eff: list[Effect]) -> None:
+        """L11-L21: StartRound(r)."""
+        self.round = r
+        self.step = PROPOSE
+        if self.key is not None and self.proposer(r) == self.address:
+            # L14-L19: propose validValue if we have one, else a fresh block.
+            if self.valid_value is not None:
+                block = self.valid_value
+            else:
+                block = self.host.propose_block(self.height, r)
+            self._sign_proposal(block, self.valid_round, eff)
+        else:
+            # L21: schedule OnTimeoutPropose(h, r).
+            eff.append(ScheduleTimeout(self.height, r, PROPOSE, self.timeouts.propose(r)))
+        # Our own proposal, if any, is processed by the same rules as anyone's.
+
+    def _evaluate(self, eff: list[Effect], touched_round: int | None = None) -> None:
+        """Fire every rule whose condition holds, until none does."""
+        for _ in range(64):  # bounded: each pass changes step or round, or stops
+            if self.step == COMMITTED:
+                return
+            before = (self.round, self.step, self.locked_round, self.valid_round, len(eff))
+            if touched_round is not None:
+                self._rule_decide(touched_round, eff)
+                if self.step == COMMITTED:
+                    return
+                self._rule_skip_round(touched_round, eff)
+            self._rule_decide(self.round, eff)
+            if self.step == COMMITTED:
+                return
+            self._rules_current_round(eff)
+            after = (self.round, self.step, self.locked_round, self.valid_round, len(eff))
+            if after == before:
+                return
+
+    def _rules_current_round(self, eff: list[Effect]) -> None:
+        r = self.round
+        prop = self.proposals.get(r)
+        pv = self.prevotes.get(r)
+        if prop is not None and self.step == PROPOSE:
+            v = prop.block
+            vid = v.hash
+            if prop.pol_round == -1:
+                # L22-L27: fresh proposal.
+                if self._valid(v) and (self.locked_round == -1 or self._is_locked_on(vid)):
+                    self._sign_vote(PREVOTE, vid, eff)
+                else:
+                    self._sign_vote(PREVOTE, b"", eff)
+                self.step = PREVOTE_STEP
+            else:
+                vr = prop.pol_round
+                pvr = self.prevotes.get(vr)
+                if 0 <= vr < r and pvr is not None and self.vals.has_quorum(pvr.power_by_block.get(vid, 0)):
+                    # L28-L33: re-proposal backed by a polka from round vr.
+                    if self._valid(v) and (self.locked_round <= vr or self._is_locked_on(vid)):
+                        self._sign_vote(PREVOTE, vid, eff)
+                    else:
+                        self._sign_vote(PREVOTE, b"", eff)
+                    self.step = PREVOTE_STEP
+        if pv is not None and self.step == PREVOTE_STEP and self.vals.has_quorum(pv.total):
+            # L34-L35: 2f+1 prevotes for anything -> schedule OnTimeoutPrevote, once.
+            if ("L34", r) not in self._fired:
+                self._fired.add(("L34", r))
+                eff.append(ScheduleTimeout(self.height, r, PREVOTE_STEP, self.timeouts.prevote(r)))
+        if (
+            prop is not None
+            and pv is not None
+            and self.step in (PREVOTE_STEP, PRECOMMIT_STEP)
+            and ("L36", r) not in self._fired
+        ):
+            v = prop.block
+            vid = v.hash
+            if self.vals.has_quorum(pv.power_by_block.get(vid, 0)) and self._valid(v):
+                # L36-L43: polka for v in this round: lock (if still at prevote) and record valid.
+                self._fired.add(("L36", r))
+                if self.step == PREVOTE_STEP:
+                    self.locked_value = v
+                    self.locked_round = r
+                    self._sign_vote(PRECOMMIT, vid, eff)
+                    self.step = PRECOMMIT_STEP
+                self.valid_value = v
+                self.valid_round = r
+        if pv is not None and self.step == PREVOTE_STEP and self.vals.has_quorum(pv.power_by_block.get(b"", 0)):
+            # L44-L46: 2f+1 prevotes for nil -> precommit nil.
+            self._sign_vote(PRECOMMIT, b"", eff)
+            self.step = PRECOMMIT_STEP
+        pc = self.precommits.get(r)
+        if pc is not None and self.vals.has_quorum(pc.total) and ("L47", r) not in self._fired:
+            # L47-L48: 2f+1 precommits for anything -> schedule OnTimeoutPrecommit, once.
+            self._fired.add(("L47", r))
+            eff.append(ScheduleTimeout(self.height, r, PRECOMMIT_STEP, self.timeouts.precommit(r)))
+
+    def _is_locked_on(self, vid: bytes) -> bool:
+        return self.locked_value is not None and self.locked_value.hash == vid
+
+    def _rule_decide(self, r: int, eff: list[Effect]) -> None:
+        """L49-L54: a proposal and 2f+1 precommits for it in any round r decide."""
+        if self.decision is not None:
+            return
+        prop = self.proposals.get(r)
+        pc = self.precommits.get(r)
+        if prop is None or pc is None:
+            return
+        v = prop.block
+        vid = v.hash
+        if not self.vals.has_quorum(pc.power_by_block.get(vid, 0)) or not self._valid(v):
+            return
+        self.decision = v
+        self.decided_round = r
+        self.step = COMMITTED
+        sigs = [
+            CommitSig(a, vote.timestamp_ms, vote.sig)
+            for a, vote in sorted(pc.by_validator.items())
+            if vote.block_hash == vid
+        ]
+        eff.append(Decide(v, Commit(self.height, r, vid, sigs)))
+
+    def _rule_skip_round(self, r: int, eff: list[Effect]) -> None:
+        """L55-L56: f+1 messages from a higher round make us start that round."""
+        if r <= self.round:
+            return
+        senders: set[bytes] = set()
+        for table in (self.prevotes, self.precommits):
+            rv = table.get(r)
+            if rv:
+                senders.update(rv.by_validator)
+        prop = self.proposals.get(r)
+        if prop is not None:
+            senders.add(prop.proposer)
+        power = sum(self.vals.power_of(a) for a in sorted(senders))
+        if self.vals.has_one_third(power):
+            self._start_round(r, eff)
+
+
+DecideCallback = Callable[[Block, Commit], None]

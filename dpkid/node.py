@@ -1,0 +1,702 @@
+"""The node core: consensus + mempool + state machine behind one step API.
+
+Pure, like the parts it composes. The daemon (runtime/) and the simulator
+(sim/) feed it the same inputs and carry out the same effects:
+
+* ``Send(to, msg)``: to one peer, or to all (``to is None``) via gossip;
+* ``PersistSignState``: make the double-sign guard durable BEFORE the sends
+  that follow it in the same effect list;
+* ``PersistBlock``: a decided block, its commit and receipts (durable before
+  the node moves on);
+* ``SetTimer(kind, height, round, step, delay_ms)``: call ``on_timer`` later;
+* ``ServeBlocks(to, from_height, count)``: answer a sync request from the
+  caller's block store.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Final
+
+from msgspec import Meta, Struct
+
+from dpkid import codec
+from dpkid.consensus.engine import (
+    Broadcast,
+    Decide,
+    Effect,
+    EvidenceFound,
+    HeightState,
+    Host,
+    PersistSignState,
+    ScheduleTimeout,
+    SignState,
+    TimeoutConfig,
+)
+from dpkid.consensus.messages import (
+    MAX_BLOCK_BYTES,
+    MAX_EVIDENCE_PER_BLOCK,
+    PRECOMMIT,
+    Block,
+    Commit,
+    DuplicateVoteEvidence,
+    Proposal,
+    Vote,
+    commit_hash,
+    evidence_hash,
+    sign_bytes_of_vote,
+    tx_root,
+)
+from dpkid.consensus.valset import (
+    Priorities,
+    ValidatorInfo,
+    ValidatorSet,
+    carry_priorities,
+    initial_priorities,
+    next_height_priorities,
+)
+from dpkid.crypto import SignatureCache, SigningKey, address_of, sha256, verify_ed25519
+from dpkid.state.codes import Code
+from dpkid.state.machine import State, apply_block, genesis_state
+from dpkid.types import MAX_TX_BYTES, Genesis, Header, Receipt, Tx, U64, tx_sign_bytes
+
+MAX_TX_BATCH: Final = 512
+MAX_SYNC_BLOCKS: Final = 32
+MAX_PENDING_FUTURE: Final = 2048
+
+
+# ------------------------------------------------------------------ wire messages (WIRE.md)
+
+
+class TxBatch(Struct, frozen=True, array_like=True, tag="txs"):
+    txs: Annotated[list[Annotated[bytes, Meta(max_length=MAX_TX_BYTES)]], Meta(max_length=MAX_TX_BATCH)]
+
+
+class StatusMsg(Struct, frozen=True, array_like=True, tag="status"):
+    height: U64  # latest committed height
+    round: Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+class BlockRequest(Struct, frozen=True, array_like=True, tag="get_blocks"):
+    from_height: U64
+    count: Annotated[int, Meta(ge=1, le=MAX_SYNC_BLOCKS)]
+
+
+class SyncedBlock(Struct, frozen=True, array_like=True):
+    block: Block
+    commit: Commit
+
+
+class BlockResponse(Struct, frozen=True, array_like=True, tag="blocks"):
+    blocks: Annotated[list[SyncedBlock], Meta(max_length=MAX_SYNC_BLOCKS)]
+
+
+class ProposalMsg(Struct, frozen=True, array_like=True, tag="proposal"):
+    proposal: Proposal
+
+
+class VoteMsg(Struct, frozen=True, array_like=True, tag="vote"):
+    votes: Annotated[list[Vote], Meta(min_length=1, max_length=1024)]
+
+
+class EvidenceMsg(Struct, frozen=True, array_like=True, tag="evidence"):
+    evidence: DuplicateVoteEvidence
+
+
+WireMsg = TxBatch | StatusMsg | BlockRequest | BlockResponse | ProposalMsg | VoteMsg | EvidenceMsg
+
+
+def encode_msg(m: WireMsg) -> bytes:
+    return codec.encode(m)
+
+
+def decode_msg(data: bytes) -> WireMsg:
+    """Raises codec.DecodeError on anything that is not one canonical message."""
+    msg: WireMsg = codec.decode(data, WireMsg, max_bytes=MAX_BLOCK_BYTES * 2)  # type: ignore[arg-type]
+    return msg
+
+
+# ------------------------------------------------------------------ node effects
+
+
+@dataclass(frozen=True)
+class Send:
+    to: str | None  # peer id, or None for every peer (gossip)
+    msg: WireMsg
+
+
+@dataclass(frozen=True)
+class PersistBlock:
+    block: Block
+    commit: Commit
+    receipts: list[Receipt]
+    app_hash: bytes
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    kind: str  # "consensus" | "commit" | "gossip"
+    height: int
+    round: int
+    step: str
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class ServeBlocks:
+    to: str
+    from_height: int
+    count: int
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """Something an operator or monitor wants to see (evidence, catch-up)."""
+
+    kind: str
+    detail: str
+
+
+NodeEffect = Send | PersistSignState | PersistBlock | SetTimer | ServeBlocks | NodeEvent
+
+
+# ------------------------------------------------------------------ mempool
+
+
+class Mempool:
+    """Bounded pool ordered by account nonce; each signature is checked once.
+
+    A tx is admitted after stateless checks (decode, chain id, signature via
+    the cache) and stateful ones against the last committed state (nonce not
+    used yet, fee at least the minimum, balance covers the fee).
+    """
+
+    def __init__(self, chain_id: str, sig_cache: SignatureCache, max_txs: int = 50_000) -> None:
+        self.chain_id = chain_id
+        self.sig_cache = sig_cache
+        self.max_txs = max_txs
+        self.by_hash: dict[bytes, tuple[bytes, Tx, bytes]] = {}  # hash -> (raw, tx, sender)
+        self.by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> hash
+        self.seen_committed: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.by_hash)
+
+    def add(self, raw: bytes, state: State) -> tuple[Code, str, bytes]:
+        h = sha256(raw)
+        if h in self.by_hash:
+            return Code.OK, "already in mempool", h
+        if h in self.seen_committed:
+            return Code.BAD_NONCE, "transaction already committed", h
+        if len(raw) > MAX_TX_BYTES:
+            return Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}", h
+        try:
+            tx = codec.decode(raw, Tx, max_bytes=MAX_TX_BYTES)
+        except codec.DecodeError as exc:
+            return Code.MALFORMED, f"malformed transaction: {exc}", h
+        if tx.chain_id != self.chain_id:
+            return Code.WRONG_CHAIN_ID, f"chain id {tx.chain_id!r} != {self.chain_id!r}", h
+        if not self.sig_cache.check(h, tx.pubkey, tx_sign_bytes(tx.unsigned()), tx.sig):
+            return Code.BAD_SIGNATURE, "signature does not verify", h
+        sender = address_of(tx.pubkey)
+        acct = state.account(sender)
+        nonce = acct.nonce if acct else 0
+        balance = acct.balance if acct else 0
+        if tx.nonce < nonce:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already used (next is {nonce})", h
+        queue = self.by_sender.get(sender, {})
+        if tx.nonce in queue:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already pending", h
+        if tx.nonce > nonce + 1000:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} too far ahead of {nonce}", h
+        if tx.fee < state.policy.min_tx_fee:
+            return Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {state.policy.min_tx_fee}", h
+        if balance < tx.fee:
+            return Code.CANNOT_PAY_FEE, f"balance {balance} < fee {tx.fee}", h
+        if len(self.by_hash) >= self.max_txs:
+            return Code.TX_TOO_LARGE, "mempool is full, try again later", h
+        self.by_hash[h] = (raw, tx, sender)
+        self.by_sender.setdefault(sender, {})[tx.nonce] = h
+        return Code.OK, "accepted", h
+
+    def reap(self, state: State, max_txs: int, max_bytes: int) -> list[bytes]:
+        """Txs for a block: per sender a run of consecutive nonces from the
+        account's next nonce, senders interleaved in address order."""
+        runs: list[list[bytes]] = []
+        for sender in sorted(self.by_sender):
+            q = self.by_sender[sender]
+            acct = state.account(sender)
+            n = acct.nonce if acct else 0
+            run = []
+            while n in q and len(run) < max_txs:
+                run.append(self.by_hash[q[n]][0])
+                n += 1
+            if run:
+                runs.append(run)
+        out: list[bytes] = []
+        size = 0
+        i = 0
+        while runs and len(out) < max_txs:
+            run = runs[i % len(runs)]
+            raw = run.pop(0)
+            if size + len(raw) > max_bytes:
+                break
+            out.append(raw)
+            size += len(raw)
+            if not run:
+                runs.pop(i % len(runs))
+            else:
+                i += 1
+        return out
+
+    def update(self, committed: Sequence[bytes], state: State) -> None:
+        """After a block: drop committed txs and any whose nonce is now used."""
+        for raw in committed:
+            h = sha256(raw)
+            self._drop(h)
+            self.seen_committed[h] = None
+            self.sig_cache.forget(h)
+        while len(self.seen_committed) > 100_000:
+            self.seen_committed.popitem(last=False)
+        for sender in sorted(self.by_sender):
+            acct = state.account(sender)
+            n = acct.nonce if acct else 0
+            for nonce in sorted(self.by_sender.get(sender, {})):
+                if nonce < n:
+                    self._drop(self.by_sender[sender][nonce])
+
+    def _drop(self, h: bytes) -> None:
+        item = self.by_hash.pop(h, None)
+        if item is None:
+            return
+        _, tx, sender = item
+        q = self.by_sender.get(sender)
+        if q is not None:
+            q.pop(tx.nonce, None)
+            if not q:
+                del self.by_sender[sender]
+
+
+# ------------------------------------------------------------------ the node
+
+
+@dataclass
+class NodeConfig:
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    max_block_txs: int = 2_000
+    max_block_bytes: int = 4 * 1024 * 1024
+    gossip_interval_ms: int = 1_000
+    tx_batch_max: int = 256
+    mempool_max_txs: int = 50_000
+
+
+def validator_set_for(state: State, height: int) -> ValidatorSet:
+    """The set that runs consensus at ``height`` (<= state.height + 2): the
+    state's set with the changes scheduled to take effect by then."""
+    if height > state.height + 2:
+        raise ValueError(f"set for {height} is not known at state height {state.height}")
+    vals = {v.address: ValidatorInfo(v.address, v.pubkey, v.power) for v in state.validators.validators}
+    for c in state.pending_validator_changes.changes:
+        if c.effective_height <= height:
+            a = address_of(c.pubkey)
+            if c.power == 0:
+                vals.pop(a, None)
+            else:
+                vals[a] = ValidatorInfo(a, c.pubkey, c.power)
+    return ValidatorSet([vals[a] for a in sorted(vals)])
+
+
+def valset_hash(vs: ValidatorSet) -> bytes:
+    return sha256(codec.encode([[v.pubkey, v.power] for v in vs.members]))
+
+
+def weighted_median_time(commit: Commit, vals: ValidatorSet) -> int:
+    """BFT time: the power-weighted median of the commit's vote timestamps.
+    Fewer than 1/3 of the power cannot move it outside the honest range."""
+    pts = sorted((s.timestamp_ms, vals.power_of(s.validator)) for s in commit.sigs)
+    total = sum(p for _, p in pts)
+    acc = 0
+    for ts, p in pts:
+        acc += p
+        if 2 * acc >= total:
+            return ts
+    return pts[-1][0]
+
+
+def verify_commit(chain_id: str, commit: Commit, vals: ValidatorSet, block_hash: bytes,
+                  verify: Callable[[bytes, bytes, bytes], bool]) -> bool:
+    if commit.block_hash != block_hash:
+        return False
+    power = 0
+    last = b""
+    for s in commit.sigs:
+        if s.validator <= last:
+            return False  # sorted and unique, so no validator counts twice
+        last = s.validator
+        v = vals.get(s.validator)
+        if v is None:
+            return False
+        vote = Vote(chain_id, PRECOMMIT, commit.height, commit.round, commit.block_hash,
+                    s.timestamp_ms, s.validator, s.sig)
+        if not verify(v.pubkey, sign_bytes_of_vote(vote), s.sig):
+            return False
+        power += v.power
+    return vals.has_quorum(power)
+
+
+class NodeCore(Host):
+    """One node: a validator if ``key`` is in the set, else a full node."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        key: SigningKey | None,
+        config: NodeConfig | None = None,
+        sig_cache: SignatureCache | None = None,
+        sign_state: SignState | None = None,
+        verify: Callable[[bytes, bytes, bytes], bool] = verify_ed25519,
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.key = key
+        self.config = config or NodeConfig()
+        self.sig_cache = sig_cache or SignatureCache()
+        self._verify = verify
+        self.state: State = genesis_state(genesis)
+        self.last_block_hash = b""
+        self.last_block_time_ms = genesis.genesis_time_ms
+        self.last_commit: Commit | None = None
+        self.vals = validator_set_for(self.state, 1)
+        self.priorities: Priorities = carry_priorities(initial_priorities(self.vals), self.vals)
+        self.sign_state = sign_state or SignState()
+        self.mempool = Mempool(self.chain_id, self.sig_cache, self.config.mempool_max_txs)
+        self.evidence_pool: dict[bytes, DuplicateVoteEvidence] = {}
+        self.committed_evidence: set[bytes] = set()
+        self.outbox: list[bytes] = []
+        self.hs = self._new_height(1)
+        self.future: list[tuple[int, Proposal | Vote]] = []
+        self.now_ms = 0
+        self.decided: dict[int, tuple[Block, Commit]] = {}  # until applied
+        self.waiting_commit = False
+        self.sync_target = 0
+        self.receipts_by_height: dict[int, list[Receipt]] = {}
+        self._prev_vals = self.vals
+
+    # ------------------------------------------------------------------ Host callbacks
+    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
+        return self._verify(pubkey, msg, sig)
+
+    def propose_block(self, height: int, round_: int) -> Block:
+        txs = self.mempool.reap(self.state, self.config.max_block_txs, self.config.max_block_bytes)
+        ev = [self.evidence_pool[k] for k in sorted(self.evidence_pool)][:MAX_EVIDENCE_PER_BLOCK]
+        if height == 1 or self.last_commit is None:
+            time_ms = self.genesis.genesis_time_ms
+        else:
+            time_ms = weighted_median_time(self.last_commit, self._prev_vals)
+        assert self.key is not None
+        header = Header(
+            chain_id=self.chain_id,
+            height=height,
+            time_ms=time_ms,
+            proposer=self.key.address,
+            prev_block_hash=self.last_block_hash,
+            tx_root=tx_root(txs),
+            app_hash=self.state.app_hash,
+            validators_hash=valset_hash(self.vals),
+            next_validators_hash=valset_hash(validator_set_for(self.state, height + 1)),
+            last_commit_hash=commit_hash(self.last_commit),
+            evidence_hash=evidence_hash(ev),
+        )
+        return Block(header, txs, ev, self.last_commit)
+
+    def valid_block(self, block: Block) -> bool:
+        return self.check_block(block) == ""
+
+    def check_block(self, block: Block) -> str:
+        """Why ``block`` may not follow our state, or "" if it may (CONSENSUS.md §5)."""
+        h = block.header
+        height = self.state.height + 1
+        if h.chain_id != self.chain_id:
+            return "wrong chain id"
+        if h.height != height:
+            return f"height {h.height} != {height}"
+        if h.prev_block_hash != self.last_block_hash:
+            return "prev_block_hash does not match"
+        if h.app_hash != self.state.app_hash:
+            return "app_hash does not match our state"
+        if h.validators_hash != valset_hash(self.vals):
+            return "validators_hash mismatch"
+        if h.next_validators_hash != valset_hash(validator_set_for(self.state, height + 1)):
+            return "next_validators_hash mismatch"
+        if self.vals.get(h.proposer) is None:
+            return "proposer is not a validator"
+        if h.tx_root != tx_root(block.txs):
+            return "tx_root mismatch"
+        if h.evidence_hash != evidence_hash(block.evidence):
+            return "evidence_hash mismatch"
+        if h.last_commit_hash != commit_hash(block.last_commit):
+            return "last_commit_hash mismatch"
+        if height == 1:
+            if block.last_commit is not None:
+                return "first block has no last commit"
+            if h.time_ms != self.genesis.genesis_time_ms:
+                return "first block time must be the genesis time"
+        else:
+            lc = block.last_commit
+            if lc is None or lc.height != height - 1:
+                return "missing last commit"
+            if not verify_commit(self.chain_id, lc, self._prev_vals, self.last_block_hash, self._verify):
+                return "last commit does not verify"
+            if h.time_ms != weighted_median_time(lc, self._prev_vals):
+                return "time is not the weighted median of the last commit"
+            if h.time_ms <= self.last_block_time_ms:
+                return "time does not increase"
+        size = sum(len(t) for t in block.txs)
+        if size > self.config.max_block_bytes or len(block.txs) > self.config.max_block_txs:
+            return "block too large"
+        for ev in block.evidence:
+            why = self.check_evidence(ev)
+            if why:
+                return f"bad evidence: {why}"
+        return ""
+
+    def check_evidence(self, ev: DuplicateVoteEvidence) -> str:
+        a, b = ev.vote_a, ev.vote_b
+        if a.validator != b.validator or a.height != b.height or a.round != b.round or a.type != b.type:
+            return "votes are not for one validator, height, round and type"
+        if a.block_hash >= b.block_hash:
+            return "votes must differ and be ordered by block hash"
+        if a.chain_id != self.chain_id or b.chain_id != self.chain_id:
+            return "wrong chain id"
+        if a.height > self.state.height + 1 or a.height + 1000 < self.state.height + 1:
+            return "evidence too old or from the future"
+        pk = next((v.pubkey for v in self.state.validators.validators if v.address == a.validator), None)
+        if pk is None:
+            return "not a current validator"
+        if not (self._verify(pk, sign_bytes_of_vote(a), a.sig) and self._verify(pk, sign_bytes_of_vote(b), b.sig)):
+            return "signature does not verify"
+        return ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def _new_height(self, height: int) -> HeightState:
+        return HeightState(
+            self.chain_id, height, self.vals, self.priorities, self.key, self.sign_state, self,
+            self.config.timeouts, self.last_block_time_ms,
+        )
+
+    @property
+    def height(self) -> int:
+        """The height consensus is working on (last committed + 1)."""
+        return self.state.height + 1
+
+    @property
+    def is_validator(self) -> bool:
+        return self.key is not None and self.vals.get(self.key.address) is not None
+
+    def start(self, now_ms: int) -> list[NodeEffect]:
+        self.now_ms = now_ms
+        out: list[NodeEffect] = [SetTimer("gossip", 0, 0, "", self.config.gossip_interval_ms)]
+        out += self._run(self.hs.start(now_ms))
+        return out
+
+    # ------------------------------------------------------------------ inputs
+    def on_message(self, peer: str, data: bytes, now_ms: int) -> list[NodeEffect]:
+        """A message from the network. Garbage is dropped, never raised."""
+        self.now_ms = now_ms
+        try:
+            msg = decode_msg(data)
+        except codec.DecodeError:
+            return [NodeEvent("bad_message", f"undecodable message from {peer}")]
+        return self.on_decoded(peer, msg, now_ms)
+
+    def on_decoded(self, peer: str, msg: WireMsg, now_ms: int) -> list[NodeEffect]:
+        self.now_ms = now_ms
+        if isinstance(msg, TxBatch):
+            for raw in msg.txs:
+                self.mempool.add(raw, self.state)
+            return []
+        if isinstance(msg, ProposalMsg):
+            return self._consensus_msg(peer, msg.proposal.height, msg.proposal)
+        if isinstance(msg, VoteMsg):
+            out: list[NodeEffect] = []
+            for v in msg.votes:
+                out += self._consensus_msg(peer, v.height, v)
+            return out
+        if isinstance(msg, StatusMsg):
+            return self._maybe_sync(peer, msg.height)
+        if isinstance(msg, BlockRequest):
+            if msg.from_height <= self.state.height:
+                n = min(msg.count, self.state.height - msg.from_height + 1, MAX_SYNC_BLOCKS)
+                return [ServeBlocks(peer, msg.from_height, n)]
+            return []
+        if isinstance(msg, BlockResponse):
+            return self._on_blocks(peer, msg.blocks)
+        if isinstance(msg, EvidenceMsg):
+            if not self.check_evidence(msg.evidence):
+                k = msg.evidence.key()
+                if k not in self.committed_evidence and len(self.evidence_pool) < 1024:
+                    self.evidence_pool.setdefault(k, msg.evidence)
+            return []
+        return []
+
+    def _consensus_msg(self, peer: str, height: int, m: Proposal | Vote) -> list[NodeEffect]:
+        if height == self.height and not self.waiting_commit:
+            eff = self.hs.on_proposal(m, self.now_ms) if isinstance(m, Proposal) else self.hs.on_vote(m, self.now_ms)
+            return self._run(eff)
+        if height > self.height:
+            # Keep a bounded number for when we get there; and if the sender is
+            # well ahead, we are lagging: ask it for blocks.
+            if height == self.height + 1 or (height == self.height and self.waiting_commit):
+                if len(self.future) < MAX_PENDING_FUTURE:
+                    self.future.append((height, m))
+            return self._maybe_sync(peer, height - 1)
+        if height == self.height and self.waiting_commit and len(self.future) < MAX_PENDING_FUTURE:
+            self.future.append((height, m))
+        return []
+
+    def _maybe_sync(self, peer: str, their_height: int) -> list[NodeEffect]:
+        if their_height > self.state.height and not self.waiting_commit:
+            self.sync_target = max(self.sync_target, their_height)
+            if their_height > self.state.height + 1 or (their_height == self.state.height + 1):
+                return [Send(peer, BlockRequest(self.state.height + 1, min(MAX_SYNC_BLOCKS, their_height - self.state.height)))]
+        return []
+
+    def _on_blocks(self, peer: str, blocks: Sequence[SyncedBlock]) -> list[NodeEffect]:
+        out: list[NodeEffect] = []
+        for sb in blocks:
+            if sb.block.header.height != self.height or self.waiting_commit:
+                continue
+            why = self.check_block(sb.block)
+            if why:
+                out.append(NodeEvent("sync_rejected", f"block {sb.block.header.height} from {peer}: {why}"))
+                break
+            if not verify_commit(self.chain_id, sb.commit, self.vals, sb.block.hash, self._verify):
+                out.append(NodeEvent("sync_rejected", f"commit for {sb.block.header.height} from {peer} does not verify"))
+                break
+            out += self._commit_block(sb.block, sb.commit, synced=True)
+        if self.sync_target > self.state.height and blocks:
+            out.append(Send(peer, BlockRequest(self.height, min(MAX_SYNC_BLOCKS, self.sync_target - self.state.height))))
+        return out
+
+    def on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
+        self.now_ms = now_ms
+        if t.kind == "consensus":
+            if t.height != self.height or self.waiting_commit:
+                return []
+            return self._run(self.hs.on_timeout(t.height, t.round, t.step, now_ms))
+        if t.kind == "commit":
+            return self._start_next_height()
+        if t.kind == "gossip":
+            return self._gossip()
+        return []
+
+    def submit_tx(self, raw: bytes, now_ms: int) -> tuple[Code, str, bytes, list[NodeEffect]]:
+        """A client's tx: admit to the mempool and gossip it in the next batch."""
+        self.now_ms = now_ms
+        code, why, h = self.mempool.add(raw, self.state)
+        out: list[NodeEffect] = []
+        if code == Code.OK and why == "accepted":
+            self.outbox.append(raw)
+            if len(self.outbox) >= self.config.tx_batch_max:
+                out.append(self._flush_txs())
+        return code, why, h, out
+
+    def _flush_txs(self) -> Send:
+        batch, self.outbox = self.outbox[: MAX_TX_BATCH], self.outbox[MAX_TX_BATCH:]
+        return Send(None, TxBatch(batch))
+
+    def _gossip(self) -> list[NodeEffect]:
+        """Gossip is lossy: every interval, re-send what others may have missed."""
+        out: list[NodeEffect] = [SetTimer("gossip", 0, 0, "", self.config.gossip_interval_ms)]
+        if self.outbox:
+            out.append(self._flush_txs())
+        out.append(Send(None, StatusMsg(self.state.height, self.hs.round)))
+        if not self.waiting_commit:
+            prop = self.hs.proposals.get(self.hs.round)
+            if prop is not None and prop.proposer == (self.key.address if self.key else b""):
+                out.append(Send(None, ProposalMsg(prop)))
+            votes = self.hs.latest_votes()
+            if votes:
+                out.append(Send(None, VoteMsg(votes)))
+        return out
+
+    # ------------------------------------------------------------------ consensus effects
+    def _run(self, effects: list[Effect]) -> list[NodeEffect]:
+        out: list[NodeEffect] = []
+        for e in effects:
+            if isinstance(e, PersistSignState):
+                self.sign_state = e.state
+                out.append(e)
+            elif isinstance(e, Broadcast):
+                m = e.msg
+                out.append(Send(None, ProposalMsg(m) if isinstance(m, Proposal) else VoteMsg([m])))
+            elif isinstance(e, ScheduleTimeout):
+                out.append(SetTimer("consensus", e.height, e.round, e.step, e.delay_ms))
+            elif isinstance(e, EvidenceFound):
+                k = e.evidence.key()
+                if k not in self.committed_evidence and len(self.evidence_pool) < 1024:
+                    self.evidence_pool[k] = e.evidence
+                    out.append(Send(None, EvidenceMsg(e.evidence)))
+                    out.append(NodeEvent("equivocation", e.evidence.vote_a.validator.hex()))
+            elif isinstance(e, Decide):
+                out += self._commit_block(e.block, e.commit, synced=False)
+        return out
+
+    def _apply_decided(self, block: Block, commit: Commit) -> tuple[list[Receipt], bytes]:
+        prev_vals = self.vals
+        self.state, receipts, app_hash = apply_block(
+            self.state, block.header, block.txs, self.sig_cache, evidence=block.evidence
+        )
+        for ev in block.evidence:
+            k = ev.key()
+            self.committed_evidence.add(k)
+            self.evidence_pool.pop(k, None)
+        self.mempool.update(block.txs, self.state)
+        self.last_block_hash = block.hash
+        self.last_block_time_ms = block.header.time_ms
+        self.last_commit = commit
+        self._prev_vals = prev_vals
+        next_vals = validator_set_for(self.state, self.state.height + 1)
+        self.priorities = next_height_priorities(self.priorities, prev_vals, next_vals)
+        self.vals = next_vals
+        return receipts, app_hash
+
+    def restore(self, blocks: Sequence[tuple[Block, Commit]]) -> None:
+        """Rebuild from our own stored chain after a restart, before ``start``.
+        The sign state given to the constructor keeps us from double-signing."""
+        for block, commit in blocks:
+            if block.header.height != self.height:
+                raise ValueError(f"stored block {block.header.height} does not follow {self.state.height}")
+            self._apply_decided(block, commit)
+        self.hs = self._new_height(self.height)
+
+    def _commit_block(self, block: Block, commit: Commit, synced: bool) -> list[NodeEffect]:
+        """Execute a decided block and persist it; the next height starts after
+        timeout_commit (or at once when catching up)."""
+        receipts, app_hash = self._apply_decided(block, commit)
+        out: list[NodeEffect] = [PersistBlock(block, commit, receipts, app_hash)]
+        if synced:
+            out += self._start_next_height()
+        else:
+            self.waiting_commit = True
+            out.append(SetTimer("commit", block.header.height, 0, "", self.config.timeouts.commit_ms))
+        return out
+
+    def _start_next_height(self) -> list[NodeEffect]:
+        if not self.waiting_commit and self.hs.height == self.height:
+            return []
+        self.waiting_commit = False
+        self.hs = self._new_height(self.height)
+        out = self._run(self.hs.start(self.now_ms))
+        pending, self.future = self.future, []
+        for h, m in pending:
+            if h == self.height:
+                eff = self.hs.on_proposal(m, self.now_ms) if isinstance(m, Proposal) else self.hs.on_vote(m, self.now_ms)
+                out += self._run(eff)
+            elif h > self.height and len(self.future) < MAX_PENDING_FUTURE:
+                self.future.append((h, m))
+        return out
+
+    _prev_vals: ValidatorSet

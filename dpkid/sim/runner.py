@@ -1,0 +1,602 @@
+"""Deterministic discrete-event simulation of a dpkid network.
+
+One seed drives everything: a ``random.Random(seed)`` makes every latency,
+drop, workload and Byzantine choice, and a ``heapq`` of (time, seq) events
+orders the run. No trio, no threads, no wall clock (except to report
+``wall_s``). Every node is the same NodeCore the daemon runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpkid import codec
+from dpkid.consensus.engine import PersistSignState, SignState, TimeoutConfig
+from dpkid.consensus.messages import (
+    PRECOMMIT,
+    PREVOTE,
+    Block,
+    Commit,
+    Proposal,
+    Vote,
+    proposal_sign_bytes,
+    tx_root,
+    vote_sign_bytes,
+)
+from dpkid.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
+from dpkid.keys import spki_der_of
+from dpkid.node import (
+    BlockResponse,
+    EvidenceMsg,
+    NodeConfig,
+    NodeCore,
+    NodeEffect,
+    NodeEvent,
+    PersistBlock,
+    ProposalMsg,
+    Send,
+    ServeBlocks,
+    SetTimer,
+    StatusMsg,
+    SyncedBlock,
+    TxBatch,
+    VoteMsg,
+    WireMsg,
+)
+from dpkid.sim.settings import Scenario
+from dpkid.state.codes import Code
+from dpkid.state.devchain import GENESIS_TIME_MS
+from dpkid.state.machine import State, cert_id_for
+from dpkid.types import (
+    Attestation,
+    CertApply,
+    DvAttest,
+    Endorse,
+    Genesis,
+    GenesisAccount,
+    GenesisEndorser,
+    GenesisValidator,
+    OrgIdentity,
+    Policy,
+    Transfer,
+    TxBody,
+    sign_tx,
+)
+from dpkid.vectors import subject_key
+
+CONSENSUS_MSGS = (ProposalMsg, VoteMsg, EvidenceMsg, TxBatch)
+
+
+@dataclass
+class SimNode:
+    idx: int
+    name: str
+    key: SigningKey | None
+    role: str  # "validator" | "twin" | "full"
+    honest: bool
+    core: NodeCore | None = None
+    alive: bool = True
+    epoch: int = 0
+    disk_blocks: list[tuple[Block, Commit]] = field(default_factory=list)
+    disk_sign_state: SignState = field(default_factory=SignState)
+    byz: set[str] = field(default_factory=set)
+    skew_ms: int = 0
+
+
+@dataclass
+class Agent:
+    """A key that submits transactions (account, endorser or validator role)."""
+
+    key: SigningKey
+    next_nonce: int = 0
+    last_progress_ms: int = 0
+    last_seen_nonce: int = 0
+
+
+@dataclass
+class Violation:
+    kind: str  # "safety" | "policy" | "validity" | "liveness"
+    detail: str
+
+
+class Simulation:
+    def __init__(self, sc: Scenario, command_hint: str = "") -> None:
+        self.sc = sc
+        self.command_hint = command_hint
+        self.rng = random.Random(sc.seed)
+        self.now_ms = 0
+        self.heap: list[tuple[int, int, str, Any]] = []
+        self.seq = 0
+        self.violations: list[Violation] = []
+        self.events_processed = 0
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        sc = self.sc
+        self.val_keys = [SigningKey.from_label(f"sim-validator-{i}") for i in range(sc.validators)]
+        self.end_keys = [SigningKey.from_label(f"sim-endorser-{i}") for i in range(sc.endorsers)]
+        self.acct_keys = [SigningKey.from_label(f"sim-account-{i}") for i in range(sc.workload.accounts)]
+        powers = sc.powers or [10] * sc.validators
+        policy = Policy(k_ov=sc.k_ov, k_ev=sc.k_ev, max_certs_per_domain=1_000)
+        self.genesis = Genesis(
+            chain_id="dpkid-sim",
+            genesis_time_ms=GENESIS_TIME_MS,
+            validators=[GenesisValidator(k.public_key, p, f"v{i}") for i, (k, p) in enumerate(zip(self.val_keys, powers, strict=True))],
+            endorsers=[GenesisEndorser(k.public_key, f"e{i}") for i, k in enumerate(self.end_keys)],
+            accounts=[GenesisAccount(k.address, 10**12) for k in [*self.acct_keys, *self.end_keys, *self.val_keys]],
+            policy=policy,
+        )
+        self.policy = policy
+        self.total_power = sum(powers)
+        b = sc.byzantine
+        self.shared_cache = SignatureCache(max_entries=1_000_000)
+        self._vcache: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self.config = NodeConfig(
+            timeouts=TimeoutConfig(
+                propose_ms=sc.timeout_propose_ms,
+                propose_delta_ms=sc.timeout_delta_ms,
+                prevote_ms=sc.timeout_propose_ms // 2,
+                prevote_delta_ms=sc.timeout_delta_ms // 2,
+                precommit_ms=sc.timeout_propose_ms // 2,
+                precommit_delta_ms=sc.timeout_delta_ms // 2,
+                commit_ms=sc.timeout_commit_ms,
+            ),
+            max_block_txs=sc.block_txs,
+            gossip_interval_ms=sc.gossip_interval_ms,
+        )
+        self.nodes: list[SimNode] = []
+        for i, k in enumerate(self.val_keys):
+            n = SimNode(i, f"n{i}", k, "validator", True)
+            for name in ("equivocating_proposers", "double_voters", "silent", "delaying", "twins"):
+                if i in getattr(b, name):
+                    n.byz.add(name)
+                    n.honest = False
+            self.nodes.append(n)
+        for t in b.twins:
+            idx = len(self.nodes)
+            tw = SimNode(idx, f"n{idx}", self.val_keys[t], "twin", False)
+            tw.byz.add("twins")
+            self.nodes.append(tw)
+        for _ in range(sc.full_nodes):
+            idx = len(self.nodes)
+            self.nodes.append(SimNode(idx, f"n{idx}", None, "full", True))
+        self.by_name = {n.name: n for n in self.nodes}
+        self.validator_nodes = [n for n in self.nodes if n.role in ("validator", "twin")]
+        self.false_attestors = set(b.false_attestors)
+        self.byz_endorsers = set(range(b.byzantine_endorsers))
+        # Agents.
+        self.accounts = [Agent(k) for k in self.acct_keys]
+        self.endorsers = [Agent(k) for k in self.end_keys]
+        self.val_agents = [Agent(k) for k in self.val_keys]
+        # Bookkeeping for checkers and metrics.
+        self.decided: dict[int, tuple[bytes, bytes, int]] = {}  # height -> (block hash, app hash, time)
+        self.submitted: dict[bytes, int] = {}
+        self.latencies_ms: list[int] = []
+        self.committed_txs = 0
+        self.commit_times: list[tuple[int, int]] = []  # (sim ms, txs in block)
+        self.bogus_apps: set[bytes] = set()
+        self.app_types: dict[bytes, str] = {}
+        self.certs_issued: dict[str, int] = {"DV": 0, "OV": 0, "EV": 0}
+        self.attested: set[tuple[int, bytes]] = set()
+        self.endorsed: set[tuple[int, bytes]] = set()
+        self.pending_apps: list[tuple[bytes, str, bool]] = []  # (app id, type, bogus) to act on
+        self.last_fault_end_ms = 0
+        self.progress_after_fault_ms: int | None = None
+        self.domain_counter = 0
+        self.spki = spki_der_of(subject_key("sim").public_key())
+        for p in self.sc.network.partitions:
+            self.last_fault_end_ms = max(self.last_fault_end_ms, p.heal_ms)
+        for c in self.sc.network.crashes:
+            self.last_fault_end_ms = max(self.last_fault_end_ms, c.restart_ms or c.at_ms)
+
+    def _verify(self, pk: bytes, msg: bytes, sig: bytes) -> bool:
+        if self.sc.sig_check == "real":
+            return verify_ed25519(pk, msg, sig)
+        k = (pk, msg, sig)
+        r = self._vcache.get(k)
+        if r is None:
+            r = verify_ed25519(pk, msg, sig)
+            if len(self._vcache) > 2_000_000:
+                self._vcache.clear()
+            self._vcache[k] = r
+        return r
+
+    def _make_core(self, n: SimNode) -> NodeCore:
+        cache = self.shared_cache if self.sc.sig_check == "cached" else SignatureCache(200_000)
+        core = NodeCore(self.genesis, n.key, self.config, cache, n.disk_sign_state, self._verify)
+        if n.disk_blocks:
+            core.restore(n.disk_blocks)
+        return core
+
+    # ------------------------------------------------------------------ event queue
+    def _push(self, at_ms: int, kind: str, payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (at_ms, self.seq, kind, payload))
+
+    def _clock(self, n: SimNode) -> int:
+        """A node's wall clock: genesis time plus simulated time (plus its skew)."""
+        return GENESIS_TIME_MS + self.now_ms + n.skew_ms
+
+    def _latency(self) -> int:
+        net = self.sc.network
+        if net.latency == "fixed":
+            return net.latency_min_ms
+        if net.latency == "lognormal":
+            return max(1, int(net.latency_median_ms * math.exp(self.rng.gauss(0.0, net.latency_sigma))))
+        return self.rng.randint(net.latency_min_ms, net.latency_max_ms)
+
+    def _connected(self, a: int, b: int) -> bool:
+        for p in self.sc.network.partitions:
+            if p.start_ms <= self.now_ms < p.heal_ms:
+                ga = next((i for i, g in enumerate(p.groups) if a in g), -1)
+                gb = next((i for i, g in enumerate(p.groups) if b in g), -2)
+                if ga != gb:
+                    return False
+        return True
+
+    def _deliver(self, src: SimNode, dst: SimNode, msg: WireMsg, extra_ms: int = 0) -> None:
+        net = self.sc.network
+        if src.idx == dst.idx:
+            return
+        if net.drop_rate and self.rng.random() < net.drop_rate:
+            return
+        delay = self._latency() + extra_ms
+        if net.reorder_rate and self.rng.random() < net.reorder_rate:
+            delay += self.rng.randint(1, net.reorder_ms)
+        self._push(self.now_ms + delay, "msg", (src.idx, dst.idx, msg))
+        if net.duplicate_rate and self.rng.random() < net.duplicate_rate:
+            self._push(self.now_ms + delay + self._latency(), "msg", (src.idx, dst.idx, msg))
+
+    def _recipients(self, src: SimNode, msg: WireMsg) -> list[SimNode]:
+        if isinstance(msg, CONSENSUS_MSGS):
+            return self.validator_nodes
+        if isinstance(msg, StatusMsg) and src.role == "full":
+            return self.validator_nodes
+        return self.nodes
+
+    # ------------------------------------------------------------------ effects
+    def _apply_effects(self, n: SimNode, effects: list[NodeEffect]) -> None:
+        for e in effects:
+            if isinstance(e, PersistSignState):
+                n.disk_sign_state = e.state  # durable before the sends that follow
+            elif isinstance(e, PersistBlock):
+                n.disk_blocks.append((e.block, e.commit))
+                self._on_commit(n, e)
+            elif isinstance(e, SetTimer):
+                self._push(self.now_ms + e.delay_ms, "timer", (n.idx, n.epoch, e))
+            elif isinstance(e, ServeBlocks):
+                dst = self.by_name.get(e.to)
+                if dst is not None:
+                    blocks = [SyncedBlock(b, c) for b, c in n.disk_blocks[e.from_height - 1 : e.from_height - 1 + e.count]]
+                    if blocks and self._connected(n.idx, dst.idx):
+                        self._deliver(n, dst, BlockResponse(blocks))
+            elif isinstance(e, Send):
+                self._send(n, e)
+            elif isinstance(e, NodeEvent):
+                pass
+
+    def _send(self, n: SimNode, e: Send) -> None:
+        if "silent" in n.byz and isinstance(e.msg, (ProposalMsg, VoteMsg)):
+            return
+        extra = self.sc.byzantine.delay_ms if "delaying" in n.byz else 0
+        if e.to is not None:
+            dst = self.by_name.get(e.to)
+            if dst is not None and self._connected(n.idx, dst.idx):
+                self._deliver(n, dst, e.msg, extra)
+            return
+        recips = [d for d in self._recipients(n, e.msg) if d.idx != n.idx and self._connected(n.idx, d.idx)]
+        if "equivocating_proposers" in n.byz and isinstance(e.msg, ProposalMsg) and n.key is not None:
+            alt = self._conflicting_proposal(n.key, e.msg.proposal)
+            for i, d in enumerate(recips):
+                self._deliver(n, d, e.msg if i % 2 == 0 else ProposalMsg(alt), extra)
+            return
+        if "double_voters" in n.byz and isinstance(e.msg, VoteMsg) and n.key is not None:
+            alts = [self._conflicting_vote(n.key, v) for v in e.msg.votes]
+            for i, d in enumerate(recips):
+                self._deliver(n, d, e.msg if i % 2 == 0 else VoteMsg(alts), extra)
+            return
+        for d in recips:
+            self._deliver(n, d, e.msg, extra)
+
+    def _conflicting_proposal(self, key: SigningKey, p: Proposal) -> Proposal:
+        blk = p.block
+        txs = blk.txs[: len(blk.txs) // 2]
+        hdr = blk.header
+        import msgspec
+
+        hdr2 = msgspec.structs.replace(hdr, tx_root=tx_root(txs), time_ms=hdr.time_ms)
+        if txs == blk.txs:
+            hdr2 = msgspec.structs.replace(hdr2, evidence_hash=sha256(b"equivocate"))
+        b2 = Block(hdr2, txs, blk.evidence, blk.last_commit)
+        sig = key.sign(proposal_sign_bytes(p.chain_id, p.height, p.round, p.pol_round, b2.hash, key.address))
+        return Proposal(p.chain_id, p.height, p.round, p.pol_round, b2, key.address, sig)
+
+    def _conflicting_vote(self, key: SigningKey, v: Vote) -> Vote:
+        other = b"" if v.block_hash else sha256(b"phantom" + v.height.to_bytes(8, "big"))
+        sig = key.sign(vote_sign_bytes(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address))
+        return Vote(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address, sig)
+
+    # ------------------------------------------------------------------ checkers
+    def _on_commit(self, n: SimNode, e: PersistBlock) -> None:
+        h = e.block.header.height
+        bh = e.block.hash
+        if not n.honest:
+            return
+        prev = self.decided.get(h)
+        if prev is None:
+            self.decided[h] = (bh, e.app_hash, self.now_ms)
+            self._first_commit(n, e)
+            if self.now_ms >= self.last_fault_end_ms and self.progress_after_fault_ms is None:
+                self.progress_after_fault_ms = self.now_ms
+        else:
+            if prev[0] != bh:
+                self._violate("safety", f"height {h}: {n.name} decided {bh.hex()[:16]}, another honest node {prev[0].hex()[:16]}")
+            elif prev[1] != e.app_hash:
+                self._violate("safety", f"height {h}: {n.name} app hash {e.app_hash.hex()[:16]} != {prev[1].hex()[:16]}")
+        # Validity: the decided block came from a validator and carries only well-formed txs.
+        if e.block.header.proposer not in {k.address for k in self.val_keys} | {
+            a for a in self._genesis_val_addrs()
+        }:
+            self._violate("validity", f"height {h}: proposer is not a validator")
+
+    def _genesis_val_addrs(self) -> list[bytes]:
+        return [k.address for k in self.val_keys]
+
+    def _violate(self, kind: str, detail: str) -> None:
+        if len(self.violations) < 100:
+            self.violations.append(Violation(kind, detail))
+
+    def _first_commit(self, n: SimNode, e: PersistBlock) -> None:
+        """Metrics and policy checks, once per height, on the first honest commit."""
+        assert n.core is not None
+        st = n.core.state
+        self.commit_times.append((self.now_ms, len(e.block.txs)))
+        self.committed_txs += len(e.block.txs)
+        for raw in e.block.txs:
+            t = self.submitted.pop(sha256(raw), None)
+            if t is not None:
+                self.latencies_ms.append(self.now_ms - t)
+        for r in e.receipts:
+            for ev in r.events:
+                if ev.kind == "app_created":
+                    app = st.application(ev.ref)
+                    if app is not None:
+                        bogus = any(d.startswith("bogus") for d in app.domains)
+                        self.app_types[ev.ref] = app.cert_type
+                        if bogus:
+                            self.bogus_apps.add(ev.ref)
+                        self.pending_apps.append((ev.ref, app.cert_type, bogus))
+                elif ev.kind == "cert_issued":
+                    self._check_issued(st, ev.ref)
+        self._act_on_applications(st)
+
+    def _check_issued(self, st: State, cert_id: bytes) -> None:
+        cert = st.certificate(cert_id)
+        if cert is None:
+            self._violate("policy", f"cert {cert_id.hex()[:16]} issued but not in state")
+            return
+        self.certs_issued[cert.issued_type] += 1
+        p = self.policy
+        if not cert.dv_power * p.dv_threshold_den > p.dv_threshold_num * cert.total_power:
+            self._violate("policy", f"cert {cert_id.hex()[:16]} issued below the DV threshold")
+        if cert.issued_type != "DV":
+            k = p.k_ov if cert.issued_type == "OV" else p.k_ev
+            if len(cert.endorsers) < k:
+                self._violate("policy", f"{cert.issued_type} cert {cert_id.hex()[:16]} has {len(cert.endorsers)} < {k} endorsers")
+        if cert.app_id in self.bogus_apps and self._byzantine_below_thresholds():
+            self._violate("policy", f"bogus application {cert.app_id.hex()[:16]} was issued")
+
+    def _byzantine_below_thresholds(self) -> bool:
+        powers = self.sc.powers or [10] * self.sc.validators
+        liar_power = sum(powers[i] for i in self.false_attestors)
+        return 3 * liar_power <= 2 * self.total_power and len(self.byz_endorsers) < min(self.policy.k_ov, self.policy.k_ev)
+
+    # ------------------------------------------------------------------ agents
+    def _act_on_applications(self, st: State) -> None:
+        """Validators attest and endorsers endorse what the last block created."""
+        todo, self.pending_apps = self.pending_apps, []
+        if not todo:
+            return
+        for vi, agent in enumerate(self.val_agents):
+            items = []
+            for app_id, _t, bogus in todo:
+                ok = (not bogus) or (vi in self.false_attestors)
+                items.append(Attestation(app_id, ok, "http-01", "" if ok else "key authorization mismatch"))
+            for j in range(0, len(items), 64):
+                self._submit(agent, DvAttest(items[j : j + 64]), prefer=vi)
+        for ei, agent in enumerate(self.endorsers):
+            byz = ei in self.byz_endorsers
+            mode = self.sc.byzantine.endorser_mode
+            for app_id, typ, bogus in todo:
+                if typ == "DV":
+                    continue
+                if byz and mode == "withhold":
+                    continue
+                if byz and mode in ("approve_bogus", "collude"):
+                    approve = True if mode == "approve_bogus" else bogus
+                else:
+                    approve = not bogus
+                self._submit(agent, Endorse(app_id, approve, "checked" if approve else "identity not verified"))
+
+    def _submit(self, agent: Agent, body: TxBody, prefer: int | None = None) -> None:
+        node = self._entry_node(prefer)
+        if node is None or node.core is None:
+            return
+        st = node.core.state
+        acct = st.account(agent.key.address)
+        committed = acct.nonce if acct else 0
+        if committed != agent.last_seen_nonce:
+            agent.last_seen_nonce = committed
+            agent.last_progress_ms = self.now_ms
+        if agent.next_nonce < committed:
+            agent.next_nonce = committed
+        elif agent.next_nonce > committed and self.now_ms - agent.last_progress_ms > 10_000:
+            agent.next_nonce = committed  # our in-flight txs were lost (crash, partition): resend
+            agent.last_progress_ms = self.now_ms
+        raw = codec.encode(sign_tx(agent.key, self.genesis.chain_id, agent.next_nonce, self.policy.min_tx_fee, body))
+        code, _why, h, eff = node.core.submit_tx(raw, self._clock(node))
+        if code == Code.OK:
+            agent.next_nonce += 1
+            self.submitted.setdefault(h, self.now_ms)
+            self._apply_effects(node, eff)
+
+    def _entry_node(self, prefer: int | None) -> SimNode | None:
+        if prefer is not None:
+            n = self.nodes[prefer]
+            if n.alive and n.core is not None:
+                return n
+        alive = [n for n in self.validator_nodes if n.alive and n.core is not None and n.honest]
+        if not alive:
+            return None
+        return alive[self.rng.randrange(len(alive))]
+
+    def _workload_tick(self) -> None:
+        w = self.sc.workload
+        if w.stop_ms and self.now_ms >= w.stop_ms:
+            return
+        if self._done():
+            return
+        per_tick = max(1, w.tx_per_s // 10)
+        for _ in range(per_tick):
+            agent = self.accounts[self.rng.randrange(len(self.accounts))]
+            x = self.rng.random()
+            if x < w.transfer_share:
+                to = self.accounts[self.rng.randrange(len(self.accounts))].key.address
+                self._submit(agent, Transfer(to, self.rng.randint(1, 1000)))
+                continue
+            x -= w.transfer_share
+            typ = "DV" if x < w.dv_share else ("OV" if x < w.dv_share + w.ov_share else "EV")
+            bogus = self.rng.random() < w.bogus_share
+            self.domain_counter += 1
+            dom = f"{'bogus' if bogus else 'site'}{self.domain_counter}.example"
+            org = None
+            if typ != "DV":
+                org = OrgIdentity(f"Org {self.domain_counter}", "DE", "", "", "HRB 1", "DE-BE")
+            fee = {"DV": self.policy.fee_dv, "OV": self.policy.fee_ov, "EV": self.policy.fee_ev}[typ]
+            self._submit(agent, CertApply(typ, [dom], self.spki, 30, fee, org))
+        self._push(self.now_ms + 100, "workload", None)
+
+    # ------------------------------------------------------------------ run
+    def _done(self) -> bool:
+        for n in self.nodes:
+            if n.honest and n.alive and (n.core is None or n.core.state.height < self.sc.heights):
+                return False
+        return True
+
+    def run(self) -> dict[str, Any]:
+        wall0 = time.perf_counter()
+        for n in self.nodes:
+            n.core = self._make_core(n)
+            self._push(self.rng.randint(0, 50), "start", n.idx)
+        for c in self.sc.network.crashes:
+            self._push(c.at_ms, "crash", c.node)
+            if c.restart_ms:
+                self._push(c.restart_ms, "restart", c.node)
+        self._push(self.sc.workload.start_ms, "workload", None)
+        max_events = 50_000_000
+        while self.heap and self.events_processed < max_events:
+            t, _seq, kind, payload = heapq.heappop(self.heap)
+            if t > self.sc.max_sim_ms:
+                break
+            self.now_ms = t
+            self.events_processed += 1
+            self._dispatch(kind, payload)
+            if kind == "msg" and self.events_processed % 512 == 0 and self._done():
+                break
+            if self.violations and any(v.kind == "safety" for v in self.violations):
+                break
+        return self._report(time.perf_counter() - wall0)
+
+    def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind == "msg":
+            src, dst, msg = payload
+            n = self.nodes[dst]
+            if n.alive and n.core is not None and self._connected(src, dst):
+                self._apply_effects(n, n.core.on_decoded(self.nodes[src].name, msg, self._clock(n)))
+        elif kind == "timer":
+            idx, epoch, t = payload
+            n = self.nodes[idx]
+            if n.alive and n.epoch == epoch and n.core is not None:
+                self._apply_effects(n, n.core.on_timer(t, self._clock(n)))
+        elif kind == "start":
+            n = self.nodes[payload]
+            if n.alive and n.core is not None:
+                self._apply_effects(n, n.core.start(self._clock(n)))
+        elif kind == "crash":
+            n = self.nodes[payload]
+            n.alive = False
+            n.epoch += 1
+            n.core = None  # memory is lost; disk_blocks and disk_sign_state survive
+        elif kind == "restart":
+            n = self.nodes[payload]
+            n.alive = True
+            n.core = self._make_core(n)
+            self._apply_effects(n, n.core.start(self._clock(n)))
+        elif kind == "workload":
+            self._workload_tick()
+
+    def _report(self, wall_s: float) -> dict[str, Any]:
+        sc = self.sc
+        honest_heights = [n.core.state.height for n in self.nodes if n.honest and n.alive and n.core is not None]
+        height = min(honest_heights) if honest_heights else 0
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: int) -> float:
+            if not lat:
+                return 0.0
+            return round(lat[min(len(lat) - 1, (len(lat) * p) // 100)] / 1000, 3)
+
+        sim_s = max(1, self.now_ms) / 1000
+        liveness_ok = height >= sc.heights and (
+            self.progress_after_fault_ms is not None
+            and self.progress_after_fault_ms - self.last_fault_end_ms <= sc.liveness_window_ms
+        )
+        if not liveness_ok:
+            self._violate("liveness", f"honest nodes reached height {height} of {sc.heights} by {self.now_ms} ms")
+        safety = [v for v in self.violations if v.kind in ("safety", "validity")]
+        policy = [v for v in self.violations if v.kind == "policy"]
+        b = sc.byzantine
+        return {
+            "scenario": sc.name,
+            "seed": sc.seed,
+            "peers": len(self.nodes),
+            "validators": sc.validators,
+            "full_nodes": sc.full_nodes,
+            "endorsers": sc.endorsers,
+            "byzantine_validators": len({*b.equivocating_proposers, *b.double_voters, *b.twins, *b.silent, *b.delaying, *b.false_attestors}),
+            "byzantine_endorsers": b.byzantine_endorsers,
+            "heights": height,
+            "committed_txs": self.committed_txs,
+            "certs_issued": dict(self.certs_issued),
+            "bogus_applications": len(self.bogus_apps),
+            "sim_s": round(sim_s, 3),
+            "sim_tps": round(self.committed_txs / sim_s, 2),
+            "latency_p50_s": pct(50),
+            "latency_p99_s": pct(99),
+            "safety_violations": len(safety),
+            "policy_violations": len(policy),
+            "liveness_ok": liveness_ok,
+            "violations": [f"{v.kind}: {v.detail}" for v in self.violations[:20]],
+            "sig_check": sc.sig_check,
+            "events": self.events_processed,
+            "wall_s": round(wall_s, 2),
+            "series": self._series(),
+        }
+
+    def _series(self) -> list[tuple[float, int]]:
+        return [(t / 1000, n) for t, n in self.commit_times]
+
+
+def run_scenario(sc: Scenario, command_hint: str = "") -> dict[str, Any]:
+    return Simulation(sc, command_hint).run()
+
+
+_unused: Callable[..., Any] = verify_ed25519
+_ = (PREVOTE, PRECOMMIT, cert_id_for, Block)
