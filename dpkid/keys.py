@@ -11,6 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -86,6 +89,11 @@ _AcceptedKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey |
 
 def _classify(key: PublicKeyTypes) -> tuple[Algorithm, int, _AcceptedKey]:
     if isinstance(key, ed25519.Ed25519PublicKey):
+        # Small-order points (and other non-canonical encodings) would let a
+        # trivial signature verify for every message: refuse them outright.
+        raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if not nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
+            raise SubjectKeyError("weak_key", "Ed25519 key is a small-order or invalid point")
         return "ed25519", 256, key
     if isinstance(key, ec.EllipticCurvePublicKey):
         entry = _SUPPORTED_CURVES.get(key.curve.name)
@@ -142,12 +150,14 @@ def verify_with_spki(der: bytes, signature: bytes, message: bytes) -> bool:
     try:
         subject, key = _load(der)
         if isinstance(key, ed25519.Ed25519PublicKey):
-            key.verify(signature, message)
+            # libsodium's strict checks, the same as for transaction signatures.
+            raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+            nacl.signing.VerifyKey(raw).verify(message, signature)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, message, ec.ECDSA(_ecdsa_hash(subject.algorithm)))
         else:
             key.verify(signature, message, _pss(), hashes.SHA256())
-    except (SubjectKeyError, InvalidSignature, ValueError, TypeError):
+    except (SubjectKeyError, InvalidSignature, ValueError, TypeError, nacl.exceptions.CryptoError):
         return False
     return True
 

@@ -60,7 +60,7 @@ from dpkid.consensus.valset import (
 from dpkid.crypto import SignatureCache, SigningKey, address_of, sha256, verify_ed25519
 from dpkid.state.codes import Code
 from dpkid.state.machine import State, apply_block, genesis_state
-from dpkid.types import MAX_TX_BYTES, Genesis, Header, Receipt, Tx, U64, tx_sign_bytes
+from dpkid.types import MAX_TX_BYTES, U64, Genesis, Header, Receipt, Tx, tx_sign_bytes
 
 MAX_TX_BATCH: Final = 512
 MAX_SYNC_BLOCKS: Final = 32
@@ -71,7 +71,9 @@ MAX_PENDING_FUTURE: Final = 2048
 
 
 class TxBatch(Struct, frozen=True, array_like=True, tag="txs"):
-    txs: Annotated[list[Annotated[bytes, Meta(max_length=MAX_TX_BYTES)]], Meta(max_length=MAX_TX_BATCH)]
+    txs: Annotated[
+        list[Annotated[bytes, Meta(max_length=MAX_TX_BYTES)]], Meta(max_length=MAX_TX_BATCH)
+    ]
 
 
 class StatusMsg(Struct, frozen=True, array_like=True, tag="status"):
@@ -229,7 +231,7 @@ class Mempool:
             q = self.by_sender[sender]
             acct = state.account(sender)
             n = acct.nonce if acct else 0
-            run = []
+            run: list[bytes] = []
             while n in q and len(run) < max_txs:
                 run.append(self.by_hash[q[n]][0])
                 n += 1
@@ -257,7 +259,6 @@ class Mempool:
             h = sha256(raw)
             self._drop(h)
             self.seen_committed[h] = None
-            self.sig_cache.forget(h)
         while len(self.seen_committed) > 100_000:
             self.seen_committed.popitem(last=False)
         for sender in sorted(self.by_sender):
@@ -297,7 +298,9 @@ def validator_set_for(state: State, height: int) -> ValidatorSet:
     state's set with the changes scheduled to take effect by then."""
     if height > state.height + 2:
         raise ValueError(f"set for {height} is not known at state height {state.height}")
-    vals = {v.address: ValidatorInfo(v.address, v.pubkey, v.power) for v in state.validators.validators}
+    vals = {
+        v.address: ValidatorInfo(v.address, v.pubkey, v.power) for v in state.validators.validators
+    }
     for c in state.pending_validator_changes.changes:
         if c.effective_height <= height:
             a = address_of(c.pubkey)
@@ -325,8 +328,13 @@ def weighted_median_time(commit: Commit, vals: ValidatorSet) -> int:
     return pts[-1][0]
 
 
-def verify_commit(chain_id: str, commit: Commit, vals: ValidatorSet, block_hash: bytes,
-                  verify: Callable[[bytes, bytes, bytes], bool]) -> bool:
+def verify_commit(
+    chain_id: str,
+    commit: Commit,
+    vals: ValidatorSet,
+    block_hash: bytes,
+    verify: Callable[[bytes, bytes, bytes], bool],
+) -> bool:
     if commit.block_hash != block_hash:
         return False
     power = 0
@@ -338,8 +346,16 @@ def verify_commit(chain_id: str, commit: Commit, vals: ValidatorSet, block_hash:
         v = vals.get(s.validator)
         if v is None:
             return False
-        vote = Vote(chain_id, PRECOMMIT, commit.height, commit.round, commit.block_hash,
-                    s.timestamp_ms, s.validator, s.sig)
+        vote = Vote(
+            chain_id,
+            PRECOMMIT,
+            commit.height,
+            commit.round,
+            commit.block_hash,
+            s.timestamp_ms,
+            s.validator,
+            s.sig,
+        )
         if not verify(v.pubkey, sign_bytes_of_vote(vote), s.sig):
             return False
         power += v.power
@@ -447,7 +463,9 @@ class NodeCore(Host):
             lc = block.last_commit
             if lc is None or lc.height != height - 1:
                 return "missing last commit"
-            if not verify_commit(self.chain_id, lc, self._prev_vals, self.last_block_hash, self._verify):
+            if not verify_commit(
+                self.chain_id, lc, self._prev_vals, self.last_block_hash, self._verify
+            ):
                 return "last commit does not verify"
             if h.time_ms != weighted_median_time(lc, self._prev_vals):
                 return "time is not the weighted median of the last commit"
@@ -464,7 +482,12 @@ class NodeCore(Host):
 
     def check_evidence(self, ev: DuplicateVoteEvidence) -> str:
         a, b = ev.vote_a, ev.vote_b
-        if a.validator != b.validator or a.height != b.height or a.round != b.round or a.type != b.type:
+        if (
+            a.validator != b.validator
+            or a.height != b.height
+            or a.round != b.round
+            or a.type != b.type
+        ):
             return "votes are not for one validator, height, round and type"
         if a.block_hash >= b.block_hash:
             return "votes must differ and be ordered by block hash"
@@ -472,18 +495,30 @@ class NodeCore(Host):
             return "wrong chain id"
         if a.height > self.state.height + 1 or a.height + 1000 < self.state.height + 1:
             return "evidence too old or from the future"
-        pk = next((v.pubkey for v in self.state.validators.validators if v.address == a.validator), None)
+        pk = next(
+            (v.pubkey for v in self.state.validators.validators if v.address == a.validator), None
+        )
         if pk is None:
             return "not a current validator"
-        if not (self._verify(pk, sign_bytes_of_vote(a), a.sig) and self._verify(pk, sign_bytes_of_vote(b), b.sig)):
+        if not (
+            self._verify(pk, sign_bytes_of_vote(a), a.sig)
+            and self._verify(pk, sign_bytes_of_vote(b), b.sig)
+        ):
             return "signature does not verify"
         return ""
 
     # ------------------------------------------------------------------ lifecycle
     def _new_height(self, height: int) -> HeightState:
         return HeightState(
-            self.chain_id, height, self.vals, self.priorities, self.key, self.sign_state, self,
-            self.config.timeouts, self.last_block_time_ms,
+            self.chain_id,
+            height,
+            self.vals,
+            self.priorities,
+            self.key,
+            self.sign_state,
+            self,
+            self.config.timeouts,
+            self.last_block_time_ms,
         )
 
     @property
@@ -543,14 +578,17 @@ class NodeCore(Host):
 
     def _consensus_msg(self, peer: str, height: int, m: Proposal | Vote) -> list[NodeEffect]:
         if height == self.height and not self.waiting_commit:
-            eff = self.hs.on_proposal(m, self.now_ms) if isinstance(m, Proposal) else self.hs.on_vote(m, self.now_ms)
+            eff = (
+                self.hs.on_proposal(m, self.now_ms)
+                if isinstance(m, Proposal)
+                else self.hs.on_vote(m, self.now_ms)
+            )
             return self._run(eff)
         if height > self.height:
             # Keep a bounded number for when we get there; and if the sender is
             # well ahead, we are lagging: ask it for blocks.
-            if height == self.height + 1 or (height == self.height and self.waiting_commit):
-                if len(self.future) < MAX_PENDING_FUTURE:
-                    self.future.append((height, m))
+            if height == self.height + 1 and len(self.future) < MAX_PENDING_FUTURE:
+                self.future.append((height, m))
             return self._maybe_sync(peer, height - 1)
         if height == self.height and self.waiting_commit and len(self.future) < MAX_PENDING_FUTURE:
             self.future.append((height, m))
@@ -560,7 +598,15 @@ class NodeCore(Host):
         if their_height > self.state.height and not self.waiting_commit:
             self.sync_target = max(self.sync_target, their_height)
             if their_height > self.state.height + 1 or (their_height == self.state.height + 1):
-                return [Send(peer, BlockRequest(self.state.height + 1, min(MAX_SYNC_BLOCKS, their_height - self.state.height)))]
+                return [
+                    Send(
+                        peer,
+                        BlockRequest(
+                            self.state.height + 1,
+                            min(MAX_SYNC_BLOCKS, their_height - self.state.height),
+                        ),
+                    )
+                ]
         return []
 
     def _on_blocks(self, peer: str, blocks: Sequence[SyncedBlock]) -> list[NodeEffect]:
@@ -570,14 +616,28 @@ class NodeCore(Host):
                 continue
             why = self.check_block(sb.block)
             if why:
-                out.append(NodeEvent("sync_rejected", f"block {sb.block.header.height} from {peer}: {why}"))
+                out.append(
+                    NodeEvent("sync_rejected", f"block {sb.block.header.height} from {peer}: {why}")
+                )
                 break
             if not verify_commit(self.chain_id, sb.commit, self.vals, sb.block.hash, self._verify):
-                out.append(NodeEvent("sync_rejected", f"commit for {sb.block.header.height} from {peer} does not verify"))
+                out.append(
+                    NodeEvent(
+                        "sync_rejected",
+                        f"commit for {sb.block.header.height} from {peer} does not verify",
+                    )
+                )
                 break
             out += self._commit_block(sb.block, sb.commit, synced=True)
         if self.sync_target > self.state.height and blocks:
-            out.append(Send(peer, BlockRequest(self.height, min(MAX_SYNC_BLOCKS, self.sync_target - self.state.height))))
+            out.append(
+                Send(
+                    peer,
+                    BlockRequest(
+                        self.height, min(MAX_SYNC_BLOCKS, self.sync_target - self.state.height)
+                    ),
+                )
+            )
         return out
 
     def on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
@@ -604,7 +664,7 @@ class NodeCore(Host):
         return code, why, h, out
 
     def _flush_txs(self) -> Send:
-        batch, self.outbox = self.outbox[: MAX_TX_BATCH], self.outbox[MAX_TX_BATCH:]
+        batch, self.outbox = self.outbox[:MAX_TX_BATCH], self.outbox[MAX_TX_BATCH:]
         return Send(None, TxBatch(batch))
 
     def _gossip(self) -> list[NodeEffect]:
@@ -668,7 +728,9 @@ class NodeCore(Host):
         The sign state given to the constructor keeps us from double-signing."""
         for block, commit in blocks:
             if block.header.height != self.height:
-                raise ValueError(f"stored block {block.header.height} does not follow {self.state.height}")
+                raise ValueError(
+                    f"stored block {block.header.height} does not follow {self.state.height}"
+                )
             self._apply_decided(block, commit)
         self.hs = self._new_height(self.height)
 
@@ -681,7 +743,9 @@ class NodeCore(Host):
             out += self._start_next_height()
         else:
             self.waiting_commit = True
-            out.append(SetTimer("commit", block.header.height, 0, "", self.config.timeouts.commit_ms))
+            out.append(
+                SetTimer("commit", block.header.height, 0, "", self.config.timeouts.commit_ms)
+            )
         return out
 
     def _start_next_height(self) -> list[NodeEffect]:
@@ -693,7 +757,11 @@ class NodeCore(Host):
         pending, self.future = self.future, []
         for h, m in pending:
             if h == self.height:
-                eff = self.hs.on_proposal(m, self.now_ms) if isinstance(m, Proposal) else self.hs.on_vote(m, self.now_ms)
+                eff = (
+                    self.hs.on_proposal(m, self.now_ms)
+                    if isinstance(m, Proposal)
+                    else self.hs.on_vote(m, self.now_ms)
+                )
                 out += self._run(eff)
             elif h > self.height and len(self.future) < MAX_PENDING_FUTURE:
                 self.future.append((h, m))

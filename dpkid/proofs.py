@@ -29,7 +29,7 @@ from dpkid.types import Account, Application, Certificate, DomainIndex
 
 T = TypeVar("T")
 
-MAX_PROOF_BYTES = 64 * 1024
+MAX_PROOF_BYTES = 1024 * 1024  # the largest record (an Application) fits
 
 
 class ProofError(ValueError):

@@ -6,7 +6,7 @@ Bounds on every field keep a decoded object's size bounded.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -21,7 +21,7 @@ Addr = Annotated[bytes, Meta(min_length=ADDR_LEN, max_length=ADDR_LEN)]
 Hash32 = Annotated[bytes, Meta(min_length=HASH_LEN, max_length=HASH_LEN)]
 PubKey = Annotated[bytes, Meta(min_length=PUBKEY_LEN, max_length=PUBKEY_LEN)]
 Sig = Annotated[bytes, Meta(min_length=SIG_LEN, max_length=SIG_LEN)]
-ChainId = Annotated[str, Meta(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+ChainId = Annotated[str, Meta(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9._-]*\Z")]
 Reason = Annotated[str, Meta(max_length=256)]
 ShortText = Annotated[str, Meta(max_length=128)]
 DomainStr = Annotated[str, Meta(min_length=1, max_length=253)]
@@ -53,7 +53,7 @@ class OrgIdentity(_S, frozen=True):
     """Organization identity claims of an OV/EV application (endorsers vouch for them)."""
 
     name: Annotated[str, Meta(min_length=1, max_length=128)]
-    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}\Z")]
     state: ShortText = ""
     locality: ShortText = ""
     registration_id: ShortText = ""
@@ -66,7 +66,7 @@ class Transfer(_S, frozen=True, tag="transfer"):
 
 
 class CertApply(_S, frozen=True, tag="cert_apply"):
-    cert_type: Annotated[str, Meta(pattern=r"^(DV|OV|EV)$")]
+    cert_type: Literal["DV", "OV", "EV"]
     domains: Annotated[list[DomainStr], Meta(min_length=1, max_length=MAX_DOMAINS_PER_CERT)]
     spki: SpkiDer
     validity_days: Annotated[int, Meta(ge=1, le=3650)]
@@ -86,7 +86,7 @@ class CertRenew(_S, frozen=True, tag="cert_renew"):
 class Attestation(_S, frozen=True):
     app_id: Hash32
     ok: bool
-    method: Annotated[str, Meta(pattern=r"^(http-01|dns-01)$")]
+    method: Literal["http-01", "dns-01"]
     reason: Reason = ""
 
 
@@ -450,3 +450,11 @@ def sign_tx(key: SigningKey, chain_id: str, nonce: int, fee: int, body: TxBody) 
 
 def encode_tx(tx: Tx) -> bytes:
     return codec.encode(tx)
+
+
+class Jailed(_S, frozen=True):
+    """A validator removed for equivocation (its power goes to 0 at H+2)."""
+
+    address: Addr
+    height: U64
+    evidence_key: Hash32

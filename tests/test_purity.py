@@ -24,6 +24,11 @@ CORE_ROOTS = [
     "dpkid.state.ctlog",
     "dpkid.state.codes",
     "dpkid.state.devchain",
+    "dpkid.consensus",
+    "dpkid.consensus.messages",
+    "dpkid.consensus.valset",
+    "dpkid.consensus.engine",
+    "dpkid.node",
 ]
 
 FORBIDDEN = {

@@ -121,12 +121,25 @@ class DoubleSignRefused(Exception):
     pass
 
 
+MAX_CONFLICTING_PER_VALIDATOR: Final = 3
+
+
 @dataclass
 class _RoundVotes:
-    """Votes of one round and one type, counted in integer power."""
+    """Votes of one round and one type, counted in integer power.
+
+    ``total`` counts each validator once (its first vote), for the "2f+1 of
+    anything" rules. Per-block tallies count every validator that signed a
+    vote for that block, even one that also signed another: an equivocator
+    could have sent us only that vote, so counting it is what some correct
+    execution would see, and it lets honest nodes recognise the same polka
+    (CONSENSUS.md §4.3).
+    """
 
     by_validator: dict[bytes, Vote] = field(default_factory=dict)
+    voters_by_block: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)
     power_by_block: dict[bytes, int] = field(default_factory=dict)
+    extra_by_validator: dict[bytes, int] = field(default_factory=dict)
     total: int = 0
 
 
@@ -217,15 +230,19 @@ class HeightState:
         """Our signed votes of the current round (for re-gossip after loss)."""
         return [v for (r, _t), v in sorted(self._own_votes.items()) if r == self.round]
 
-    def latest_votes(self, limit: int = 512) -> list[Vote]:
-        """All votes we hold for the current round and the decided round, for re-gossip."""
+    def latest_votes(self, limit: int = 1024) -> list[Vote]:
+        """Votes worth re-gossiping: the current round, the decided round, and
+        the polka behind our valid and locked values (others need it to accept
+        a re-proposal under L28)."""
         out: list[Vote] = []
-        rounds = {self.round, self.decided_round} - {-1}
+        rounds = {self.round, self.decided_round, self.valid_round, self.locked_round} - {-1}
         for r in sorted(rounds):
             for table in (self.prevotes, self.precommits):
                 rv = table.get(r)
                 if rv:
-                    out.extend(rv.by_validator[a] for a in sorted(rv.by_validator))
+                    for bh in sorted(rv.voters_by_block):
+                        vs = rv.voters_by_block[bh]
+                        out.extend(vs[a] for a in sorted(vs))
         return out[:limit]
 
     # ------------------------------------------------------------------ signing
@@ -251,17 +268,27 @@ class HeightState:
             # A restart re-entered a step we already signed: only the same vote may go out.
             if ss.block_hash != block_hash:
                 return
-            vote = Vote(self.chain_id, type_, self.height, self.round, block_hash,
-                        ss.timestamp_ms, self.address, ss.signature)
+            vote = Vote(
+                self.chain_id,
+                type_,
+                self.height,
+                self.round,
+                block_hash,
+                ss.timestamp_ms,
+                self.address,
+                ss.signature,
+            )
         else:
             ts = self._vote_time(block_hash)
-            sb = vote_sign_bytes(self.chain_id, type_, self.height, self.round, block_hash, ts,
-                                 self.address)
+            sb = vote_sign_bytes(
+                self.chain_id, type_, self.height, self.round, block_hash, ts, self.address
+            )
             sig = self.key.sign(sb)
             self.sign_state = SignState(self.height, self.round, step, block_hash, ts, sig)
             eff.append(PersistSignState(self.sign_state))
-            vote = Vote(self.chain_id, type_, self.height, self.round, block_hash, ts,
-                        self.address, sig)
+            vote = Vote(
+                self.chain_id, type_, self.height, self.round, block_hash, ts, self.address, sig
+            )
         self._own_votes[(self.round, type_)] = vote
         eff.append(Broadcast(vote))
         # Our own vote counts like anyone's.
@@ -272,8 +299,9 @@ class HeightState:
         hrs = (self.height, self.round, STEP_PROPOSE)
         if hrs <= self.sign_state.hrs():
             return  # already proposed (or voted) in this round before a restart
-        sb = proposal_sign_bytes(self.chain_id, self.height, self.round, pol_round, block.hash,
-                                 self.address)
+        sb = proposal_sign_bytes(
+            self.chain_id, self.height, self.round, pol_round, block.hash, self.address
+        )
         sig = self.key.sign(sb)
         self.sign_state = SignState(self.height, self.round, STEP_PROPOSE, block.hash, 0, sig)
         eff.append(PersistSignState(self.sign_state))
@@ -346,25 +374,31 @@ class HeightState:
         if v is None:
             return False
         rv = self._votes(vote.type, vote.round)
+        voters = rv.voters_by_block.get(vote.block_hash)
+        if voters is not None and vote.validator in voters:
+            return False  # duplicate delivery
         prior = rv.by_validator.get(vote.validator)
-        if prior is not None:
-            if prior.block_hash == vote.block_hash:
-                return False  # duplicate delivery
-            if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
-                return False
+        if (
+            prior is not None
+            and rv.extra_by_validator.get(vote.validator, 0) >= MAX_CONFLICTING_PER_VALIDATOR
+        ):
+            return False  # bound what one equivocator can make us store
+        if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+            return False
+        if prior is None:
+            rv.by_validator[vote.validator] = vote
+            rv.total += v.power
+        else:
             # Equivocation: two signed votes, same height/round/type, different blocks.
+            rv.extra_by_validator[vote.validator] = rv.extra_by_validator.get(vote.validator, 0) + 1
             a, b = sorted((prior, vote), key=lambda x: (x.block_hash, x.timestamp_ms, x.sig))
             ev = DuplicateVoteEvidence(a, b)
             k = ev.key()
             if k not in self.evidence:
                 self.evidence[k] = ev
                 eff.append(EvidenceFound(ev))
-            return False  # the first vote keeps counting, the second never does
-        if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
-            return False
-        rv.by_validator[vote.validator] = vote
+        rv.voters_by_block.setdefault(vote.block_hash, {})[vote.validator] = vote
         rv.power_by_block[vote.block_hash] = rv.power_by_block.get(vote.block_hash, 0) + v.power
-        rv.total += v.power
         return True
 
     # ------------------------------------------------------------------ the rules
@@ -420,18 +454,26 @@ class HeightState:
             else:
                 vr = prop.pol_round
                 pvr = self.prevotes.get(vr)
-                if 0 <= vr < r and pvr is not None and self.vals.has_quorum(pvr.power_by_block.get(vid, 0)):
+                if (
+                    0 <= vr < r
+                    and pvr is not None
+                    and self.vals.has_quorum(pvr.power_by_block.get(vid, 0))
+                ):
                     # L28-L33: re-proposal backed by a polka from round vr.
                     if self._valid(v) and (self.locked_round <= vr or self._is_locked_on(vid)):
                         self._sign_vote(PREVOTE, vid, eff)
                     else:
                         self._sign_vote(PREVOTE, b"", eff)
                     self.step = PREVOTE_STEP
-        if pv is not None and self.step == PREVOTE_STEP and self.vals.has_quorum(pv.total):
+        if (
+            pv is not None
+            and self.step == PREVOTE_STEP
+            and self.vals.has_quorum(pv.total)
+            and ("L34", r) not in self._fired
+        ):
             # L34-L35: 2f+1 prevotes for anything -> schedule OnTimeoutPrevote, once.
-            if ("L34", r) not in self._fired:
-                self._fired.add(("L34", r))
-                eff.append(ScheduleTimeout(self.height, r, PREVOTE_STEP, self.timeouts.prevote(r)))
+            self._fired.add(("L34", r))
+            eff.append(ScheduleTimeout(self.height, r, PREVOTE_STEP, self.timeouts.prevote(r)))
         if (
             prop is not None
             and pv is not None
@@ -450,7 +492,11 @@ class HeightState:
                     self.step = PRECOMMIT_STEP
                 self.valid_value = v
                 self.valid_round = r
-        if pv is not None and self.step == PREVOTE_STEP and self.vals.has_quorum(pv.power_by_block.get(b"", 0)):
+        if (
+            pv is not None
+            and self.step == PREVOTE_STEP
+            and self.vals.has_quorum(pv.power_by_block.get(b"", 0))
+        ):
             # L44-L46: 2f+1 prevotes for nil -> precommit nil.
             self._sign_vote(PRECOMMIT, b"", eff)
             self.step = PRECOMMIT_STEP
@@ -480,8 +526,7 @@ class HeightState:
         self.step = COMMITTED
         sigs = [
             CommitSig(a, vote.timestamp_ms, vote.sig)
-            for a, vote in sorted(pc.by_validator.items())
-            if vote.block_hash == vid
+            for a, vote in sorted(pc.voters_by_block.get(vid, {}).items())
         ]
         eff.append(Decide(v, Commit(self.height, r, vid, sigs)))
 

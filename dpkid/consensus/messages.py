@@ -47,7 +47,13 @@ class Vote(_M, frozen=True):
 
 
 def vote_sign_bytes(
-    chain_id: str, type_: int, height: int, round_: int, block_hash: bytes, ts: int, validator: bytes
+    chain_id: str,
+    type_: int,
+    height: int,
+    round_: int,
+    block_hash: bytes,
+    ts: int,
+    validator: bytes,
 ) -> bytes:
     return VOTE_TAG + codec.encode([chain_id, type_, height, round_, block_hash, ts, validator])
 
@@ -74,8 +80,16 @@ class Commit(_M, frozen=True):
 
     def votes(self, chain_id: str) -> list[Vote]:
         return [
-            Vote(chain_id, PRECOMMIT, self.height, self.round, self.block_hash, s.timestamp_ms,
-                 s.validator, s.sig)
+            Vote(
+                chain_id,
+                PRECOMMIT,
+                self.height,
+                self.round,
+                self.block_hash,
+                s.timestamp_ms,
+                s.validator,
+                s.sig,
+            )
             for s in self.sigs
         ]
 

@@ -109,7 +109,9 @@ def carry_priorities(prev: Priorities, vals: ValidatorSet) -> Priorities:
     return tuple(sorted(prios.items()))
 
 
-def next_height_priorities(prios_h: Priorities, set_h: ValidatorSet, set_next: ValidatorSet) -> Priorities:
+def next_height_priorities(
+    prios_h: Priorities, set_h: ValidatorSet, set_next: ValidatorSet
+) -> Priorities:
     """One increment for the height just decided, then carried into the next set."""
     p = dict(prios_h)
     _rescale_and_center(p, set_h.total_power)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dpkid import codec
 from dpkid.consensus.engine import PersistSignState, SignState, TimeoutConfig
@@ -122,15 +122,23 @@ class Simulation:
         sc = self.sc
         self.val_keys = [SigningKey.from_label(f"sim-validator-{i}") for i in range(sc.validators)]
         self.end_keys = [SigningKey.from_label(f"sim-endorser-{i}") for i in range(sc.endorsers)]
-        self.acct_keys = [SigningKey.from_label(f"sim-account-{i}") for i in range(sc.workload.accounts)]
+        self.acct_keys = [
+            SigningKey.from_label(f"sim-account-{i}") for i in range(sc.workload.accounts)
+        ]
         powers = sc.powers or [10] * sc.validators
         policy = Policy(k_ov=sc.k_ov, k_ev=sc.k_ev, max_certs_per_domain=1_000)
         self.genesis = Genesis(
             chain_id="dpkid-sim",
             genesis_time_ms=GENESIS_TIME_MS,
-            validators=[GenesisValidator(k.public_key, p, f"v{i}") for i, (k, p) in enumerate(zip(self.val_keys, powers, strict=True))],
+            validators=[
+                GenesisValidator(k.public_key, p, f"v{i}")
+                for i, (k, p) in enumerate(zip(self.val_keys, powers, strict=True))
+            ],
             endorsers=[GenesisEndorser(k.public_key, f"e{i}") for i, k in enumerate(self.end_keys)],
-            accounts=[GenesisAccount(k.address, 10**12) for k in [*self.acct_keys, *self.end_keys, *self.val_keys]],
+            accounts=[
+                GenesisAccount(k.address, 10**12)
+                for k in [*self.acct_keys, *self.end_keys, *self.val_keys]
+            ],
             policy=policy,
         )
         self.policy = policy
@@ -176,7 +184,9 @@ class Simulation:
         self.endorsers = [Agent(k) for k in self.end_keys]
         self.val_agents = [Agent(k) for k in self.val_keys]
         # Bookkeeping for checkers and metrics.
-        self.decided: dict[int, tuple[bytes, bytes, int]] = {}  # height -> (block hash, app hash, time)
+        self.decided: dict[
+            int, tuple[bytes, bytes, int]
+        ] = {}  # height -> (block hash, app hash, time)
         self.submitted: dict[bytes, int] = {}
         self.latencies_ms: list[int] = []
         self.committed_txs = 0
@@ -229,7 +239,9 @@ class Simulation:
         if net.latency == "fixed":
             return net.latency_min_ms
         if net.latency == "lognormal":
-            return max(1, int(net.latency_median_ms * math.exp(self.rng.gauss(0.0, net.latency_sigma))))
+            return max(
+                1, int(net.latency_median_ms * math.exp(self.rng.gauss(0.0, net.latency_sigma)))
+            )
         return self.rng.randint(net.latency_min_ms, net.latency_max_ms)
 
     def _connected(self, a: int, b: int) -> bool:
@@ -274,7 +286,10 @@ class Simulation:
             elif isinstance(e, ServeBlocks):
                 dst = self.by_name.get(e.to)
                 if dst is not None:
-                    blocks = [SyncedBlock(b, c) for b, c in n.disk_blocks[e.from_height - 1 : e.from_height - 1 + e.count]]
+                    blocks = [
+                        SyncedBlock(b, c)
+                        for b, c in n.disk_blocks[e.from_height - 1 : e.from_height - 1 + e.count]
+                    ]
                     if blocks and self._connected(n.idx, dst.idx):
                         self._deliver(n, dst, BlockResponse(blocks))
             elif isinstance(e, Send):
@@ -291,8 +306,16 @@ class Simulation:
             if dst is not None and self._connected(n.idx, dst.idx):
                 self._deliver(n, dst, e.msg, extra)
             return
-        recips = [d for d in self._recipients(n, e.msg) if d.idx != n.idx and self._connected(n.idx, d.idx)]
-        if "equivocating_proposers" in n.byz and isinstance(e.msg, ProposalMsg) and n.key is not None:
+        recips = [
+            d
+            for d in self._recipients(n, e.msg)
+            if d.idx != n.idx and self._connected(n.idx, d.idx)
+        ]
+        if (
+            "equivocating_proposers" in n.byz
+            and isinstance(e.msg, ProposalMsg)
+            and n.key is not None
+        ):
             alt = self._conflicting_proposal(n.key, e.msg.proposal)
             for i, d in enumerate(recips):
                 self._deliver(n, d, e.msg if i % 2 == 0 else ProposalMsg(alt), extra)
@@ -315,12 +338,18 @@ class Simulation:
         if txs == blk.txs:
             hdr2 = msgspec.structs.replace(hdr2, evidence_hash=sha256(b"equivocate"))
         b2 = Block(hdr2, txs, blk.evidence, blk.last_commit)
-        sig = key.sign(proposal_sign_bytes(p.chain_id, p.height, p.round, p.pol_round, b2.hash, key.address))
+        sig = key.sign(
+            proposal_sign_bytes(p.chain_id, p.height, p.round, p.pol_round, b2.hash, key.address)
+        )
         return Proposal(p.chain_id, p.height, p.round, p.pol_round, b2, key.address, sig)
 
     def _conflicting_vote(self, key: SigningKey, v: Vote) -> Vote:
         other = b"" if v.block_hash else sha256(b"phantom" + v.height.to_bytes(8, "big"))
-        sig = key.sign(vote_sign_bytes(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address))
+        sig = key.sign(
+            vote_sign_bytes(
+                v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address
+            )
+        )
         return Vote(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address, sig)
 
     # ------------------------------------------------------------------ checkers
@@ -337,9 +366,17 @@ class Simulation:
                 self.progress_after_fault_ms = self.now_ms
         else:
             if prev[0] != bh:
-                self._violate("safety", f"height {h}: {n.name} decided {bh.hex()[:16]}, another honest node {prev[0].hex()[:16]}")
+                self._violate(
+                    "safety",
+                    f"height {h}: {n.name} decided {bh.hex()[:16]}, "
+                    f"another honest node {prev[0].hex()[:16]}",
+                )
             elif prev[1] != e.app_hash:
-                self._violate("safety", f"height {h}: {n.name} app hash {e.app_hash.hex()[:16]} != {prev[1].hex()[:16]}")
+                self._violate(
+                    "safety",
+                    f"height {h}: {n.name} app hash {e.app_hash.hex()[:16]} "
+                    f"!= {prev[1].hex()[:16]}",
+                )
         # Validity: the decided block came from a validator and carries only well-formed txs.
         if e.block.header.proposer not in {k.address for k in self.val_keys} | {
             a for a in self._genesis_val_addrs()
@@ -389,14 +426,20 @@ class Simulation:
         if cert.issued_type != "DV":
             k = p.k_ov if cert.issued_type == "OV" else p.k_ev
             if len(cert.endorsers) < k:
-                self._violate("policy", f"{cert.issued_type} cert {cert_id.hex()[:16]} has {len(cert.endorsers)} < {k} endorsers")
+                self._violate(
+                    "policy",
+                    f"{cert.issued_type} cert {cert_id.hex()[:16]} has "
+                    f"{len(cert.endorsers)} < {k} endorsers",
+                )
         if cert.app_id in self.bogus_apps and self._byzantine_below_thresholds():
             self._violate("policy", f"bogus application {cert.app_id.hex()[:16]} was issued")
 
     def _byzantine_below_thresholds(self) -> bool:
         powers = self.sc.powers or [10] * self.sc.validators
         liar_power = sum(powers[i] for i in self.false_attestors)
-        return 3 * liar_power <= 2 * self.total_power and len(self.byz_endorsers) < min(self.policy.k_ov, self.policy.k_ev)
+        return 3 * liar_power <= 2 * self.total_power and len(self.byz_endorsers) < min(
+            self.policy.k_ov, self.policy.k_ev
+        )
 
     # ------------------------------------------------------------------ agents
     def _act_on_applications(self, st: State) -> None:
@@ -408,7 +451,9 @@ class Simulation:
             items = []
             for app_id, _t, bogus in todo:
                 ok = (not bogus) or (vi in self.false_attestors)
-                items.append(Attestation(app_id, ok, "http-01", "" if ok else "key authorization mismatch"))
+                items.append(
+                    Attestation(app_id, ok, "http-01", "" if ok else "key authorization mismatch")
+                )
             for j in range(0, len(items), 64):
                 self._submit(agent, DvAttest(items[j : j + 64]), prefer=vi)
         for ei, agent in enumerate(self.endorsers):
@@ -423,7 +468,10 @@ class Simulation:
                     approve = True if mode == "approve_bogus" else bogus
                 else:
                     approve = not bogus
-                self._submit(agent, Endorse(app_id, approve, "checked" if approve else "identity not verified"))
+                self._submit(
+                    agent,
+                    Endorse(app_id, approve, "checked" if approve else "identity not verified"),
+                )
 
     def _submit(self, agent: Agent, body: TxBody, prefer: int | None = None) -> None:
         node = self._entry_node(prefer)
@@ -440,7 +488,11 @@ class Simulation:
         elif agent.next_nonce > committed and self.now_ms - agent.last_progress_ms > 10_000:
             agent.next_nonce = committed  # our in-flight txs were lost (crash, partition): resend
             agent.last_progress_ms = self.now_ms
-        raw = codec.encode(sign_tx(agent.key, self.genesis.chain_id, agent.next_nonce, self.policy.min_tx_fee, body))
+        raw = codec.encode(
+            sign_tx(
+                agent.key, self.genesis.chain_id, agent.next_nonce, self.policy.min_tx_fee, body
+            )
+        )
         code, _why, h, eff = node.core.submit_tx(raw, self._clock(node))
         if code == Code.OK:
             agent.next_nonce += 1
@@ -472,14 +524,18 @@ class Simulation:
                 self._submit(agent, Transfer(to, self.rng.randint(1, 1000)))
                 continue
             x -= w.transfer_share
-            typ = "DV" if x < w.dv_share else ("OV" if x < w.dv_share + w.ov_share else "EV")
+            typ: Literal["DV", "OV", "EV"] = (
+                "DV" if x < w.dv_share else ("OV" if x < w.dv_share + w.ov_share else "EV")
+            )
             bogus = self.rng.random() < w.bogus_share
             self.domain_counter += 1
             dom = f"{'bogus' if bogus else 'site'}{self.domain_counter}.example"
             org = None
             if typ != "DV":
                 org = OrgIdentity(f"Org {self.domain_counter}", "DE", "", "", "HRB 1", "DE-BE")
-            fee = {"DV": self.policy.fee_dv, "OV": self.policy.fee_ov, "EV": self.policy.fee_ev}[typ]
+            fee = {"DV": self.policy.fee_dv, "OV": self.policy.fee_ov, "EV": self.policy.fee_ev}[
+                typ
+            ]
             self._submit(agent, CertApply(typ, [dom], self.spki, 30, fee, org))
         self._push(self.now_ms + 100, "workload", None)
 
@@ -544,7 +600,9 @@ class Simulation:
 
     def _report(self, wall_s: float) -> dict[str, Any]:
         sc = self.sc
-        honest_heights = [n.core.state.height for n in self.nodes if n.honest and n.alive and n.core is not None]
+        honest_heights = [
+            n.core.state.height for n in self.nodes if n.honest and n.alive and n.core is not None
+        ]
         height = min(honest_heights) if honest_heights else 0
         lat = sorted(self.latencies_ms)
 
@@ -559,7 +617,10 @@ class Simulation:
             and self.progress_after_fault_ms - self.last_fault_end_ms <= sc.liveness_window_ms
         )
         if not liveness_ok:
-            self._violate("liveness", f"honest nodes reached height {height} of {sc.heights} by {self.now_ms} ms")
+            self._violate(
+                "liveness",
+                f"honest nodes reached height {height} of {sc.heights} by {self.now_ms} ms",
+            )
         safety = [v for v in self.violations if v.kind in ("safety", "validity")]
         policy = [v for v in self.violations if v.kind == "policy"]
         b = sc.byzantine
@@ -570,7 +631,16 @@ class Simulation:
             "validators": sc.validators,
             "full_nodes": sc.full_nodes,
             "endorsers": sc.endorsers,
-            "byzantine_validators": len({*b.equivocating_proposers, *b.double_voters, *b.twins, *b.silent, *b.delaying, *b.false_attestors}),
+            "byzantine_validators": len(
+                {
+                    *b.equivocating_proposers,
+                    *b.double_voters,
+                    *b.twins,
+                    *b.silent,
+                    *b.delaying,
+                    *b.false_attestors,
+                }
+            ),
             "byzantine_endorsers": b.byzantine_endorsers,
             "heights": height,
             "committed_txs": self.committed_txs,

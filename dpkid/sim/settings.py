@@ -112,9 +112,14 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         if k not in known:
-            raise ScenarioError(f"{where}: unknown setting {k!r} (known: {', '.join(sorted(known))})")
-        f = known[k]
-        sub = {"network": NetworkSettings, "byzantine": ByzantineSettings, "workload": Workload}.get(k)
+            raise ScenarioError(
+                f"{where}: unknown setting {k!r} (known: {', '.join(sorted(known))})"
+            )
+        sub = {
+            "network": NetworkSettings,
+            "byzantine": ByzantineSettings,
+            "workload": Workload,
+        }.get(k)
         if sub is not None and isinstance(v, dict):
             kwargs[k] = _build(sub, v, f"{where}.{k}")
         elif k == "partitions":
@@ -148,7 +153,14 @@ def validate(sc: Scenario) -> None:
     if sc.powers and len(sc.powers) != sc.validators:
         raise ScenarioError("powers must list one power per validator")
     b = sc.byzantine
-    for name in ("equivocating_proposers", "double_voters", "twins", "silent", "delaying", "false_attestors"):
+    for name in (
+        "equivocating_proposers",
+        "double_voters",
+        "twins",
+        "silent",
+        "delaying",
+        "false_attestors",
+    ):
         for i in getattr(b, name):
             if not 0 <= i < sc.validators:
                 raise ScenarioError(f"byzantine.{name}: {i} is not a validator index")

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dpkid import codec
+from dpkid.consensus.messages import DuplicateVoteEvidence, sign_bytes_of_vote
 from dpkid.crypto import SignatureCache, address_of, sha256, verify_ed25519
 from dpkid.domains import DomainError, validate_domain_list
 from dpkid.keys import SubjectKeyError, parse_spki, verify_with_spki
@@ -32,8 +33,8 @@ from dpkid.types import (
     Attestation,
     AttestationRecord,
     CertApply,
-    CertRenew,
     Certificate,
+    CertRenew,
     DomainIndex,
     DvAttest,
     Endorse,
@@ -49,6 +50,7 @@ from dpkid.types import (
     GovRevokeCert,
     GovVote,
     Header,
+    Jailed,
     LogEntry,
     Meta_,
     OrgIdentity,
@@ -82,6 +84,7 @@ P_CERT: Final = b"cert:"
 P_DOM: Final = b"dom:"
 P_GOV: Final = b"gov:"
 P_LOG: Final = b"log:"
+P_JAIL: Final = b"jail:"
 
 # Record type stored under each key prefix, so a proof's value bytes can be decoded.
 RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
@@ -96,6 +99,7 @@ RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
     (P_DOM, DomainIndex),
     (P_GOV, Proposal),
     (P_LOG, LogEntry),
+    (P_JAIL, Jailed),
 )
 
 # RFC 5280 CRLReason values a ledger revocation may carry. cACompromise and
@@ -367,6 +371,21 @@ def validate_genesis(g: Genesis) -> None:
         raise GenesisError("policy limits must be positive")
     if sum(a.balance for a in g.accounts) >= 2**63:
         raise GenesisError("total supply must be below 2**63")
+    if any(v.power > 2**40 for v in g.validators):
+        raise GenesisError("validator power is at most 2**40")
+    if len(g.endorsers) > MAX_ENDORSERS:
+        raise GenesisError(f"at most {MAX_ENDORSERS} endorsers")
+    if p.max_validity_days > 3650 or p.max_domains > 100 or p.max_certs_per_domain > 1_000_000:
+        raise GenesisError(
+            "policy limits above their hard caps (3650 days, 100 names, 10**6 certs)"
+        )
+    if p.k_ov > MAX_ENDORSERS or p.k_ev > MAX_ENDORSERS:
+        raise GenesisError(f"k_ov and k_ev are at most {MAX_ENDORSERS}")
+    year_ms = 366 * 86_400_000
+    if p.application_ttl_ms > 10 * year_ms or p.gov_ttl_ms > 10 * year_ms:
+        raise GenesisError("TTLs are at most ten years")
+    if max(p.fee_dv, p.fee_ov, p.fee_ev, p.min_tx_fee) >= 2**62:
+        raise GenesisError("fees must be below 2**62")
 
 
 def genesis_state(g: Genesis) -> State:
@@ -527,6 +546,7 @@ def apply_block(
     header: Header,
     txs: Sequence[bytes],
     sig_check: SigCheck | SignatureCache | None = None,
+    evidence: Sequence[DuplicateVoteEvidence] = (),
 ) -> tuple[State, list[Receipt], bytes]:
     """Execute one block. Never raises on bad transactions: each gets a receipt.
 
@@ -550,6 +570,8 @@ def apply_block(
 
     b = _Block(state, header, check)
     _begin_block(b)
+    for ev in evidence:
+        _punish(b, ev)
     receipts = [_apply_tx(b, raw) for raw in txs]
     _end_block(b)
     new_state = _commit(state, b)
@@ -589,6 +611,51 @@ def _begin_block(b: _Block) -> None:
         if prop is not None and prop.status == "open" and prop.expires_ms == exp:
             b.put(key_gov(pid), msgspec.structs.replace(prop, status="expired"))
             b.emit("gov_expired", pid)
+
+
+def _punish(b: _Block, ev: DuplicateVoteEvidence) -> None:
+    """SPEC §8.2: proven equivocation jails the validator: power 0 from H+2."""
+    va, vb = ev.vote_a, ev.vote_b
+    addr = va.validator
+    same = (va.validator, va.height, va.round, va.type) == (
+        vb.validator,
+        vb.height,
+        vb.round,
+        vb.type,
+    )
+    if (
+        not same
+        or va.block_hash == vb.block_hash
+        or va.chain_id != b.chain_id
+        or vb.chain_id != b.chain_id
+    ):
+        b.emit("evidence_invalid", addr, "votes do not conflict")
+        return
+    if b.get(P_JAIL + addr) is not None:
+        b.emit("evidence_duplicate", addr, "already jailed")
+        return
+    rec = next((v for v in b.validators().validators if v.address == addr), None)
+    if rec is None:
+        b.emit("evidence_invalid", addr, "not a current validator")
+        return
+    if not (
+        verify_ed25519(rec.pubkey, sign_bytes_of_vote(va), va.sig)
+        and verify_ed25519(rec.pubkey, sign_bytes_of_vote(vb), vb.sig)
+    ):
+        b.emit("evidence_invalid", addr, "signature does not verify")
+        return
+    pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
+    after = {v.address: v.power for v in b.validators().validators}
+    for c in pending.changes:
+        after[address_of(c.pubkey)] = c.power
+    after[addr] = 0
+    if not any(p > 0 for p in after.values()):
+        b.emit("evidence_deferred", addr, "jailing would leave no validator")
+        return
+    b.put(P_JAIL + addr, Jailed(addr, b.height, ev.key()))
+    change = PendingValidatorChange(b.height + 2, rec.pubkey, 0)
+    b.put(K_VALS_PENDING, PendingValidatorChanges([*pending.changes, change]))
+    b.emit("validator_jailed", addr, f"equivocated at height {va.height} round {va.round}")
 
 
 def _end_block(b: _Block) -> None:
@@ -632,7 +699,9 @@ def _commit(old: State, b: _Block) -> State:
 # ------------------------------------------------------------------ one transaction
 
 
-def _receipt(h: bytes, code: Code, log: str, fee: int = 0, ev: list[Event] | None = None) -> Receipt:
+def _receipt(
+    h: bytes, code: Code, log: str, fee: int = 0, ev: list[Event] | None = None
+) -> Receipt:
     return Receipt(h, int(code), log, fee, ev or [])
 
 
@@ -761,7 +830,7 @@ def _new_application(
     if escrow < need:
         raise TxFailure(Code.INSUFFICIENT_ESCROW, f"escrow {escrow} < {cert_type} fee {need}")
     for d in canon:
-        if len(_live_certs(b, d)) >= p.max_certs_per_domain:
+        if len([c for c in _live_certs(b, d) if c != renews]) >= p.max_certs_per_domain:
             raise TxFailure(Code.DOMAIN_CERT_LIMIT, f"{d} already has the policy maximum of certs")
     b.debit(sender, escrow)
     app_id = sha256(APP_TAG + h)
@@ -793,8 +862,17 @@ def _new_application(
 def _h_cert_apply(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: CertApply = tx.body  # type: ignore[assignment]
     _new_application(
-        b, sender, tx, h, body.cert_type, body.domains, body.spki, body.validity_days,
-        body.escrow, body.org, b"",
+        b,
+        sender,
+        tx,
+        h,
+        body.cert_type,
+        body.domains,
+        body.spki,
+        body.validity_days,
+        body.escrow,
+        body.org,
+        b"",
     )
 
 
@@ -811,8 +889,17 @@ def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     # Renewal re-runs validation at the type the certificate holds now, so a
     # degraded OV/EV renews as DV unless it is endorsed again.
     _new_application(
-        b, sender, tx, h, cert.cert_type, cert.domains, spki, body.validity_days,
-        body.escrow, cert.org if cert.cert_type != "DV" else None, cert.cert_id,
+        b,
+        sender,
+        tx,
+        h,
+        cert.cert_type,
+        cert.domains,
+        spki,
+        body.validity_days,
+        body.escrow,
+        cert.org if cert.cert_type != "DV" else None,
+        cert.cert_id,
     )
 
 
@@ -838,6 +925,13 @@ def _attest_one(b: _Block, validator: bytes, item: Attestation) -> None:
         return
     if app.status != "pending":
         b.emit("attest_skipped", item.app_id, f"application is {app.status}")
+        return
+    if item.ok and item.method != "dns-01" and any(d.startswith("*.") for d in app.domains):
+        # SPEC §7.3: control of a whole zone is shown only through DNS (RFC 8555 §8.4).
+        b.emit("attest_skipped", item.app_id, "wildcard names need dns-01")
+        return
+    if app.applicant == validator:
+        b.emit("attest_skipped", item.app_id, "a validator may not attest its own application")
         return
     rec = AttestationRecord(validator, item.ok, item.method, item.reason, b.height)
     prior = next((a for a in app.attestations if a.validator == validator), None)
@@ -871,6 +965,8 @@ def _h_endorse(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         raise TxFailure(Code.NOT_ENDORSABLE, "DV applications take no endorsements")
     if app.status != "pending":
         raise TxFailure(Code.APPLICATION_CLOSED, f"application is {app.status}")
+    if app.applicant == sender:
+        raise TxFailure(Code.NOT_AUTHORIZED, "an endorser may not endorse its own application")
     if any(e.endorser == sender for e in app.endorsements):
         raise TxFailure(Code.DUPLICATE_ENDORSEMENT, "this endorser already decided")
     rec = EndorsementRecord(sender, body.approve, body.reason, b.height)
@@ -898,8 +994,12 @@ def _decide(b: _Block, app: Application) -> None:
         k = _k_for(p, app.cert_type)
         active = b.endorsers().active()
         active_addrs = [e.address for e in active]
-        endorsers = [e.endorser for e in app.endorsements if e.approve and e.endorser in active_addrs]
-        rejects = [e.endorser for e in app.endorsements if not e.approve and e.endorser in active_addrs]
+        endorsers = [
+            e.endorser for e in app.endorsements if e.approve and e.endorser in active_addrs
+        ]
+        rejects = [
+            e.endorser for e in app.endorsements if not e.approve and e.endorser in active_addrs
+        ]
         if len(active) - len(rejects) < k:
             _close_refund(b, app, "rejected", f"endorsers rejected: {k} approvals unreachable")
             return
@@ -908,7 +1008,7 @@ def _decide(b: _Block, app: Application) -> None:
     if not dv_pass:
         return
     for d in app.domains:
-        if len(_live_certs(b, d)) >= p.max_certs_per_domain:
+        if len([c for c in _live_certs(b, d) if c != app.renews]) >= p.max_certs_per_domain:
             _close_refund(b, app, "rejected", f"{d} reached the per-domain certificate limit")
             return
     _issue(b, app, endorsers, ok_power, total)
@@ -929,7 +1029,11 @@ def _split(b: _Block, amount: int, recipients: list[bytes]) -> None:
 def _issue(b: _Block, app: Application, endorsers: list[bytes], ok_power: int, total: int) -> None:
     p = b.policy
     cert_id = cert_id_for(app.app_id)
-    attestors = sorted(a.validator for a in app.attestations if a.ok)
+    vs = b.validators()
+    # Only attestations that counted (power in force now) are rewarded.
+    attestors = sorted(
+        a.validator for a in app.attestations if a.ok and vs.power_of(a.validator) > 0
+    )
     endorsers = sorted(endorsers)
     cert = Certificate(
         cert_id=cert_id,
@@ -984,7 +1088,7 @@ def _close_refund(b: _Block, app: Application, status: str, why: str) -> None:
     b.credit(app.applicant, app.escrow - fee)
     b.put(
         key_app(app.app_id),
-        msgspec.structs.replace(app, status=status, closed_height=b.height, close_reason=why),
+        msgspec.structs.replace(app, status=status, closed_height=b.height, close_reason=why[:256]),
     )
     b.emit(f"app_{status}", app.app_id, why)
 
@@ -1023,7 +1127,8 @@ def _h_revoke(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         msg = revoke_sign_bytes(b.chain_id, cert.cert_id, body.reason_code)
         if not body.key_sig or not verify_with_spki(cert.spki, body.key_sig, msg):
             raise TxFailure(
-                Code.NOT_AUTHORIZED, "only the owner or the holder of the certificate key may revoke"
+                Code.NOT_AUTHORIZED,
+                "only the owner or the holder of the certificate key may revoke",
             )
     _revoke(b, cert, body.reason_code)
 
@@ -1098,6 +1203,11 @@ def _validate_action(b: _Block, action: GovAction) -> None:
         _live_cert_or_fail(b, action.cert_id)
     elif isinstance(action, SetValidator):
         vals = {v.address: v.power for v in b.validators().validators}
+        # Judge the set as it will be once every already-scheduled change is in
+        # force: otherwise two removals, each fine alone, could empty the set.
+        pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
+        for change in pending.changes:
+            vals[address_of(change.pubkey)] = change.power
         vals[address_of(action.pubkey)] = action.power
         live = [p for p in vals.values() if p > 0]
         if not live:
@@ -1124,7 +1234,7 @@ def _h_gov_propose(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     )
     b.put(key_gov(pid), prop)
     b.new_gov_expiry.append((prop.expires_ms, pid))
-    b.emit("gov_proposed", pid, type(body.action).__name__)
+    b.emit("gov_proposed", pid, str(type(body.action).__struct_config__.tag))
     _tally(b, prop)
 
 
@@ -1156,7 +1266,10 @@ def _tally(b: _Block, prop: Proposal) -> None:
     if 3 * yes > 2 * total:
         result = _execute(b, prop.action)
         status = "passed" if not result else "failed"
-        b.put(key_gov(prop.proposal_id), msgspec.structs.replace(prop, status=status, result=result))
+        b.put(
+            key_gov(prop.proposal_id),
+            msgspec.structs.replace(prop, status=status, result=result[:256]),
+        )
         b.emit(f"gov_{status}", prop.proposal_id, result)
     elif 3 * (total - no) <= 2 * total:
         b.put(key_gov(prop.proposal_id), msgspec.structs.replace(prop, status="rejected"))
