@@ -378,7 +378,7 @@ class NodeCore(Host):
         self.chain_id = genesis.chain_id
         self.key = key
         self.config = config or NodeConfig()
-        self.sig_cache = sig_cache or SignatureCache()
+        self.sig_cache = sig_cache if sig_cache is not None else SignatureCache()
         self._verify = verify
         self.state: State = genesis_state(genesis)
         self.last_block_hash = b""
@@ -386,7 +386,7 @@ class NodeCore(Host):
         self.last_commit: Commit | None = None
         self.vals = validator_set_for(self.state, 1)
         self.priorities: Priorities = carry_priorities(initial_priorities(self.vals), self.vals)
-        self.sign_state = sign_state or SignState()
+        self.sign_state = sign_state if sign_state is not None else SignState()
         self.mempool = Mempool(self.chain_id, self.sig_cache, self.config.mempool_max_txs)
         self.evidence_pool: dict[bytes, DuplicateVoteEvidence] = {}
         self.committed_evidence: set[bytes] = set()

@@ -26,7 +26,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, settings
@@ -184,6 +184,9 @@ LOG_EVENT_KINDS: Final = {
 }
 REASONS: Final = [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
 ADVANCES: Final = [0, 1_000, 1_000, 60_000, DAY_MS + 1, 8 * DAY_MS, 91 * DAY_MS]
+
+CERT_TYPES: Final[list[Literal["DV", "OV", "EV"]]] = ["DV", "OV", "EV"]
+METHODS: Final[list[Literal["http-01", "dns-01"]]] = ["http-01", "dns-01"]
 
 CodeCheck = Callable[[int], bool]
 
@@ -365,7 +368,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def cert_apply(self, data: st.DataObject) -> None:
-        cert_type = _pick(data, ["DV", "OV", "EV"], "cert_type")
+        cert_type = _pick(data, CERT_TYPES, "cert_type")
         fee = {"DV": 1_000, "OV": 5_000, "EV": 20_000}[cert_type]
         good_org = {"DV": None, "OV": ORG_OV, "EV": ORG_EV}[cert_type]
         if data.draw(st.integers(0, 3), label="valid") > 0:
@@ -400,7 +403,8 @@ class LedgerMachine(RuleBasedStateMachine):
         org_bogus = cert_type != "DV" and data.draw(st.integers(0, 3), label="org_bogus") == 0
         body = CertApply(cert_type, domains, spki, validity, escrow, org)
         check: CodeCheck | None = None
-        if spki in INVALID_SPKIS or validity > 90 or escrow < fee or org != good_org:
+        org_ok = org is None if cert_type == "DV" else org in (good_org, ORG_EV)
+        if spki in INVALID_SPKIS or validity > 90 or escrow < fee or not org_ok:
             check = _not_ok
         if any(d in INVALID_DOMAINS for d in domains) or domains != sorted(domains):
             check = _not_ok
@@ -442,7 +446,7 @@ class LedgerMachine(RuleBasedStateMachine):
             ok = self._attest_ok(attester, aid, flaky)
             if attester not in VALIDATORS:
                 ok = data.draw(st.booleans(), label="ok")
-            method = _pick(data, ["http-01", "dns-01"], "method")
+            method = _pick(data, METHODS, "method")
             items.append(Attestation(aid, ok, method, "" if ok else "no token"))
         check = None if self._is_validator(attester) else _not_ok
         self._send(attester, DvAttest(items), "dv_attest", check)
@@ -502,9 +506,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def endorse_withdraw(self, data: st.DataObject) -> None:
         endorsed = self._endorsed_certs()
         if endorsed and data.draw(st.integers(0, 3), label="targeted") > 0:
-            cert = _pick(data, endorsed, "cert")
-            cert_id = cert.cert_id
-            endorser = KEY_BY_ADDR[_pick(data, cert.endorsers, "endorser")]
+            target = _pick(data, endorsed, "cert")
+            cert_id = target.cert_id
+            endorser = KEY_BY_ADDR[_pick(data, target.endorsers, "endorser")]
         else:
             endorser = _pick(data, [*ENDORSERS, ACCOUNTS[0]], "endorser")
             cert_id = _pick_id(data, self.cert_ids, "cert")
