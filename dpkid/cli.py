@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="protocol/vectors")
     v.add_argument("--check", action="store_true", help="only compare, exit 1 if they differ")
     v.set_defaults(func=cmd_vectors)
+
+    from dpkid.sim.cli import add_parser as add_sim
+
+    add_sim(sub)
     return p
 
 

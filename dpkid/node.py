@@ -734,6 +734,22 @@ class NodeCore(Host):
             self._apply_decided(block, commit)
         self.hs = self._new_height(self.height)
 
+    def resume(
+        self, state: State, last_block: Block, last_commit: Commit, priorities: Priorities
+    ) -> None:
+        """Continue from a stored snapshot (state after ``last_block``) instead of
+        replaying every block. Call before ``start``."""
+        if state.height != last_block.header.height:
+            raise ValueError("snapshot state and last block are at different heights")
+        self.state = state
+        self.last_block_hash = last_block.hash
+        self.last_block_time_ms = last_block.header.time_ms
+        self.last_commit = last_commit
+        self._prev_vals = validator_set_for(state, state.height)
+        self.vals = validator_set_for(state, state.height + 1)
+        self.priorities = priorities
+        self.hs = self._new_height(self.height)
+
     def _commit_block(self, block: Block, commit: Commit, synced: bool) -> list[NodeEffect]:
         """Execute a decided block and persist it; the next height starts after
         timeout_commit (or at once when catching up)."""

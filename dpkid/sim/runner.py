@@ -190,6 +190,7 @@ class Simulation:
         ] = {}  # height -> (block hash, app hash, time)
         self.submitted: dict[bytes, int] = {}
         self.latencies_ms: list[int] = []
+        self.latency_series: list[tuple[float, float]] = []
         self.committed_txs = 0
         self.commit_times: list[tuple[int, int]] = []  # (sim ms, txs in block)
         self.bogus_apps: set[bytes] = set()
@@ -401,6 +402,8 @@ class Simulation:
             t = self.submitted.pop(sha256(raw), None)
             if t is not None:
                 self.latencies_ms.append(self.now_ms - t)
+                if len(self.latency_series) < 100_000:
+                    self.latency_series.append((self.now_ms / 1000, (self.now_ms - t) / 1000))
         for r in e.receipts:
             for ev in r.events:
                 if ev.kind == "app_created":
@@ -669,6 +672,7 @@ class Simulation:
             "events": self.events_processed,
             "wall_s": round(wall_s, 2),
             "series": self._series(),
+            "latency_series": self.latency_series,
         }
 
     def _series(self) -> list[tuple[float, int]]:

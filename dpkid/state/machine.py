@@ -205,6 +205,8 @@ class State:
         self._endorsed = endorsed
         self._live = True
         self.last_events: list[Event] = []
+        # Keys the last apply_block wrote (deleted keys included): what a store persists.
+        self.last_writes: list[bytes] = []
 
     # -- lifecycle
     def _check(self) -> None:
@@ -328,6 +330,52 @@ class State:
         rec = self._kv.get(key)
         value = codec.encode(rec) if rec is not None else None
         return value, self._tree.prove(sha256(key))
+
+    # -- persistence (SPEC §5.2)
+    @classmethod
+    def from_records(cls, records: Iterable[tuple[bytes, bytes]]) -> State:
+        """Rebuild a State from its encoded records (as stored by a node).
+
+        The Merkle tree, the certificate log and the in-memory indices (expiry
+        queues, endorser -> certificates) are all derived from the records,
+        so a restored node expires, degrades and proves exactly as before.
+        """
+        kv: dict[bytes, Any] = {}
+        for key, raw in records:
+            kv[key] = codec.decode(raw, record_type_for_key(key))
+        if K_META not in kv:
+            raise ValueError("records hold no meta record")
+        log = MerkleLog()
+        meta: Meta_ = kv[K_META]
+        for i in range(meta.log_size):
+            entry = kv.get(key_log(i))
+            if entry is None:
+                raise ValueError(f"certificate log entry {i} is missing")
+            log.append(codec.encode(entry))
+        if log.root() != meta.log_root:
+            raise ValueError("certificate log does not match the root in meta")
+        app_expiry: list[tuple[int, bytes]] = []
+        gov_expiry: list[tuple[int, bytes]] = []
+        endorsed: dict[bytes, dict[bytes, None]] = {}
+        for key in sorted(kv):
+            v = kv[key]
+            if key.startswith(P_APP) and v.status == "pending":
+                app_expiry.append((v.expires_ms, v.app_id))
+            elif key.startswith(P_GOV) and v.status == "open":
+                gov_expiry.append((v.expires_ms, v.proposal_id))
+            elif key.startswith(P_CERT):
+                for e in v.endorsers:
+                    endorsed.setdefault(e, {})[v.cert_id] = None
+        heapq.heapify(app_expiry)
+        heapq.heapify(gov_expiry)
+        tree = SparseMerkleTree().update(
+            [(sha256(k), sha256(codec.encode(v))) for k, v in sorted(kv.items())]
+        )
+        return cls(kv, tree, log, app_expiry, gov_expiry, endorsed)
+
+    def encoded_records(self) -> Iterable[tuple[bytes, bytes]]:
+        for k, v in self.items():
+            yield k, codec.encode(v)
 
     # -- invariants used by tests and audits
     def supply_in_accounts_and_escrow(self) -> int:
@@ -693,6 +741,7 @@ def _commit(old: State, b: _Block) -> State:
     tree = old._tree.update(updates)
     st = State(kv, tree, log, old._app_expiry, old._gov_expiry, endorsed)
     st.last_events = b.block_events
+    st.last_writes = sorted(b.block)
     return st
 
 

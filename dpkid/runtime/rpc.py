@@ -1,0 +1,294 @@
+"""JSON-RPC 2.0 over a Unix socket (mode 0600), newline-delimited (protocol/RPC.md).
+
+Every limit is explicit: request line size, open connections, batch size,
+queued notifications per subscriber. Remote garbage gets a JSON-RPC error and
+never raises out of a handler; the connection survives a bad line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+SERVER_BUSY: Final = -32000
+# Application errors: -33000 - code, where code is the spec's rejection code (SPEC §10).
+APP_ERROR_BASE: Final = -33000
+
+MAX_LINE_BYTES: Final = 1 << 20
+MAX_CONNECTIONS: Final = 64
+MAX_BATCH: Final = 100
+MAX_NOTIFY_QUEUE: Final = 256
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+Handler = Callable[[Any, "Connection"], Awaitable[Any]]
+
+
+@dataclass
+class Connection:
+    """One client connection; subscriptions push notifications through ``notify``."""
+
+    stream: trio.abc.Stream
+    send_lock: trio.Lock
+    notify_send: trio.MemorySendChannel[bytes]
+    closed: bool = False
+
+    def notify(self, method: str, params: Any) -> bool:
+        """Queue a notification; False if the subscriber is too slow (it gets dropped)."""
+        if self.closed:
+            return False
+        line = json.dumps({"jsonrpc": "2.0", "method": method, "params": params}).encode() + b"\n"
+        try:
+            self.notify_send.send_nowait(line)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+
+class RpcServer:
+    def __init__(self, methods: dict[str, Handler], log: Callable[..., None] | None = None) -> None:
+        self.methods = methods
+        self.connections = 0
+        self._log = log or (lambda *a, **k: None)
+        self.on_disconnect: list[Callable[[Connection], None]] = []
+
+    # ------------------------------------------------------------------ dispatch
+    async def handle_line(self, line: bytes, conn: Connection) -> bytes | None:
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return _err(None, PARSE_ERROR, "parse error: not JSON")
+        if isinstance(req, list):
+            if not req:
+                return _err(None, INVALID_REQUEST, "empty batch")
+            if len(req) > MAX_BATCH:
+                return _err(None, INVALID_REQUEST, f"batch of {len(req)} > {MAX_BATCH}")
+            outs = []
+            for r in req:
+                o = await self._one(r, conn)
+                if o is not None:
+                    outs.append(o)
+            return (json.dumps(outs).encode() + b"\n") if outs else None
+        out = await self._one(req, conn)
+        return None if out is None else json.dumps(out).encode() + b"\n"
+
+    async def _one(self, req: Any, conn: Connection) -> dict[str, Any] | None:
+        if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
+            return _resp_err(_id_of(req), INVALID_REQUEST, "invalid request: need jsonrpc '2.0' and a method")
+        rid = req.get("id")
+        is_notification = "id" not in req
+        if rid is not None and not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            return _resp_err(None, INVALID_REQUEST, "id must be a string, an integer or null")
+        params = req.get("params", {})
+        if not isinstance(params, (dict, list)):
+            return _resp_err(rid, INVALID_PARAMS, "params must be an object or an array")
+        handler = self.methods.get(req["method"])
+        if handler is None:
+            return None if is_notification else _resp_err(rid, METHOD_NOT_FOUND, f"method not found: {req['method']}")
+        try:
+            result = await handler(params, conn)
+        except RpcError as e:
+            return None if is_notification else _resp_err(rid, e.code, e.message, e.data)
+        except Exception as e:  # a handler bug must not take the node down
+            self._log("rpc_internal_error", method=req["method"], error=repr(e))
+            return None if is_notification else _resp_err(rid, INTERNAL_ERROR, "internal error")
+        if is_notification:
+            return None
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    # ------------------------------------------------------------------ serving
+    async def serve_unix(self, path: Path, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is created 0600: only the node's user
+        try:
+            await sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(MAX_CONNECTIONS)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._serve_conn, [listener])
+        finally:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    async def serve_tcp(self, host: str, port: int, token: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started()
+
+        async def guarded(stream: trio.SocketStream) -> None:
+            # The first line must be the bearer token; anything else closes the connection.
+            try:
+                with trio.fail_after(5):
+                    first = await _read_line(stream, bytearray(), 4096)
+            except (trio.TooSlowError, _LineTooLong, trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()
+                return
+            if first is None or first.strip() != f"Bearer {token}".encode():
+                try:
+                    await stream.send_all(_err(None, -32001, "unauthorized: send 'Bearer <token>' first"))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                await stream.aclose()
+                return
+            await self._serve_conn(stream)
+
+        await trio.serve_listeners(guarded, listeners)
+
+    async def _serve_conn(self, stream: trio.abc.Stream) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            try:
+                await stream.send_all(_err(None, SERVER_BUSY, "too many connections"))
+            finally:
+                await stream.aclose()
+            return
+        self.connections += 1
+        send, recv = trio.open_memory_channel[bytes](MAX_NOTIFY_QUEUE)
+        conn = Connection(stream, trio.Lock(), send)
+        buf = bytearray()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_notifications, conn, recv)
+                while True:
+                    try:
+                        line = await _read_line(stream, buf, MAX_LINE_BYTES)
+                    except _LineTooLong:
+                        await self._send(conn, _err(None, INVALID_REQUEST, f"request line over {MAX_LINE_BYTES} bytes"))
+                        break
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    if line is None:
+                        break
+                    if not line.strip():
+                        continue
+                    out = await self.handle_line(line, conn)
+                    if out is not None and not await self._send(conn, out):
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            conn.closed = True
+            self.connections -= 1
+            for cb in self.on_disconnect:
+                cb(conn)
+            send.close()
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _pump_notifications(self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for line in recv:
+            if not await self._send(conn, line):
+                return
+
+    async def _send(self, conn: Connection, data: bytes) -> bool:
+        try:
+            async with conn.send_lock:
+                with trio.fail_after(10):  # a client that never reads is cut off
+                    await conn.stream.send_all(data)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            conn.closed = True
+            return False
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+async def _read_line(stream: trio.abc.Stream, buf: bytearray, limit: int) -> bytes | None:
+    while True:
+        i = buf.find(b"\n")
+        if i >= 0:
+            line = bytes(buf[:i])
+            del buf[: i + 1]
+            return line
+        if len(buf) > limit:
+            raise _LineTooLong
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return None
+        buf += chunk
+
+
+def _id_of(req: Any) -> Any:
+    if isinstance(req, dict):
+        rid = req.get("id")
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+            return rid
+    return None
+
+
+def _resp_err(rid: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": rid, "error": err}
+
+
+def _err(rid: Any, code: int, message: str) -> bytes:
+    return json.dumps(_resp_err(rid, code, message)).encode() + b"\n"
+
+
+# ------------------------------------------------------------------ parameter helpers
+
+
+def param(params: Any, name: str, typ: type, index: int = 0, default: Any = ...) -> Any:
+    """Fetch a named (or positional) parameter with a type check."""
+    if isinstance(params, dict):
+        if name in params:
+            v = params[name]
+        elif default is not ...:
+            return default
+        else:
+            raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
+    else:
+        if index < len(params):
+            v = params[index]
+        elif default is not ...:
+            return default
+        else:
+            raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
+    if typ is int and (isinstance(v, bool) or not isinstance(v, int)):
+        raise RpcError(INVALID_PARAMS, f"{name} must be an integer")
+    if typ is not int and not isinstance(v, typ):
+        raise RpcError(INVALID_PARAMS, f"{name} must be {typ.__name__}")
+    return v
+
+
+def hex_param(params: Any, name: str, length: int | None = None, index: int = 0, max_len: int = 1 << 20) -> bytes:
+    s = param(params, name, str, index)
+    if len(s) > 2 * max_len:
+        raise RpcError(INVALID_PARAMS, f"{name} is too long")
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"{name} must be hex") from None
+    if length is not None and len(b) != length:
+        raise RpcError(INVALID_PARAMS, f"{name} must be {length} bytes")
+    return b

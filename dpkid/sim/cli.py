@@ -1,0 +1,107 @@
+"""`dpkid sim run`: run a scenario, print a summary or JSON, exit 1 on a violation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from dpkid.sim.runner import run_scenario
+from dpkid.sim.settings import ScenarioError, load_scenario
+
+
+def repro_command(path: str, seed: int) -> str:
+    return f"dpkid sim run {shlex.quote(path)} --seed {seed}"
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: list[tuple[float, int]] = report["series"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    if series:
+        end = int(series[-1][0]) + 1
+        per_s = [0] * (end + 1)
+        for t, n in series:
+            per_s[int(t)] += n
+        ax1.bar(range(len(per_s)), per_s, width=1.0, color="#3a7bd5")
+    ax1.set_ylabel("committed tx/s")
+    ax1.set_title(f"{report['scenario']} (seed {report['seed']}, {report['peers']} peers)")
+    lat = report.get("latency_series", [])
+    if lat:
+        ax2.plot([t for t, _ in lat], [v for _, v in lat], ".", markersize=2, color="#d5533a")
+    ax2.set_ylabel("submit-to-commit latency (s)")
+    ax2.set_xlabel("simulated time (s)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def cmd_sim_run(args: argparse.Namespace) -> int:
+    try:
+        sc = load_scenario(args.scenario)
+    except (OSError, ScenarioError, ValueError, TypeError) as exc:
+        print(f"dpkid sim: cannot load {args.scenario}: {exc}")
+        return 2
+    if args.seed is not None:
+        sc.seed = args.seed
+    if args.peers is not None:
+        sc.full_nodes = max(0, args.peers - sc.validators - len(sc.byzantine.twins))
+    repro = repro_command(args.scenario, sc.seed)
+    report = run_scenario(sc, repro)
+    ok = report["safety_violations"] == 0 and report["policy_violations"] == 0 and report["liveness_ok"]
+    if args.plot:
+        plot(report, Path(args.plot))
+    out = {k: v for k, v in report.items() if k not in ("series", "latency_series")}
+    out["ok"] = ok
+    if not ok:
+        out["reproduce"] = repro
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"scenario {out['scenario']}  seed {out['seed']}  signature check: {out['sig_check']}")
+        print(
+            f"peers {out['peers']} (validators {out['validators']}, full nodes {out['full_nodes']}), "
+            f"endorsers {out['endorsers']}"
+        )
+        print(
+            f"byzantine validators {out['byzantine_validators']}, "
+            f"byzantine endorsers {out['byzantine_endorsers']}"
+        )
+        print(
+            f"heights {out['heights']}, committed txs {out['committed_txs']}, "
+            f"certs issued {out['certs_issued']}, bogus applications {out['bogus_applications']}"
+        )
+        print(
+            f"simulated {out['sim_s']} s: {out['sim_tps']} tx/s, latency p50 {out['latency_p50_s']} s "
+            f"p99 {out['latency_p99_s']} s; wall {out['wall_s']} s"
+        )
+        print(
+            f"safety violations {out['safety_violations']}, policy violations "
+            f"{out['policy_violations']}, liveness {'ok' if out['liveness_ok'] else 'FAILED'}"
+        )
+        for v in out["violations"]:
+            print(f"  {v}")
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    if not ok:
+        print(f"VIOLATION with seed {sc.seed}; reproduce with: {repro}")
+        return 1
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser("sim", help="deterministic network simulation of many peers")
+    ssub = s.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    r = ssub.add_parser("run", help="run a scenario manifest (simulations/*.toml)")
+    r.add_argument("scenario", help="path to a scenario .toml")
+    r.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    r.add_argument("--peers", type=int, default=None, help="override the peer count (full nodes fill up)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--plot", metavar="FILE.png", help="plot committed tx/s and latency")
+    r.set_defaults(func=cmd_sim_run)
