@@ -119,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check", action="store_true", help="only compare, exit 1 if they differ")
     v.set_defaults(func=cmd_vectors)
 
+    from dpkid.runtime.cli_node import add_parsers as add_node
     from dpkid.sim.cli import add_parser as add_sim
 
     add_sim(sub)
+    add_node(sub)
     return p
 
 

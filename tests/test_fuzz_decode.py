@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from dpkid import codec, types
-from dpkid.crypto import SigningKey
+from dpkid.crypto import SigningKey, address_of
 from dpkid.state.codes import PRECHECK_CODES, Code
 from dpkid.state.devchain import DevChain
 from dpkid.state.machine import K_META, RECORD_TYPES, State
@@ -359,9 +359,8 @@ def _nearby(draw: st.DrawFn, value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return draw(st.sampled_from([True, False, None, 0, 1]))
     if isinstance(value, int):
-        return draw(
-            st.sampled_from([value + 1, value - 1, -value, -1, 2**63 - 1, 2**63, 2**64 - 1])
-        )
+        near = [value + 1, value - 1, -value, -1, 2**63 - 1, 2**63, 2**64 - 1]
+        return draw(st.sampled_from([x for x in near if -(2**63) <= x < 2**64]))
     if isinstance(value, str):
         return draw(
             st.sampled_from(
@@ -382,9 +381,17 @@ def structurally_mutated(
         _, original = draw(st.sampled_from(samples()))
     else:
         original = draw(st.sampled_from(source()))
-    tree = msgspec.msgpack.decode(original)
-    for _ in range(draw(st.integers(1, 3))):
+    tree = _edit_tree(draw, msgspec.msgpack.decode(original), draw(st.integers(1, 3)))
+    data = _msgpack(tree)
+    return data if data != original else data + b"\xc0"
+
+
+def _edit_tree(draw: st.DrawFn, tree: Any, edits: int, keep: tuple[int, ...] = ()) -> Any:
+    """Apply ``edits`` value-level edits to a decoded msgpack tree (never at path ``keep``)."""
+    for _ in range(edits):
         path = draw(st.sampled_from(_paths(tree)))
+        if path == keep:
+            continue
         if not path:
             tree = draw(st.sampled_from([[tree], [*tree, None], tree[:-1]]))
             continue
@@ -401,8 +408,7 @@ def structurally_mutated(
             del parent[i]
         else:
             parent.insert(i, draw(NESTED))
-    data = _msgpack(tree)
-    return data if data != original else data + b"\xc0"
+    return tree
 
 
 # ----------------------------------------------------------------------------- decode
@@ -516,6 +522,60 @@ def test_apply_block_garbage_is_malformed_and_changes_nothing(blobs: list[bytes]
 )
 def test_apply_block_near_miss_transactions_change_nothing(blobs: list[bytes]) -> None:
     _apply_and_check(blobs, frozenset(PRECHECK_CODES))
+
+
+@st.composite
+def signed_random_bodies(draw: st.DrawFn) -> list[bytes]:
+    """Correctly signed transactions whose bodies are schema-valid edits of real bodies.
+
+    These get past every pre-check, so the handlers themselves meet the odd values.
+    """
+    c, base = _scenario()
+    bodies = [data for typ, data in samples() if typ.__struct_config__.tag is not None]
+    keys = [*c.keys.accounts, *c.keys.validators, *c.keys.endorsers]
+    nonces: dict[bytes, int] = {}
+    out = []
+    for _ in range(draw(st.integers(1, 6))):
+        tree = msgspec.msgpack.decode(draw(st.sampled_from(bodies)))
+        tree = _edit_tree(draw, tree, draw(st.integers(0, 3)), keep=(0,))  # keep the tag
+        key = draw(st.sampled_from(keys))
+        acct = base.account(key.address)
+        nonce = nonces.get(key.address, acct.nonce if acct else 0)
+        try:
+            utx = codec.decode(
+                _msgpack([c.chain_id, key.public_key, nonce, 10, tree]), types.UnsignedTx
+            )
+        except codec.DecodeError:
+            continue
+        nonces[key.address] = nonce + 1
+        sig = key.sign(types.tx_sign_bytes(utx))
+        out.append(encode_tx(Tx(utx.chain_id, utx.pubkey, nonce, 10, utx.body, sig)))
+    return out
+
+
+@CHAIN_FUZZ
+@given(blobs=signed_random_bodies())
+def test_apply_block_survives_signed_odd_bodies(blobs: list[bytes]) -> None:
+    c, base = _scenario()
+    d = DevChain(c.genesis, c.keys)
+    d.state = base.copy()
+    for blob in blobs:
+        d.raw(blob)
+    receipts = d.block()  # must not raise
+    executed: dict[bytes, int] = {}
+    for blob, r in zip(blobs, receipts, strict=True):
+        if currently_in_test_context():
+            event(f"receipt {Code(r.code).name}")
+        assert r.code == Code.OK or r.code >= 10, (Code(r.code).name, r.log)
+        tx = decode_tx(blob)
+        executed[tx.pubkey] = executed.get(tx.pubkey, 0) + 1
+    state = d.state
+    assert state.supply_in_accounts_and_escrow() == state.meta.total_supply
+    for pubkey, n in executed.items():
+        sender = address_of(pubkey)
+        old = base.account(sender)
+        new = state.account(sender)
+        assert new is not None and new.nonce == (old.nonce if old else 0) + n
 
 
 def test_apply_block_oversize_and_edge_blobs() -> None:

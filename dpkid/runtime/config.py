@@ -76,7 +76,12 @@ def genesis_to_json(g: Genesis) -> str:
         "chain_id": g.chain_id,
         "genesis_time_ms": g.genesis_time_ms,
         "validators": [
-            {"pubkey": v.pubkey.hex(), "address": address_of(v.pubkey).hex(), "power": v.power, "name": v.name}
+            {
+                "pubkey": v.pubkey.hex(),
+                "address": address_of(v.pubkey).hex(),
+                "power": v.power,
+                "name": v.name,
+            }
             for v in g.validators
         ],
         "endorsers": [
@@ -103,8 +108,13 @@ def genesis_from_json(text: str) -> Genesis:
                 GenesisValidator(bytes.fromhex(v["pubkey"]), int(v["power"]), v.get("name", ""))
                 for v in d["validators"]
             ],
-            endorsers=[GenesisEndorser(bytes.fromhex(e["pubkey"]), e["name"]) for e in d["endorsers"]],
-            accounts=[GenesisAccount(bytes.fromhex(a["address"]), int(a["balance"])) for a in d["accounts"]],
+            endorsers=[
+                GenesisEndorser(bytes.fromhex(e["pubkey"]), e["name"]) for e in d["endorsers"]
+            ],
+            accounts=[
+                GenesisAccount(bytes.fromhex(a["address"]), int(a["balance"]))
+                for a in d["accounts"]
+            ],
             policy=Policy(**pol),
         )
     except ConfigError:

@@ -92,8 +92,14 @@ class RpcServer:
         return None if out is None else json.dumps(out).encode() + b"\n"
 
     async def _one(self, req: Any, conn: Connection) -> dict[str, Any] | None:
-        if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
-            return _resp_err(_id_of(req), INVALID_REQUEST, "invalid request: need jsonrpc '2.0' and a method")
+        if (
+            not isinstance(req, dict)
+            or req.get("jsonrpc") != "2.0"
+            or not isinstance(req.get("method"), str)
+        ):
+            return _resp_err(
+                _id_of(req), INVALID_REQUEST, "invalid request: need jsonrpc '2.0' and a method"
+            )
         rid = req.get("id")
         is_notification = "id" not in req
         if rid is not None and not isinstance(rid, (str, int)) or isinstance(rid, bool):
@@ -103,7 +109,11 @@ class RpcServer:
             return _resp_err(rid, INVALID_PARAMS, "params must be an object or an array")
         handler = self.methods.get(req["method"])
         if handler is None:
-            return None if is_notification else _resp_err(rid, METHOD_NOT_FOUND, f"method not found: {req['method']}")
+            return (
+                None
+                if is_notification
+                else _resp_err(rid, METHOD_NOT_FOUND, f"method not found: {req['method']}")
+            )
         try:
             result = await handler(params, conn)
         except RpcError as e:
@@ -137,7 +147,9 @@ class RpcServer:
             except OSError:
                 pass
 
-    async def serve_tcp(self, host: str, port: int, token: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_tcp(
+        self, host: str, port: int, token: str, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         task_status.started()
 
@@ -146,12 +158,19 @@ class RpcServer:
             try:
                 with trio.fail_after(5):
                     first = await _read_line(stream, bytearray(), 4096)
-            except (trio.TooSlowError, _LineTooLong, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (
+                trio.TooSlowError,
+                _LineTooLong,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ):
                 await stream.aclose()
                 return
             if first is None or first.strip() != f"Bearer {token}".encode():
                 try:
-                    await stream.send_all(_err(None, -32001, "unauthorized: send 'Bearer <token>' first"))
+                    await stream.send_all(
+                        _err(None, -32001, "unauthorized: send 'Bearer <token>' first")
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 await stream.aclose()
@@ -178,7 +197,12 @@ class RpcServer:
                     try:
                         line = await _read_line(stream, buf, MAX_LINE_BYTES)
                     except _LineTooLong:
-                        await self._send(conn, _err(None, INVALID_REQUEST, f"request line over {MAX_LINE_BYTES} bytes"))
+                        await self._send(
+                            conn,
+                            _err(
+                                None, INVALID_REQUEST, f"request line over {MAX_LINE_BYTES} bytes"
+                            ),
+                        )
                         break
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         break
@@ -201,7 +225,9 @@ class RpcServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _pump_notifications(self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _pump_notifications(
+        self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
         async for line in recv:
             if not await self._send(conn, line):
                 return
@@ -281,7 +307,9 @@ def param(params: Any, name: str, typ: type, index: int = 0, default: Any = ...)
     return v
 
 
-def hex_param(params: Any, name: str, length: int | None = None, index: int = 0, max_len: int = 1 << 20) -> bytes:
+def hex_param(
+    params: Any, name: str, length: int | None = None, index: int = 0, max_len: int = 1 << 20
+) -> bytes:
     s = param(params, name, str, index)
     if len(s) > 2 * max_len:
         raise RpcError(INVALID_PARAMS, f"{name} is too long")

@@ -107,7 +107,9 @@ class Store:
         ).fetchone()
         if row is None:
             return SignState()
-        return SignState(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5]))
+        return SignState(
+            int(row[0]), int(row[1]), int(row[2]), bytes(row[3]), int(row[4]), bytes(row[5])
+        )
 
     # ------------------------------------------------------------------ blocks
     def save_block(
@@ -127,8 +129,14 @@ class Store:
             cur.execute(
                 "INSERT INTO blocks(height, hash, block, seen_commit, app_hash, time_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (h, block.hash, codec.encode(block), codec.encode(commit), state.app_hash,
-                 block.header.time_ms),
+                (
+                    h,
+                    block.hash,
+                    codec.encode(block),
+                    codec.encode(commit),
+                    state.app_hash,
+                    block.header.time_ms,
+                ),
             )
             cur.executemany(
                 "INSERT INTO receipts(height, idx, tx_hash, receipt) VALUES (?, ?, ?, ?)",
@@ -141,7 +149,8 @@ class Store:
                     cur.execute("DELETE FROM state WHERE key = ?", (k,))
                 else:
                     cur.execute(
-                        "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (k, codec.encode(v))
+                        "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                        (k, codec.encode(v)),
                     )
             cur.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('node', ?)",
@@ -183,7 +192,8 @@ class Store:
             (from_height, count),
         ).fetchall()
         return [
-            (codec.decode(bytes(b), Block, 1 << 26), codec.decode(bytes(c), Commit)) for b, c in rows
+            (codec.decode(bytes(b), Block, 1 << 26), codec.decode(bytes(c), Commit))
+            for b, c in rows
         ]
 
     def block_info(self, height: int) -> tuple[bytes, bytes] | None:

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from dpkid.sim.runner import run_scenario
-from dpkid.sim.settings import ScenarioError, load_scenario
+from dpkid.sim.settings import ScenarioError, load_scenario, validate
 
 
-def repro_command(path: str, seed: int) -> str:
-    return f"dpkid sim run {shlex.quote(path)} --seed {seed}"
+def repro_command(path: str, seed: int, peers: int | None = None) -> str:
+    cmd = f"dpkid sim run {shlex.quote(path)} --seed {seed}"
+    return cmd if peers is None else f"{cmd} --peers {peers}"
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
@@ -52,9 +53,18 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         sc.seed = args.seed
     if args.peers is not None:
         sc.full_nodes = max(0, args.peers - sc.validators - len(sc.byzantine.twins))
-    repro = repro_command(args.scenario, sc.seed)
+    try:
+        validate(sc)  # the overrides must still fit the partitions and crashes
+    except ScenarioError as exc:
+        print(f"dpkid sim: {args.scenario} with these options: {exc}")
+        return 2
+    repro = repro_command(args.scenario, sc.seed, args.peers)
     report = run_scenario(sc, repro)
-    ok = report["safety_violations"] == 0 and report["policy_violations"] == 0 and report["liveness_ok"]
+    ok = (
+        report["safety_violations"] == 0
+        and report["policy_violations"] == 0
+        and report["liveness_ok"]
+    )
     if args.plot:
         plot(report, Path(args.plot))
     out = {k: v for k, v in report.items() if k not in ("series", "latency_series")}
@@ -64,10 +74,12 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
-        print(f"scenario {out['scenario']}  seed {out['seed']}  signature check: {out['sig_check']}")
         print(
-            f"peers {out['peers']} (validators {out['validators']}, full nodes {out['full_nodes']}), "
-            f"endorsers {out['endorsers']}"
+            f"scenario {out['scenario']}  seed {out['seed']}  signature check: {out['sig_check']}"
+        )
+        print(
+            f"peers {out['peers']} (validators {out['validators']}, "
+            f"full nodes {out['full_nodes']}), endorsers {out['endorsers']}"
         )
         print(
             f"byzantine validators {out['byzantine_validators']}, "
@@ -78,8 +90,9 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
             f"certs issued {out['certs_issued']}, bogus applications {out['bogus_applications']}"
         )
         print(
-            f"simulated {out['sim_s']} s: {out['sim_tps']} tx/s, latency p50 {out['latency_p50_s']} s "
-            f"p99 {out['latency_p99_s']} s; wall {out['wall_s']} s"
+            f"simulated {out['sim_s']} s: {out['sim_tps']} tx/s, "
+            f"latency p50 {out['latency_p50_s']} s p99 {out['latency_p99_s']} s; "
+            f"wall {out['wall_s']} s"
         )
         print(
             f"safety violations {out['safety_violations']}, policy violations "
@@ -101,7 +114,9 @@ def add_parser(sub: Any) -> None:
     r = ssub.add_parser("run", help="run a scenario manifest (simulations/*.toml)")
     r.add_argument("scenario", help="path to a scenario .toml")
     r.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    r.add_argument("--peers", type=int, default=None, help="override the peer count (full nodes fill up)")
+    r.add_argument(
+        "--peers", type=int, default=None, help="override the peer count (full nodes fill up)"
+    )
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--plot", metavar="FILE.png", help="plot committed tx/s and latency")
     r.set_defaults(func=cmd_sim_run)

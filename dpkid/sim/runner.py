@@ -116,6 +116,7 @@ class Simulation:
         self.seq = 0
         self.violations: list[Violation] = []
         self.events_processed = 0
+        self.finished = False  # every honest live node reached the target (see _done)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -283,6 +284,8 @@ class Simulation:
             elif isinstance(e, PersistBlock):
                 n.disk_blocks.append((e.block, e.commit))
                 self._on_commit(n, e)
+                if e.block.header.height >= self.sc.heights and self._done():
+                    self.finished = True
             elif isinstance(e, SetTimer):
                 self._push(self.now_ms + e.delay_ms, "timer", (n.idx, n.epoch, e))
             elif isinstance(e, ServeBlocks):
@@ -545,6 +548,11 @@ class Simulation:
 
     # ------------------------------------------------------------------ run
     def _done(self) -> bool:
+        # A run that reached its heights before its faults ended has not shown
+        # that progress resumes: keep going until a height is decided after
+        # the last partition heals and the last crash ends (or max_sim_ms).
+        if self.last_fault_end_ms and self.progress_after_fault_ms is None:
+            return False
         for n in self.nodes:
             if n.honest and n.alive and (n.core is None or n.core.state.height < self.sc.heights):
                 return False
@@ -578,7 +586,7 @@ class Simulation:
             self.now_ms = t
             self.events_processed += 1
             self._dispatch(kind, payload)
-            if kind == "msg" and self.events_processed % 512 == 0 and self._done():
+            if self.finished or (self.events_processed % 512 == 0 and self._done()):
                 break
             if self.violations and any(v.kind == "safety" for v in self.violations):
                 break

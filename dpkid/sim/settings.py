@@ -107,7 +107,26 @@ class ScenarioError(ValueError):
     pass
 
 
-def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+_TABLES: dict[str, type[Any]] = {}  # filled in below, once the classes exist
+
+
+def _type_ok(want: str, v: Any) -> bool:
+    """Does the TOML value ``v`` fit the field annotation ``want`` (a string,
+    as ``from __future__ import annotations`` leaves it)?"""
+    if want == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if want == "float":
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if want == "str":
+        return isinstance(v, str)
+    if want.startswith("list[") and want.endswith("]"):
+        return isinstance(v, list) and all(_type_ok(want[5:-1], x) for x in v)
+    return True  # nested tables are checked by _build itself
+
+
+def _build(cls: Any, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{where}: expected a table, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
@@ -115,22 +134,33 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
             raise ScenarioError(
                 f"{where}: unknown setting {k!r} (known: {', '.join(sorted(known))})"
             )
-        sub = {
-            "network": NetworkSettings,
-            "byzantine": ByzantineSettings,
-            "workload": Workload,
-        }.get(k)
-        if sub is not None and isinstance(v, dict):
+        sub = _TABLES.get(k)
+        if sub is not None and k in ("network", "byzantine", "workload"):
             kwargs[k] = _build(sub, v, f"{where}.{k}")
-        elif k == "partitions":
-            kwargs[k] = [_build(Partition, p, f"{where}.partitions") for p in v]
-        elif k == "crashes":
-            kwargs[k] = [_build(Crash, c, f"{where}.crashes") for c in v]
+        elif k in ("partitions", "crashes"):
+            if not isinstance(v, list):
+                raise ScenarioError(f"{where}.{k}: expected an array of tables")
+            kwargs[k] = [_build(_TABLES[k], x, f"{where}.{k}[{i}]") for i, x in enumerate(v)]
         else:
-            kwargs[k] = v
-    obj = cls(**kwargs)
+            want = str(known[k].type)
+            if not _type_ok(want, v):
+                raise ScenarioError(f"{where}.{k}: expected {want}, got {v!r}")
+            kwargs[k] = float(v) if want == "float" else v
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ScenarioError(f"{where}: {exc}") from None
     assert is_dataclass(obj)
     return obj
+
+
+_TABLES.update(
+    network=NetworkSettings,
+    byzantine=ByzantineSettings,
+    workload=Workload,
+    partitions=Partition,
+    crashes=Crash,
+)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -150,8 +180,28 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 def validate(sc: Scenario) -> None:
     if sc.validators < 1:
         raise ScenarioError("at least one validator")
+    if sc.full_nodes < 0 or sc.endorsers < 0:
+        raise ScenarioError("full_nodes and endorsers cannot be negative")
+    if sc.heights < 1:
+        raise ScenarioError("heights must be at least 1")
     if sc.powers and len(sc.powers) != sc.validators:
         raise ScenarioError("powers must list one power per validator")
+    if any(p < 1 for p in sc.powers):
+        raise ScenarioError("every power must be at least 1")
+    net = sc.network
+    if net.latency not in ("uniform", "lognormal", "fixed"):
+        raise ScenarioError("network.latency is 'uniform', 'lognormal' or 'fixed'")
+    if not 0 <= net.latency_min_ms <= net.latency_max_ms:
+        raise ScenarioError("network: need 0 <= latency_min_ms <= latency_max_ms")
+    for name in ("drop_rate", "duplicate_rate", "reorder_rate"):
+        if not 0.0 <= getattr(net, name) <= 1.0:
+            raise ScenarioError(f"network.{name} is a probability in [0, 1]")
+    w = sc.workload
+    for name in ("transfer_share", "dv_share", "ov_share", "ev_share", "bogus_share"):
+        if not 0.0 <= getattr(w, name) <= 1.0:
+            raise ScenarioError(f"workload.{name} is a share in [0, 1]")
+    if w.accounts < 1:
+        raise ScenarioError("workload.accounts must be at least 1")
     b = sc.byzantine
     for name in (
         "equivocating_proposers",
@@ -164,16 +214,24 @@ def validate(sc: Scenario) -> None:
         for i in getattr(b, name):
             if not 0 <= i < sc.validators:
                 raise ScenarioError(f"byzantine.{name}: {i} is not a validator index")
-    if b.byzantine_endorsers > sc.endorsers:
-        raise ScenarioError("more Byzantine endorsers than endorsers")
+    if len(set(b.twins)) != len(b.twins):
+        raise ScenarioError("byzantine.twins: a validator is twinned at most once")
+    if not 0 <= b.byzantine_endorsers <= sc.endorsers:
+        raise ScenarioError("byzantine_endorsers must be between 0 and endorsers")
+    if b.endorser_mode not in ("approve_bogus", "collude", "withhold"):
+        raise ScenarioError("byzantine.endorser_mode is 'approve_bogus', 'collude' or 'withhold'")
     if sc.sig_check not in ("real", "cached"):
         raise ScenarioError("sig_check is 'real' or 'cached'")
     n = sc.validators + len(b.twins) + sc.full_nodes
-    for p in sc.network.partitions:
+    for p in net.partitions:
+        if not 0 <= p.start_ms < p.heal_ms:
+            raise ScenarioError("partition: need 0 <= start_ms < heal_ms")
         for g in p.groups:
             for i in g:
                 if not 0 <= i < n:
                     raise ScenarioError(f"partition names node {i}, but there are {n}")
-    for c in sc.network.crashes:
+    for c in net.crashes:
         if not 0 <= c.node < n:
             raise ScenarioError(f"crash names node {c.node}, but there are {n}")
+        if c.restart_ms and c.restart_ms <= c.at_ms:
+            raise ScenarioError(f"crash of node {c.node}: restart_ms must be after at_ms")

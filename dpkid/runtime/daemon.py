@@ -1,0 +1,393 @@
+"""The dpkid daemon: the pure NodeCore driven by trio, libp2p, SQLite and a clock.
+
+One driver task owns the core. Everything else (gossip, sync replies, RPC
+submissions, timers) reaches it through one bounded channel, so the core
+sees one input at a time, and its effects run in the order it returned them:
+a sign state is on disk before the vote it guards is published.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from dpkid import codec
+from dpkid.consensus.engine import PersistSignState, TimeoutConfig
+from dpkid.crypto import SignatureCache, sha256
+from dpkid.node import (
+    BlockRequest,
+    BlockResponse,
+    EvidenceMsg,
+    NodeConfig,
+    NodeCore,
+    NodeEffect,
+    NodeEvent,
+    PersistBlock,
+    ProposalMsg,
+    Send,
+    ServeBlocks,
+    SetTimer,
+    StatusMsg,
+    SyncedBlock,
+    TxBatch,
+    VoteMsg,
+    WireMsg,
+    decode_msg,
+    encode_msg,
+)
+from dpkid.runtime.config import Home, read_key, read_settings, genesis_from_json
+from dpkid.runtime.logs import get_logger
+from dpkid.runtime.metrics import Metrics
+from dpkid.runtime.store import Store
+from dpkid.state.codes import Code
+from dpkid.state.machine import State
+from dpkid.types import Receipt
+
+INPUT_QUEUE: Final = 10_000
+SYNC_PROTOCOL: Final = "/dpkid/sync/1.0.0"
+SYNC_TIMEOUT_S: Final = 10.0
+MAX_SYNC_REPLY_BYTES: Final = 32 * 1024 * 1024
+
+
+def topics(chain_id: str) -> dict[str, str]:
+    """Gossip topic names, versioned (protocol/WIRE.md)."""
+    return {
+        "txs": f"/dpkid/{chain_id}/txs/v1",
+        "consensus": f"/dpkid/{chain_id}/consensus/v1",
+        "blocks": f"/dpkid/{chain_id}/blocks/v1",
+    }
+
+
+# Which wire messages may travel on which topic; anything else is rejected
+# by the topic validator before libp2p forwards it.
+TOPIC_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "txs": (TxBatch,),
+    "consensus": (ProposalMsg, VoteMsg, EvidenceMsg, StatusMsg),
+    "blocks": (BlockResponse,),
+}
+
+
+@dataclass
+class _Input:
+    kind: str  # "msg" | "timer" | "submit"
+    peer: str = ""
+    msg: Any = None
+    reply: trio.MemorySendChannel[Any] | None = None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeDaemon:
+    def __init__(self, home: Path) -> None:
+        self.home = Home(home)
+        self.settings = read_settings(self.home.config_file)
+        self.key = read_key(self.home.key_file)
+        self.genesis = genesis_from_json(self.home.genesis_file.read_text())
+        self.log = get_logger(node=self.settings.moniker)
+        self.metrics = Metrics()
+        self.store = Store(self.home.db_file)
+        s = self.settings
+        cfg = NodeConfig(
+            timeouts=TimeoutConfig(
+                s.timeout_propose_ms,
+                s.timeout_propose_delta_ms,
+                s.timeout_prevote_ms,
+                s.timeout_prevote_delta_ms,
+                s.timeout_precommit_ms,
+                s.timeout_precommit_delta_ms,
+                s.timeout_commit_ms,
+            ),
+            max_block_txs=s.max_block_txs,
+            gossip_interval_ms=s.gossip_interval_ms,
+            mempool_max_txs=s.mempool_max_txs,
+        )
+        self.core = NodeCore(
+            self.genesis, self.key, cfg, SignatureCache(), self.store.load_sign_state()
+        )
+        self._restore()
+        self.topics = topics(self.genesis.chain_id)
+        self._decoded: OrderedDict[bytes, WireMsg] = OrderedDict()
+        self.catching_up = False
+        self.started_ms = now_ms()
+        self.block_listeners: list[Callable[[PersistBlock], None]] = []
+        self.p2p: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._in_send, self._in_recv = trio.open_memory_channel[_Input](INPUT_QUEUE)
+
+    # ------------------------------------------------------------------ restore
+    def _restore(self) -> None:
+        h = self.store.height()
+        if h == 0:
+            if not self.store.has_state():
+                self.store.save_genesis_state(self.core.state)
+            return
+        state = State.from_records(self.store.state_records())
+        last = self.store.block(h)
+        info = self.store.block_info(h)
+        prios = self.store.node_priorities()
+        if last is None or info is None or prios is None:
+            raise RuntimeError(f"store is inconsistent at height {h}")
+        if state.height != h or state.app_hash != info[1]:
+            raise RuntimeError(
+                f"stored state (height {state.height}) does not match block {h}'s app hash"
+            )
+        self.core.resume(state, last[0], last[1], tuple(prios))
+        self.log.info("restored", height=h, app_hash=state.app_hash.hex())
+
+    # ------------------------------------------------------------------ run
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from dpkid.runtime.p2p import P2PConfig, P2PNode
+        from dpkid.runtime.rpc_methods import build_rpc
+
+        s = self.settings
+        self.p2p = P2PNode(
+            self.key.seed,
+            P2PConfig(
+                listen_host=s.listen_host,
+                listen_port=s.listen_port,
+                persistent_peers=list(s.peers),
+                max_message_bytes=16 * 1024 * 1024,
+                max_frame_bytes=MAX_SYNC_REPLY_BYTES,
+            ),
+        )
+        rpc = build_rpc(self)
+        if s.metrics_listen:
+            self.metrics.serve(s.metrics_listen)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.p2p.run)
+            for name, topic in self.topics.items():
+                self.p2p.subscribe(topic, self._validator_for(name))
+            self.p2p.set_stream_handler(SYNC_PROTOCOL, self._serve_sync)
+            nursery.start_soon(self._receive_loop)
+            await nursery.start(rpc.serve_unix, self.home.socket_path(s))
+            if s.rpc_tcp:
+                host, _, port = s.rpc_tcp.rpartition(":")
+                token = (self.home.path / "rpc_token").read_text().strip()
+                await nursery.start(rpc.serve_tcp, host, int(port), token)
+            nursery.start_soon(self._signals, nursery)
+            nursery.start_soon(self._metrics_loop)
+            await self._execute(self.core.start(now_ms()))
+            self.log.info(
+                "started",
+                height=self.core.state.height,
+                peer_id=self.p2p.peer_id,
+                validator=self.core.is_validator,
+            )
+            task_status.started()
+            await self._drive()
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            async for sig in sigs:
+                self.log.info("stopping", signal=signal.Signals(sig).name)
+                break
+        # Everything committed is already on disk (one transaction per block).
+        nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        if self.p2p is not None:
+            await self.p2p.aclose()
+        self.store.close()
+
+    # ------------------------------------------------------------------ inputs
+    def _validator_for(self, name: str) -> Callable[[str, bytes], bool]:
+        allowed = TOPIC_TYPES[name]
+
+        def validate(peer: str, data: bytes) -> bool:
+            try:
+                msg = decode_msg(data)
+            except codec.DecodeError:
+                self.metrics.bad_messages.inc()
+                return False
+            if not isinstance(msg, allowed):
+                self.metrics.bad_messages.inc()
+                return False
+            k = sha256(data)
+            self._decoded[k] = msg
+            while len(self._decoded) > 512:
+                self._decoded.popitem(last=False)
+            return True
+
+        return validate
+
+    async def _receive_loop(self) -> None:
+        async for m in self.p2p:
+            topic, peer, data = m.topic, m.from_peer, m.data
+            msg = self._decoded.pop(sha256(data), None)
+            if msg is None:
+                try:
+                    msg = decode_msg(data)
+                except codec.DecodeError:
+                    self.metrics.bad_messages.inc()
+                    continue
+            if topic == self.topics["blocks"]:
+                continue  # for monitors; nodes sync through the stream protocol
+            try:
+                self._in_send.send_nowait(_Input("msg", peer, msg))
+            except trio.WouldBlock:
+                self.metrics.bad_messages.inc()  # overloaded: like gossip loss, re-gossip recovers
+
+    async def _serve_sync(self, data: bytes, peer: str) -> bytes:
+        try:
+            req = decode_msg(data)
+        except codec.DecodeError:
+            return encode_msg(BlockResponse([]))
+        if not isinstance(req, BlockRequest):
+            return encode_msg(BlockResponse([]))
+        blocks = self.store.blocks(req.from_height, req.count)
+        out: list[SyncedBlock] = []
+        size = 0
+        for b, c in blocks:
+            n = len(codec.encode(b))
+            if out and size + n > MAX_SYNC_REPLY_BYTES // 2:
+                break
+            out.append(SyncedBlock(b, c))
+            size += n
+        return encode_msg(BlockResponse(out))
+
+    async def submit_tx(self, raw: bytes) -> tuple[Code, str, bytes]:
+        send, recv = trio.open_memory_channel[Any](1)
+        try:
+            self._in_send.send_nowait(_Input("submit", msg=raw, reply=send))
+        except trio.WouldBlock:
+            return Code.TX_TOO_LARGE, "node is overloaded, try again", sha256(raw)
+        result: tuple[Code, str, bytes] = await recv.receive()
+        return result
+
+    # ------------------------------------------------------------------ the driver
+    async def _drive(self) -> None:
+        async for item in self._in_recv:
+            t0 = time.perf_counter()
+            now = now_ms()
+            if item.kind == "msg":
+                effects = self.core.on_decoded(item.peer, item.msg, now)
+            elif item.kind == "timer":
+                effects = self.core.on_timer(item.msg, now)
+            elif item.kind == "submit":
+                code, why, h, effects = self.core.submit_tx(item.msg, now)
+                assert item.reply is not None
+                item.reply.send_nowait((code, why, h))
+            else:
+                continue
+            self.metrics.step_seconds.labels(item.kind).observe(time.perf_counter() - t0)
+            await self._execute(effects)
+
+    async def _execute(self, effects: list[NodeEffect]) -> None:
+        for e in effects:
+            if isinstance(e, PersistSignState):
+                self.store.save_sign_state(e.state)
+            elif isinstance(e, PersistBlock):
+                self.store.save_block(
+                    e.block, e.commit, e.receipts, self.core.state, list(self.core.priorities)
+                )
+                self._on_block(e)
+            elif isinstance(e, SetTimer):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._timer, e)
+            elif isinstance(e, Send):
+                await self._send(e)
+            elif isinstance(e, ServeBlocks):
+                pass  # sync requests arrive on the stream protocol, served by _serve_sync
+            elif isinstance(e, NodeEvent):
+                self.log.warning("node_event", kind=e.kind, detail=e.detail)
+
+    async def _timer(self, t: SetTimer) -> None:
+        await trio.sleep(t.delay_ms / 1000)
+        try:
+            self._in_send.send_nowait(_Input("timer", msg=t))
+        except trio.WouldBlock:
+            await self._in_send.send(_Input("timer", msg=t))  # timers must not be lost
+
+    async def _send(self, e: Send) -> None:
+        m = e.msg
+        if e.to is not None:
+            if isinstance(m, BlockRequest):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._fetch_blocks, e.to, m)
+            return
+        if isinstance(m, TxBatch):
+            topic = self.topics["txs"]
+        else:
+            topic = self.topics["consensus"]
+        try:
+            await self.p2p.publish(topic, encode_msg(m))
+        except Exception as exc:  # gossip is best effort; re-gossip covers the loss
+            self.log.warning("publish_failed", topic=topic, error=repr(exc))
+
+    async def _fetch_blocks(self, peer: str, req: BlockRequest) -> None:
+        self.catching_up = True
+        try:
+            data = await self.p2p.request(peer, SYNC_PROTOCOL, encode_msg(req), SYNC_TIMEOUT_S)
+            resp = decode_msg(data)
+        except Exception as exc:
+            self.log.info("sync_request_failed", peer=peer, error=repr(exc))
+            return
+        if isinstance(resp, BlockResponse) and resp.blocks:
+            await self._in_send.send(_Input("msg", peer, resp))
+
+    def _on_block(self, e: PersistBlock) -> None:
+        h = e.block.header.height
+        self.metrics.height.set(h)
+        self.metrics.blocks.inc()
+        self.metrics.committed_txs.inc(len(e.block.txs))
+        self.catching_up = self.core.sync_target > self.core.state.height
+        if h % 10 == 0 or e.block.txs:
+            self.log.info(
+                "committed", height=h, txs=len(e.block.txs), app_hash=e.app_hash.hex()[:16]
+            )
+        for cb in self.block_listeners:
+            cb(e)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._publish_block_event, e)
+
+    async def _publish_block_event(self, e: PersistBlock) -> None:
+        """Committed blocks go out on the blocks topic for monitors."""
+        try:
+            await self.p2p.publish(
+                self.topics["blocks"], encode_msg(BlockResponse([SyncedBlock(e.block, e.commit)]))
+            )
+        except Exception as exc:
+            self.log.info("publish_failed", topic="blocks", error=repr(exc))
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            self.metrics.round.set(self.core.hs.round)
+            self.metrics.peers.set(len(self.p2p.peers()))
+            self.metrics.mempool.set(len(self.core.mempool))
+            await trio.sleep(1)
+
+    # ------------------------------------------------------------------ queries (RPC)
+    def status(self) -> dict[str, Any]:
+        st = self.core.state
+        info = self.store.block_info(st.height)
+        return {
+            "chain_id": self.genesis.chain_id,
+            "node_id": self.p2p.peer_id if self.p2p else "",
+            "moniker": self.settings.moniker,
+            "validator_address": self.key.address.hex() if self.core.is_validator else None,
+            "height": st.height,
+            "block_hash": info[0].hex() if info else "",
+            "app_hash": st.app_hash.hex(),
+            "time_ms": st.time_ms,
+            "round": self.core.hs.round,
+            "peers": len(self.p2p.peers()) if self.p2p else 0,
+            "catching_up": self.catching_up,
+            "mempool_txs": len(self.core.mempool),
+        }
+
+    def receipts(self, height: int) -> list[Receipt]:
+        return self.store.receipts(height)
+
+
+_ = (math, StatusMsg)

@@ -1,0 +1,1011 @@
+"""The daemon's libp2p transport: gossipsub topics and a request/response stream protocol.
+
+This module moves bytes and knows nothing about consensus. It runs on trio and
+py-libp2p 0.8.1, with every pitfall in ``shared/NOTES-libp2p.md`` handled:
+
+* gossipsub v1.1 (``/meshsub/1.1.0``), spam protection OFF, adaptive gossip OFF,
+  heartbeat 1 s, strict signing ON (note 1, 2, 6, 8);
+* the per-peer outbound RpcQueue is replaced by a larger one, bounded in RPCs
+  *and* in bytes, that counts what it drops (note 3);
+* ``SUBSCRIPTION_CHANNEL_SIZE`` is raised, and each subscription is drained by
+  a task that never blocks into the app's own bounded channel (note 4);
+* ``max_inbound_rpc_size`` and the RpcQueue ``max_message_size`` are one
+  setting, ``P2PConfig.max_message_bytes`` (note 5);
+* ``ConnectionConfig(max_connections_per_peer=1)`` (note 9);
+* one supervisor per persistent peer that unblocks the peer from the negative
+  dial cache before every redial, with exponential backoff (note 10);
+* the pubsub seqno counter starts at ``time.time_ns()`` (note 11);
+* stream frames are our own: a 4-byte big-endian length, a hard cap, read in a
+  loop until complete (note 12).
+
+Wire format of the stream protocol (any ``protocol_id`` registered with
+``set_stream_handler``): the client writes a request frame, the server answers
+with one response frame, then the stream may carry the next request.
+A frame is ``len (u32 big-endian) || body`` with ``len <= max_frame_bytes``.
+There is no status byte: a handler that fails, a frame over the cap, or a
+truncated frame resets the stream, and the client's ``request`` raises
+``RequestError``. Application errors belong in the application's own response
+encoding.
+
+Streams are REUSED: the client keeps up to ``max_idle_streams_per_peer`` idle
+streams per (peer, protocol) and runs one request at a time on each; a
+concurrent request takes another idle stream or opens a new one. A stream on
+which a request failed or timed out is reset and never reused (its next bytes
+could belong to the abandoned response). If a reused idle stream turns out to
+be dead, the request is retried once on a fresh stream, so handlers should be
+idempotent (sync and fetch requests are reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import struct
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+
+import trio
+
+# Importing libp2p costs about 0.7 s, and on import it sets
+# logging.getLogger("libp2p").propagate = False (see install_libp2p_log_bridge).
+import libp2p.pubsub.pubsub as _lp_pubsub_mod
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.tools.anyio_service import background_trio_service
+
+__all__ = [
+    "FRAME_HEADER_BYTES",
+    "MAX_FRAME_BYTES_DEFAULT",
+    "P2PConfig",
+    "P2PError",
+    "P2PMessage",
+    "P2PNode",
+    "RequestError",
+    "RequestHandler",
+    "RequestTimeout",
+    "TopicValidator",
+    "encode_frame",
+    "install_libp2p_log_bridge",
+    "peer_id_from_seed",
+    "read_frame",
+]
+
+log = logging.getLogger("dpkid.p2p")
+
+FRAME_HEADER_BYTES: Final = 4
+MAX_FRAME_BYTES_DEFAULT: Final = 8 * 1024 * 1024
+# Room for what pubsub adds around the payload of one published message: the
+# signature (64 B), key (36 B), from/seqno/topic, protobuf framing and the signed
+# peer record attached to every RPC (about 300 B). Generous on purpose.
+PUBLISH_OVERHEAD_BYTES: Final = 4096
+_U32 = struct.Struct(">I")
+
+TopicValidator = Callable[[str, bytes], bool]
+RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
+
+
+class P2PError(Exception):
+    """Transport-level failure (the node is not running, a peer is unreachable, ...)."""
+
+
+class RequestError(P2PError):
+    """A request failed: stream reset, refused protocol, oversized or truncated frame."""
+
+
+class RequestTimeout(RequestError):
+    """A request got no complete response within its timeout."""
+
+
+class FrameError(Exception):
+    """A malformed or oversized frame on a stream (a remote error)."""
+
+
+class P2PMessage(NamedTuple):
+    """A gossip message accepted by the topic validator and delivered to the app."""
+
+    topic: str
+    from_peer: str  # base58 peer id of the signed originator (not the forwarder)
+    data: bytes
+
+
+@dataclass
+class P2PConfig:
+    """Transport settings. Units are in the names; every queue has a bound."""
+
+    listen_port: int
+    listen_host: str = "127.0.0.1"
+    # Multiaddrs with the peer id, e.g. /ip4/10.0.0.2/tcp/26656/p2p/12D3KooW...
+    persistent_peers: list[str] = field(default_factory=list)
+    # One limit for a whole pubsub RPC, set identically on every node: it is
+    # both Pubsub(max_inbound_rpc_size) and the RpcQueue max_message_size
+    # (note 5). A publish may carry max_message_bytes - PUBLISH_OVERHEAD_BYTES.
+    max_message_bytes: int = 4 * 1024 * 1024
+    heartbeat_interval_s: int = 1
+    # gossipsub mesh degree (the whole validator set is meshed when small)
+    mesh_degree: int = 6
+    mesh_degree_low: int = 4
+    mesh_degree_high: int = 12
+    # libp2p's subscription channel, per topic (note 4; the default 32 drops)
+    subscription_channel_size: int = 4096
+    # The app's bounded channel that recv() reads; full -> drop and count.
+    recv_queue_size: int = 10_000
+    # Per-peer outbound pubsub queue, bounded in RPCs and in bytes (note 3).
+    outbound_queue_size: int = 2048
+    outbound_queue_max_bytes: int = 64 * 1024 * 1024
+    # App-level de-duplication (from, seqno), bounded.
+    seen_cache_size: int = 65_536
+    # Deliver the node's own published messages to recv()?
+    deliver_own_messages: bool = False
+    # gossipsub's IP-diversity grafting; meaningless for a fixed validator set,
+    # and every node shares 127.0.0.1 in tests.
+    eclipse_protection: bool = False
+    # Redial of persistent peers.
+    redial_backoff_min_ms: int = 100
+    redial_backoff_max_ms: int = 2_000
+    peer_check_interval_ms: int = 500
+    dial_timeout_ms: int = 5_000
+    # Stream protocol.
+    max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT
+    max_idle_streams_per_peer: int = 4
+    client_stream_idle_ms: int = 60_000  # idle client streams older than this are closed
+    server_stream_idle_ms: int = 300_000  # must exceed client_stream_idle_ms
+    handler_timeout_ms: int = 30_000
+    max_inbound_streams: int = 256
+    max_outbound_requests: int = 256
+    shutdown_timeout_ms: int = 5_000
+
+    def validate(self) -> None:
+        if not 0 <= self.listen_port <= 65535:
+            raise ValueError(f"listen_port out of range: {self.listen_port}")
+        if self.max_message_bytes <= PUBLISH_OVERHEAD_BYTES:
+            raise ValueError("max_message_bytes is too small")
+        if self.max_frame_bytes <= 0 or self.max_frame_bytes >= 2**32:
+            raise ValueError("max_frame_bytes must be in (0, 2**32)")
+        if not 0 < self.redial_backoff_min_ms <= self.redial_backoff_max_ms:
+            raise ValueError("need 0 < redial_backoff_min_ms <= redial_backoff_max_ms")
+        if self.server_stream_idle_ms <= self.client_stream_idle_ms:
+            raise ValueError("server_stream_idle_ms must exceed client_stream_idle_ms")
+        if self.heartbeat_interval_s < 1:
+            raise ValueError("heartbeat_interval_s must be >= 1 (gossipsub takes an int)")
+        for name in (
+            "subscription_channel_size",
+            "recv_queue_size",
+            "outbound_queue_size",
+            "outbound_queue_max_bytes",
+            "seen_cache_size",
+            "max_idle_streams_per_peer",
+            "max_inbound_streams",
+            "max_outbound_requests",
+            "dial_timeout_ms",
+            "peer_check_interval_ms",
+            "handler_timeout_ms",
+            "shutdown_timeout_ms",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for addr in self.persistent_peers:
+            _parse_peer_addr(addr)
+
+
+# ---------------------------------------------------------------- identity
+
+
+def _key_pair(seed: bytes) -> Any:
+    if len(seed) != 32:
+        raise ValueError("the node key seed must be 32 bytes")
+    return create_new_key_pair(seed)
+
+
+def peer_id_from_seed(seed: bytes) -> str:
+    """The base58 libp2p peer id (``12D3KooW...``) of an Ed25519 node-key seed."""
+    return str(ID.from_pubkey(_key_pair(seed).public_key).to_base58())
+
+
+def _parse_peer_addr(addr: str) -> PeerInfo:
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:  # the multiaddr library raises many types
+        raise ValueError(f"bad persistent peer multiaddr {addr!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- framing
+
+
+def encode_frame(body: bytes, max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT) -> bytes:
+    """``len || body``, ready for a single ``write()``. Raises ValueError over the cap."""
+    if len(body) > max_frame_bytes:
+        raise ValueError(f"frame of {len(body)} B exceeds the cap of {max_frame_bytes} B")
+    return _U32.pack(len(body)) + body
+
+
+async def _read_exact(stream: Any, n: int, *, at_boundary: bool) -> bytes | None:
+    """Read exactly n bytes. None on a clean EOF before the first byte (if at_boundary).
+
+    Each read returns at least one byte or raises, so the loop runs at most n times.
+    """
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = await stream.read(n - len(buf))
+        except StreamEOF:
+            chunk = b""
+        if not chunk:
+            if at_boundary and not buf:
+                return None
+            raise FrameError(f"stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+async def read_frame(stream: Any, max_frame_bytes: int) -> bytes | None:
+    """Read one frame; None on a clean EOF between frames.
+
+    Raises FrameError on a length over the cap or a truncated frame; the body of
+    an oversized frame is never read.
+    """
+    header = await _read_exact(stream, FRAME_HEADER_BYTES, at_boundary=True)
+    if header is None:
+        return None
+    (length,) = _U32.unpack(header)
+    if length > max_frame_bytes:
+        raise FrameError(f"frame length {length} exceeds the cap of {max_frame_bytes}")
+    if length == 0:
+        return b""
+    body = await _read_exact(stream, length, at_boundary=False)
+    assert body is not None
+    return body
+
+
+# ---------------------------------------------------------------- libp2p patches
+
+
+class _BoundedRpcQueue(RpcQueue):
+    """The per-peer outbound pubsub queue, bounded in RPCs and bytes, counting drops.
+
+    libp2p constructs ``RpcQueue()`` with no arguments by looking the name up in
+    ``libp2p.pubsub.pubsub`` (note 3), so the settings are class attributes and
+    apply process-wide. One node per process is the daemon's case; in-process
+    tests should give every node the same settings.
+    """
+
+    queue_max_rpcs: int = 2048
+    queue_max_bytes: int = 64 * 1024 * 1024
+    max_rpc_bytes: int = 4 * 1024 * 1024
+    dropped_rpcs: int = 0  # process-wide counter
+
+    def __init__(self, max_size: int | None = None, max_message_size: int | None = None) -> None:
+        cls = type(self)
+        super().__init__(
+            max_size=max_size if max_size is not None else cls.queue_max_rpcs,
+            max_message_size=(
+                max_message_size if max_message_size is not None else cls.max_rpc_bytes
+            ),
+        )
+        self._bytes = 0
+        self._sizes: dict[int, int] = {}
+
+    def push(self, rpc: rpc_pb2.RPC, priority: bool = False) -> bool:
+        size = rpc.ByteSize()
+        if self._bytes + size > type(self).queue_max_bytes and len(self) > 0:
+            _BoundedRpcQueue.dropped_rpcs += 1
+            return False
+        ok = bool(super().push(rpc, priority))
+        if ok:
+            self._bytes += size
+            self._sizes[id(rpc)] = self._sizes.get(id(rpc), 0) + size
+        elif not self.closed:
+            _BoundedRpcQueue.dropped_rpcs += 1
+        return ok
+
+    async def pop(self) -> rpc_pb2.RPC | None:
+        item: rpc_pb2.RPC | None = await super().pop()
+        if item is not None:
+            size = self._sizes.pop(id(item), 0)
+            self._bytes = max(0, self._bytes - size)
+        return item
+
+
+def _apply_libp2p_patches(cfg: P2PConfig) -> None:
+    cur = _BoundedRpcQueue
+    if _lp_pubsub_mod.RpcQueue is cur and (
+        cur.queue_max_rpcs,
+        cur.queue_max_bytes,
+        cur.max_rpc_bytes,
+    ) != (cfg.outbound_queue_size, cfg.outbound_queue_max_bytes, cfg.max_message_bytes):
+        log.warning("p2p: RpcQueue settings changed by a second node in this process")
+    cur.queue_max_rpcs = cfg.outbound_queue_size
+    cur.queue_max_bytes = cfg.outbound_queue_max_bytes
+    cur.max_rpc_bytes = cfg.max_message_bytes
+    _lp_pubsub_mod.RpcQueue = cur  # type: ignore[misc]
+    if _lp_pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE < cfg.subscription_channel_size:
+        _lp_pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE = cfg.subscription_channel_size
+
+
+# ---------------------------------------------------------------- logging
+
+_NOISY_LIBP2P_LOGGERS: Final = (
+    "libp2p.transport.tcp.tcp",
+    "libp2p.pubsub.gossipsub",
+    "libp2p.pubsub.pubsub",
+    "libp2p.host.basic_host",
+    "libp2p.protocol_muxer.multiselect_client",
+)
+
+
+class Libp2pLogFilter(logging.Filter):
+    """Handler-level filter for libp2p's records.
+
+    The noisy loggers (an ERROR per failed dial while a peer is down, WARNINGs
+    per full buffer or reconnect race) get at most ``burst`` records per
+    ``window_s`` each; the rest are counted and the count is reported with the
+    next record that passes.
+    """
+
+    def __init__(self, burst: int = 5, window_s: float = 30.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self._windows: dict[str, tuple[float, int]] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not name.startswith(_NOISY_LIBP2P_LOGGERS):
+            return True
+        now = time.monotonic()
+        start, count = self._windows.get(name, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        if count >= self.burst:
+            self._windows[name] = (start, count)
+            self.suppressed[name] = self.suppressed.get(name, 0) + 1
+            return False
+        self._windows[name] = (start, count + 1)
+        skipped = self.suppressed.pop(name, 0)
+        if skipped:
+            record.msg = f"{record.msg} [{skipped} similar records suppressed]"
+        return True
+
+
+class _ForwardToDpkid(logging.Handler):
+    """Re-emits libp2p records through ``dpkid.p2p.libp2p`` so the app's handlers see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = logging.getLogger("dpkid.p2p.libp2p")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.target.isEnabledFor(record.levelno):
+            self.target.handle(record)
+
+
+_log_bridge: _ForwardToDpkid | None = None
+
+
+def install_libp2p_log_bridge(level: int = logging.WARNING) -> None:
+    """Route libp2p's logs (which never propagate to root) into ``dpkid.p2p.libp2p``.
+
+    Idempotent. Attaches one handler, with a ``Libp2pLogFilter``, to the
+    ``libp2p`` logger and sets its level unless LIBP2P_DEBUG is set.
+    """
+    global _log_bridge
+    lib = logging.getLogger("libp2p")
+    if _log_bridge is None:
+        _log_bridge = _ForwardToDpkid()
+        _log_bridge.addFilter(Libp2pLogFilter())
+        lib.addHandler(_log_bridge)
+    if not os.environ.get("LIBP2P_DEBUG"):
+        lib.setLevel(level)
+
+
+# ---------------------------------------------------------------- the node
+
+
+@dataclass
+class _Topic:
+    validator: TopicValidator
+    subscribed: bool = False
+
+
+@dataclass
+class _IdleStream:
+    stream: INetStream
+    last_used_s: float
+
+
+@dataclass
+class P2PStats:
+    delivered: int = 0
+    dropped_recv_full: int = 0
+    duplicates: int = 0
+    validator_rejects: int = 0
+    validator_errors: int = 0
+    published: int = 0
+    redials: int = 0
+    frame_errors: int = 0
+    handler_errors: int = 0
+    requests_served: int = 0
+    inbound_streams_refused: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        d = dict(self.__dict__)
+        d["outbound_rpcs_dropped"] = _BoundedRpcQueue.dropped_rpcs
+        return d
+
+
+class P2PNode:
+    """One libp2p host with gossipsub and the request/response stream protocol.
+
+    Usage::
+
+        node = P2PNode(seed, P2PConfig(listen_port=26656, persistent_peers=[...]))
+        node.subscribe("dpkid/tx/1", validate_tx_batch)
+        node.set_stream_handler("/dpkid/sync/1", serve_sync)
+        async with trio.open_nursery() as n:
+            await n.start(node.run)
+            await node.publish("dpkid/tx/1", batch)
+            async for msg in node:          # P2PMessage(topic, from_peer, data)
+                ...
+            await node.aclose()
+    """
+
+    def __init__(self, seed: bytes, config: P2PConfig) -> None:
+        config.validate()
+        self.config = config
+        self._key_pair = _key_pair(seed)
+        self._id = ID.from_pubkey(self._key_pair.public_key)
+        self._peer_id = str(self._id.to_base58())
+        self._persistent = [_parse_peer_addr(a) for a in config.persistent_peers]
+        self._topics: dict[str, _Topic] = {}
+        self._handlers: dict[str, RequestHandler] = {}
+        self._send, self._recv = trio.open_memory_channel[P2PMessage](config.recv_queue_size)
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._idle: dict[tuple[str, str], deque[_IdleStream]] = {}
+        self._inbound_slots = trio.Semaphore(config.max_inbound_streams)
+        self._outbound_slots = trio.Semaphore(config.max_outbound_requests)
+        self._host: IHost | None = None
+        self._pubsub: Pubsub | None = None
+        self._nursery: trio.Nursery | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._stop = trio.Event()
+        self._finished = trio.Event()
+        self._started = False
+        self._running = False
+        self._listen_port = config.listen_port
+        self._last_drop_log_s = 0.0
+        self.stats = P2PStats()
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    @property
+    def listen_multiaddr(self) -> str:
+        """``/ip4/<host>/tcp/<port>/p2p/<peer id>``; the real port once running."""
+        proto = "ip6" if ":" in self.config.listen_host else "ip4"
+        return f"/{proto}/{self.config.listen_host}/tcp/{self._listen_port}/p2p/{self._peer_id}"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def peers(self) -> list[str]:
+        """Peer ids with a live connection."""
+        if self._host is None:
+            return []
+        return sorted(str(p.to_base58()) for p in self._host.get_connected_peers())
+
+    def topic_peers(self, topic: str) -> list[str]:
+        """Connected peers that have told us they subscribe to ``topic``."""
+        if self._pubsub is None:
+            return []
+        return sorted(str(p.to_base58()) for p in self._pubsub.peer_topics.get(topic, ()))
+
+    def outbound_backlog(self) -> int:
+        """Largest number of RPCs queued for any one peer: pace publishing by it."""
+        if self._pubsub is None:
+            return 0
+        return max((len(q) for q in self._pubsub.peer_queues.values()), default=0)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until ``aclose()``; reports started once listening and subscribed."""
+        if self._started:
+            raise RuntimeError("P2PNode.run() may be called once")
+        self._started = True
+        cfg = self.config
+        install_libp2p_log_bridge()
+        _apply_libp2p_patches(cfg)
+        listen = multiaddr.Multiaddr(
+            f"/{'ip6' if ':' in cfg.listen_host else 'ip4'}/{cfg.listen_host}/tcp/{cfg.listen_port}"
+        )
+        host = new_host(
+            key_pair=self._key_pair,
+            listen_addrs=[listen],
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1,
+                dial_timeout=cfg.dial_timeout_ms / 1000,
+            ),
+        )
+        router = GossipSub(
+            protocols=[PROTOCOL_ID_V11],
+            degree=cfg.mesh_degree,
+            degree_low=cfg.mesh_degree_low,
+            degree_high=cfg.mesh_degree_high,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+            heartbeat_initial_delay=0.1,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+            eclipse_protection_enabled=cfg.eclipse_protection,
+        )
+        pubsub = Pubsub(
+            host,
+            router,
+            strict_signing=True,
+            max_inbound_rpc_size=cfg.max_message_bytes,
+        )
+        # Note 11: the counter starts at time.time() seconds and rises by one per
+        # message, so a restarted node would reuse seqnos its peers still remember.
+        pubsub.counter = time.time_ns()
+        network: Any = host.get_network()
+        # We dial persistent peers ourselves (below). libp2p's auto-connector
+        # would also dial every address it learns, aiming at 200 connections.
+        network.auto_connector.run_background_task = _no_background_task
+        for info in self._persistent:
+            network.protect(info.peer_id, "dpkid-persistent")  # never pruned
+        self._host = host
+        self._pubsub = pubsub
+        for proto in self._handlers:
+            self._register_handler(proto)
+        try:
+            with trio.CancelScope() as scope:
+                self._run_scope = scope
+                async with host.run(listen_addrs=[listen]):
+                    self._listen_port = self._actual_port(host)
+                    async with background_trio_service(pubsub):
+                        async with background_trio_service(router):
+                            with trio.fail_after(10):
+                                await pubsub.wait_until_ready()
+                            async with trio.open_nursery() as nursery:
+                                self._nursery = nursery
+                                for topic in list(self._topics):
+                                    await self._subscribe_now(topic)
+                                for info in self._persistent:
+                                    nursery.start_soon(self._supervise_peer, info)
+                                nursery.start_soon(self._janitor)
+                                self._running = True
+                                log.info(
+                                    "p2p: started %s persistent_peers=%d",
+                                    self.listen_multiaddr,
+                                    len(self._persistent),
+                                )
+                                task_status.started()
+                                await self._stop.wait()
+                                self._running = False
+                                nursery.cancel_scope.cancel()
+                            self._nursery = None
+                            await self._close_idle_streams()
+        finally:
+            self._running = False
+            self._nursery = None
+            self._send.close()
+            self._finished.set()
+            log.info("p2p: stopped %s", self._peer_id)
+
+    async def aclose(self) -> None:
+        """Stop the node; returns when ``run()`` has finished (bounded by shutdown_timeout_ms)."""
+        self._stop.set()
+        if not self._started:
+            self._send.close()
+            return
+        with trio.move_on_after(self.config.shutdown_timeout_ms / 1000):
+            await self._finished.wait()
+            return
+        log.warning("p2p: clean shutdown took too long; cancelling")
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+        with trio.move_on_after(self.config.shutdown_timeout_ms / 1000):
+            await self._finished.wait()
+
+    @staticmethod
+    def _actual_port(host: IHost) -> int:
+        for addr in host.get_addrs():
+            try:
+                port = addr.value_for_protocol("tcp")
+            except Exception:
+                continue
+            if port:
+                return int(port)
+        raise P2PError("the host reports no TCP listen address")
+
+    # ------------------------------------------------------------ gossip
+
+    def subscribe(self, topic: str, validator: TopicValidator) -> None:
+        """Subscribe to ``topic``; messages that ``validator(topic, data)`` accepts reach recv().
+
+        The validator is synchronous, runs before a message is forwarded (so
+        garbage is not relayed), also runs on this node's own publishes, and
+        must be cheap. An exception in it counts as a rejection. May be called
+        before or after ``run()``.
+        """
+        if topic in self._topics:
+            raise ValueError(f"already subscribed to {topic!r}")
+        self._topics[topic] = _Topic(validator)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._subscribe_now, topic)
+
+    async def _subscribe_now(self, topic: str) -> None:
+        pubsub = self._pubsub
+        entry = self._topics[topic]
+        if pubsub is None or entry.subscribed:
+            return
+        entry.subscribed = True
+        validator = entry.validator
+
+        def check(_forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            try:
+                ok = validator(topic, msg.data) is True
+            except Exception:
+                self.stats.validator_errors += 1
+                log.exception("p2p: topic validator for %r raised; message rejected", topic)
+                return False
+            if not ok:
+                self.stats.validator_rejects += 1
+            return ok
+
+        pubsub.set_topic_validator(topic, check, False)
+        sub = await pubsub.subscribe(topic)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drain, topic, sub)
+
+    async def _drain(self, topic: str, sub: Any) -> None:
+        """Move messages from libp2p's channel into the app's; never blocks on the app."""
+        own = self._id.to_bytes()
+        async for msg in sub:
+            try:
+                self._deliver(topic, msg, own)
+            except Exception:
+                log.exception("p2p: dropping a message on %r that could not be delivered", topic)
+
+    def _deliver(self, topic: str, msg: rpc_pb2.Message, own: bytes) -> None:
+        if msg.from_id == own and not self.config.deliver_own_messages:
+            return
+        msg_id = bytes(msg.from_id) + bytes(msg.seqno) + topic.encode()
+        if msg_id in self._seen:
+            self.stats.duplicates += 1
+            return
+        self._seen[msg_id] = None
+        if len(self._seen) > self.config.seen_cache_size:
+            self._seen.popitem(last=False)
+        item = P2PMessage(topic, str(ID(msg.from_id).to_base58()), bytes(msg.data))
+        try:
+            self._send.send_nowait(item)
+            self.stats.delivered += 1
+        except trio.WouldBlock:
+            self.stats.dropped_recv_full += 1
+            now = time.monotonic()
+            if now - self._last_drop_log_s > 5.0:
+                self._last_drop_log_s = now
+                log.warning(
+                    "p2p: recv queue full (%d); dropped %d messages so far",
+                    self.config.recv_queue_size,
+                    self.stats.dropped_recv_full,
+                )
+        except trio.ClosedResourceError:
+            pass
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Sign and gossip ``data`` on ``topic``. Best effort: gossip can drop under load."""
+        pubsub = self._pubsub
+        if pubsub is None or not self._running:
+            raise P2PError("the node is not running")
+        limit = self.config.max_message_bytes - PUBLISH_OVERHEAD_BYTES
+        if len(data) > limit:
+            raise ValueError(f"message of {len(data)} B exceeds the publish limit of {limit} B")
+        await pubsub.publish(topic, data)
+        self.stats.published += 1
+
+    async def recv(self) -> P2PMessage:
+        """The next accepted gossip message. Raises trio.EndOfChannel once the node stops."""
+        return await self._recv.receive()
+
+    def __aiter__(self) -> AsyncIterator[P2PMessage]:
+        return self._recv.__aiter__()
+
+    # ------------------------------------------------------------ waiters
+
+    async def wait_peers(self, count: int, timeout_s: float) -> None:
+        """Wait until at least ``count`` peers are connected; trio.TooSlowError after timeout_s."""
+        with trio.fail_after(timeout_s):
+            while len(self.peers()) < count:
+                await trio.sleep(0.05)
+
+    async def wait_topic_peers(self, topic: str, count: int, timeout_s: float) -> None:
+        """Wait until at least ``count`` peers subscribe to ``topic`` (so a publish reaches them)."""
+        with trio.fail_after(timeout_s):
+            while len(self.topic_peers(topic)) < count:
+                await trio.sleep(0.05)
+
+    # ------------------------------------------------------------ persistent peers
+
+    async def _supervise_peer(self, info: PeerInfo) -> None:
+        """Keep one persistent peer connected: check every peer_check_interval_ms, redial with backoff."""
+        cfg = self.config
+        assert self._host is not None and self._pubsub is not None
+        host, pubsub = self._host, self._pubsub
+        network: Any = host.get_network()
+        pid = info.peer_id
+        name = str(pid.to_base58())
+        if pid == self._id:
+            log.warning("p2p: persistent peer %s is this node; ignored", name)
+            return
+        backoff_ms = cfg.redial_backoff_min_ms
+        failures = 0
+        # A little jitter so that nodes started together do not all dial each other at once.
+        await trio.sleep(random.uniform(0, cfg.redial_backoff_min_ms) / 1000)
+        while True:  # runs until the nursery is cancelled; every wait in it is bounded
+            if network.get_connections(pid):
+                if failures:
+                    log.info("p2p: reconnected to %s after %d failed dials", name, failures)
+                failures = 0
+                backoff_ms = cfg.redial_backoff_min_ms
+                if pid not in pubsub.peers:
+                    # connect() that reused a connection fires no notifee; make sure
+                    # pubsub has its stream (bounded by the check interval).
+                    with trio.move_on_after(cfg.peer_check_interval_ms / 1000):
+                        try:
+                            await pubsub.ensure_peer_stream(pid, timeout=cfg.peer_check_interval_ms / 1000)
+                        except Exception as exc:
+                            log.debug("p2p: pubsub stream to %s not ready: %s", name, exc)
+                await trio.sleep(cfg.peer_check_interval_ms / 1000)
+                continue
+            network.unblock_peer(pid)  # note 10: skip the 60 s negative cache
+            self.stats.redials += 1
+            ok = False
+            with trio.move_on_after(cfg.dial_timeout_ms / 1000):
+                try:
+                    await host.connect(PeerInfo(pid, list(info.addrs)))
+                    ok = True
+                except Exception as exc:
+                    if failures == 0 or failures % 20 == 0:
+                        log.info("p2p: dial %s failed (%d): %s", name, failures + 1, exc)
+            if ok:
+                continue
+            failures += 1
+            delay_ms = backoff_ms * random.uniform(0.5, 1.0)
+            backoff_ms = min(backoff_ms * 2, cfg.redial_backoff_max_ms)
+            await trio.sleep(delay_ms / 1000)
+
+    # ------------------------------------------------------------ stream protocol
+
+    def set_stream_handler(self, protocol_id: str, handler: RequestHandler) -> None:
+        """Serve ``protocol_id``: ``await handler(request_bytes, from_peer_id) -> response_bytes``.
+
+        A handler that raises, times out (handler_timeout_ms) or returns more than
+        max_frame_bytes resets that stream; the node carries on.
+        """
+        self._handlers[protocol_id] = handler
+        if self._host is not None:
+            self._register_handler(protocol_id)
+
+    def _register_handler(self, protocol_id: str) -> None:
+        assert self._host is not None
+
+        async def on_stream(stream: INetStream) -> None:
+            await self._serve_stream(protocol_id, stream)
+
+        self._host.set_stream_handler(TProtocol(protocol_id), on_stream)
+
+    async def _serve_stream(self, protocol_id: str, stream: INetStream) -> None:
+        from libp2p.network.stream.exceptions import StreamError
+
+        cfg = self.config
+        peer = str(stream.muxed_conn.peer_id.to_base58())
+        if self._inbound_slots.value == 0:
+            self.stats.inbound_streams_refused += 1
+            log.warning("p2p: too many inbound streams; refusing one from %s", peer)
+            await _reset_quietly(stream)
+            return
+        async with self._inbound_slots:
+            try:
+                # One request/response per iteration; the loop ends on EOF, on the
+                # idle timeout, or on any error. Each iteration is bounded in time.
+                while True:
+                    request: bytes | None = None
+                    with trio.move_on_after(cfg.server_stream_idle_ms / 1000) as idle:
+                        request = await read_frame(stream, cfg.max_frame_bytes)
+                    if idle.cancelled_caught:
+                        log.debug("p2p: closing idle %s stream from %s", protocol_id, peer)
+                        await _reset_quietly(stream)
+                        return
+                    if request is None:
+                        with trio.move_on_after(1):
+                            await stream.close()
+                        return
+                    handler = self._handlers.get(protocol_id)
+                    if handler is None:
+                        await _reset_quietly(stream)
+                        return
+                    try:
+                        with trio.fail_after(cfg.handler_timeout_ms / 1000):
+                            response = await handler(request, peer)
+                    except trio.TooSlowError:
+                        self.stats.handler_errors += 1
+                        log.error("p2p: %s handler timed out for %s", protocol_id, peer)
+                        await _reset_quietly(stream)
+                        return
+                    except Exception:
+                        self.stats.handler_errors += 1
+                        log.exception("p2p: %s handler failed for %s", protocol_id, peer)
+                        await _reset_quietly(stream)
+                        return
+                    if not isinstance(response, bytes | bytearray | memoryview):
+                        self.stats.handler_errors += 1
+                        log.error("p2p: %s handler returned %s, not bytes", protocol_id, type(response))
+                        await _reset_quietly(stream)
+                        return
+                    if len(response) > cfg.max_frame_bytes:
+                        self.stats.frame_errors += 1
+                        log.error(
+                            "p2p: %s response of %d B exceeds max_frame_bytes; stream reset",
+                            protocol_id,
+                            len(response),
+                        )
+                        await _reset_quietly(stream)
+                        return
+                    with trio.fail_after(cfg.handler_timeout_ms / 1000):
+                        await stream.write(encode_frame(bytes(response), cfg.max_frame_bytes))
+                    self.stats.requests_served += 1
+            except FrameError as exc:
+                self.stats.frame_errors += 1
+                log.error("p2p: bad frame on %s from %s: %s; stream reset", protocol_id, peer, exc)
+                await _reset_quietly(stream)
+            except trio.TooSlowError:
+                log.warning("p2p: writing a %s response to %s timed out", protocol_id, peer)
+                await _reset_quietly(stream)
+            except StreamError as exc:
+                log.debug("p2p: %s stream from %s ended: %r", protocol_id, peer, exc)
+                await _reset_quietly(stream)
+            except Exception:
+                log.exception("p2p: %s stream from %s failed", protocol_id, peer)
+                await _reset_quietly(stream)
+
+    async def request(self, peer_id: str, protocol_id: str, data: bytes, timeout_s: float) -> bytes:
+        """Send one request frame to ``peer_id`` and return the response frame.
+
+        Raises RequestTimeout after ``timeout_s``, RequestError on any stream
+        failure, ValueError if ``data`` exceeds max_frame_bytes or the peer id is bad.
+        """
+        from libp2p.network.stream.exceptions import StreamError
+
+        host = self._host
+        if host is None or not self._running:
+            raise P2PError("the node is not running")
+        cfg = self.config
+        frame = encode_frame(data, cfg.max_frame_bytes)
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise ValueError(f"bad peer id {peer_id!r}") from None
+        key = (peer_id, protocol_id)
+        with trio.move_on_after(timeout_s) as scope:
+            async with self._outbound_slots:
+                for attempt in range(2):  # a dead reused stream earns one fresh retry
+                    stream, reused = self._take_idle(key), True
+                    if stream is None:
+                        reused = False
+                        try:
+                            stream = await host.new_stream(pid, [TProtocol(protocol_id)])
+                        except Exception as exc:
+                            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {exc}") from exc
+                    done = False
+                    try:
+                        try:
+                            await stream.write(frame)
+                        except StreamError as exc:
+                            # The request never left: safe to retry once on a
+                            # fresh stream if this one was a stale idle one.
+                            if reused and attempt == 0:
+                                log.debug("p2p: idle stream to %s was dead (%r)", peer_id, exc)
+                                continue
+                            raise RequestError(f"{protocol_id} to {peer_id}: {exc!r}") from exc
+                        try:
+                            response = await read_frame(stream, cfg.max_frame_bytes)
+                        except StreamError as exc:
+                            raise RequestError(f"{protocol_id} to {peer_id}: {exc!r}") from exc
+                        except FrameError as exc:
+                            raise RequestError(f"bad response frame from {peer_id}: {exc}") from exc
+                        if response is None:
+                            raise RequestError(f"{peer_id} closed the {protocol_id} stream")
+                        done = True
+                        self._put_idle(key, stream)
+                        return response
+                    finally:
+                        if not done:
+                            await _reset_quietly(stream)
+        assert scope.cancelled_caught
+        raise RequestTimeout(f"{protocol_id} to {peer_id}: no response within {timeout_s} s")
+
+    def _take_idle(self, key: tuple[str, str]) -> INetStream | None:
+        pool = self._idle.get(key)
+        now = time.monotonic()
+        limit_s = self.config.client_stream_idle_ms / 1000
+        while pool:
+            entry = pool.pop()  # most recently used first
+            if now - entry.last_used_s < limit_s and not getattr(entry.stream, "is_closed", False):
+                return entry.stream
+            if self._nursery is not None:
+                self._nursery.start_soon(_reset_quietly, entry.stream)
+        return None
+
+    def _put_idle(self, key: tuple[str, str], stream: INetStream) -> None:
+        pool = self._idle.setdefault(key, deque())
+        if len(pool) >= self.config.max_idle_streams_per_peer or self._nursery is None:
+            if self._nursery is not None:
+                self._nursery.start_soon(_close_quietly, stream)
+            return
+        pool.append(_IdleStream(stream, time.monotonic()))
+
+    async def _janitor(self) -> None:
+        """Close client streams idle longer than client_stream_idle_ms; drop empty pools."""
+        limit_s = self.config.client_stream_idle_ms / 1000
+        while True:
+            await trio.sleep(min(limit_s / 2, 10.0))
+            now = time.monotonic()
+            for key in list(self._idle):
+                pool = self._idle[key]
+                keep = deque(e for e in pool if now - e.last_used_s < limit_s)
+                for e in pool:
+                    if e not in keep:
+                        await _close_quietly(e.stream)
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+
+    async def _close_idle_streams(self) -> None:
+        pools, self._idle = self._idle, {}
+        with trio.move_on_after(1.0):
+            for pool in pools.values():
+                for entry in pool:
+                    await _reset_quietly(entry.stream)
+
+
+async def _no_background_task(_nursery: trio.Nursery) -> None:
+    return None
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1.0) as scope:
+        scope.shield = True
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+async def _close_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.close()
+        except Exception:
+            pass
