@@ -442,6 +442,7 @@ class P2PStats:
     handler_errors: int = 0
     requests_served: int = 0
     inbound_streams_refused: int = 0
+    streams_opened: int = 0
 
     def as_dict(self) -> dict[str, int]:
         d = dict(self.__dict__)
@@ -915,6 +916,7 @@ class P2PNode:
                         reused = False
                         try:
                             stream = await host.new_stream(pid, [TProtocol(protocol_id)])
+                            self.stats.streams_opened += 1
                         except Exception as exc:
                             raise RequestError(f"cannot open {protocol_id} to {peer_id}: {exc}") from exc
                     done = False

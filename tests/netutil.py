@@ -1,0 +1,148 @@
+"""Run a real local testnet of `dpkid start` processes for tests.
+
+Every wait is a condition polled against a deadline; every process started
+here is stopped by its PID in ``close()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dpkid.client import RpcClientError, call_sync
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_for(
+    cond: Callable[[], T | bool | None], timeout_s: float, what: str, interval_s: float = 0.2
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v  # type: ignore[return-value]
+        except (OSError, RpcClientError, ValueError) as exc:
+            last_exc = exc
+        time.sleep(interval_s)
+    raise WaitTimeout(
+        f"timed out after {timeout_s} s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
+
+
+class LocalNet:
+    def __init__(
+        self, root: Path, validators: int = 4, extra_args: list[str] | None = None
+    ) -> None:
+        self.root = root
+        self.n = validators
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.logs: dict[int, Any] = {}
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dpkid",
+                "testnet",
+                "--validators",
+                str(validators),
+                "--out",
+                str(root),
+                "--json",
+                *(extra_args or []),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.info = json.loads(out.stdout)
+
+    def home(self, i: int) -> Path:
+        return self.root / f"node{i}"
+
+    def start(self, i: int) -> None:
+        assert i not in self.procs or self.procs[i].poll() is not None, f"node{i} already running"
+        log = open(self.root / f"node{i}.log", "ab")  # noqa: SIM115 -- closed in stop()
+        self.logs[i] = log
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.procs[i] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dpkid",
+                "start",
+                "--home",
+                str(self.home(i)),
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def start_all(self) -> None:
+        for i in range(self.n):
+            self.start(i)
+
+    def stop(self, i: int, sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
+        p = self.procs.get(i)
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        del self.procs[i]
+        log = self.logs.pop(i, None)
+        if log is not None:
+            log.close()
+
+    def kill(self, i: int) -> None:
+        self.stop(i, signal.SIGKILL)
+
+    def close(self) -> None:
+        for i in list(self.procs):
+            self.stop(i, signal.SIGKILL, timeout_s=10)
+
+    def rpc(self, i: int, method: str, params: Any = None) -> Any:
+        return call_sync(self.home(i), method, params, timeout_s=10)
+
+    def height(self, i: int) -> int:
+        h: int = self.rpc(i, "status")["height"]
+        return h
+
+    def wait_height(self, nodes: list[int], height: int, timeout_s: float) -> None:
+        def ok() -> bool:
+            return all(self.height(i) >= height for i in nodes)
+
+        wait_for(ok, timeout_s, f"nodes {nodes} to reach height {height}")
+
+    def block_hashes(self, i: int, upto: int) -> list[tuple[str, str]]:
+        out = []
+        for h in range(1, upto + 1):
+            b = self.rpc(i, "block_get", {"height": h})
+            out.append((b["hash"], b["header"]["app_hash"]))
+        return out
+
+    def log_text(self, i: int) -> str:
+        p = self.root / f"node{i}.log"
+        return p.read_text(errors="replace") if p.exists() else ""
