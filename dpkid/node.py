@@ -107,7 +107,23 @@ class EvidenceMsg(Struct, frozen=True, array_like=True, tag="evidence"):
     evidence: DuplicateVoteEvidence
 
 
-WireMsg = TxBatch | StatusMsg | BlockRequest | BlockResponse | ProposalMsg | VoteMsg | EvidenceMsg
+class ProposalRequest(Struct, frozen=True, array_like=True, tag="get_proposal"):
+    """Ask a peer that voted for a block we never received for its proposal."""
+
+    height: U64
+    round: Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+
+WireMsg = (
+    TxBatch
+    | StatusMsg
+    | BlockRequest
+    | BlockResponse
+    | ProposalMsg
+    | VoteMsg
+    | EvidenceMsg
+    | ProposalRequest
+)
 
 
 def encode_msg(m: WireMsg) -> bytes:
@@ -399,6 +415,7 @@ class NodeCore(Host):
         self.sync_target = 0
         self.receipts_by_height: dict[int, list[Receipt]] = {}
         self._prev_vals = self.vals
+        self._fetch_asked: dict[tuple[int, int], int] = {}
 
     # ------------------------------------------------------------------ Host callbacks
     def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
@@ -558,7 +575,14 @@ class NodeCore(Host):
             out: list[NodeEffect] = []
             for v in msg.votes:
                 out += self._consensus_msg(peer, v.height, v)
+                out += self._maybe_fetch_proposal(peer, v)
             return out
+        if isinstance(msg, ProposalRequest):
+            if msg.height == self.height and not self.waiting_commit:
+                prop = self.hs.proposals.get(msg.round)
+                if prop is not None:
+                    return [Send(peer, ProposalMsg(prop))]
+            return []
         if isinstance(msg, StatusMsg):
             return self._maybe_sync(peer, msg.height)
         if isinstance(msg, BlockRequest):
@@ -593,6 +617,23 @@ class NodeCore(Host):
         if height == self.height and self.waiting_commit and len(self.future) < MAX_PENDING_FUTURE:
             self.future.append((height, m))
         return []
+
+    def _maybe_fetch_proposal(self, peer: str, v: Vote) -> list[NodeEffect]:
+        """Gossip is lossy: a vote for a block we never saw means its proposal
+        was lost on the way to us; ask the voter (CONSENSUS.md §10)."""
+        if v.height != self.height or not v.block_hash or self.waiting_commit:
+            return []
+        prop = self.hs.proposals.get(v.round)
+        if prop is not None:
+            return []
+        key = (v.height, v.round)
+        last = self._fetch_asked.get(key)
+        if last is not None and self.now_ms - last < self.config.gossip_interval_ms:
+            return []
+        if len(self._fetch_asked) > 256:
+            self._fetch_asked.clear()
+        self._fetch_asked[key] = self.now_ms
+        return [Send(peer, ProposalRequest(v.height, v.round))]
 
     def _maybe_sync(self, peer: str, their_height: int) -> list[NodeEffect]:
         if their_height > self.state.height and not self.waiting_commit:

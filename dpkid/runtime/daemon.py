@@ -32,6 +32,7 @@ from dpkid.node import (
     NodeEvent,
     PersistBlock,
     ProposalMsg,
+    ProposalRequest,
     Send,
     ServeBlocks,
     SetTimer,
@@ -43,8 +44,8 @@ from dpkid.node import (
     decode_msg,
     encode_msg,
 )
-from dpkid.runtime.config import Home, read_key, read_settings, genesis_from_json
-from dpkid.runtime.logs import get_logger
+from dpkid.runtime.config import Home, genesis_from_json, read_key, read_settings
+from dpkid.runtime.logs import get_logger, quiet_libp2p
 from dpkid.runtime.metrics import Metrics
 from dpkid.runtime.store import Store
 from dpkid.state.codes import Code
@@ -160,6 +161,7 @@ class NodeDaemon:
                 max_frame_bytes=MAX_SYNC_REPLY_BYTES,
             ),
         )
+        quiet_libp2p()
         rpc = build_rpc(self)
         if s.metrics_listen:
             self.metrics.serve(s.metrics_listen)
@@ -243,6 +245,10 @@ class NodeDaemon:
             req = decode_msg(data)
         except codec.DecodeError:
             return encode_msg(BlockResponse([]))
+        if isinstance(req, ProposalRequest):
+            h = self.core.height
+            prop = self.core.hs.proposals.get(req.round) if req.height == h else None
+            return encode_msg(ProposalMsg(prop) if prop is not None else BlockResponse([]))
         if not isinstance(req, BlockRequest):
             return encode_msg(BlockResponse([]))
         blocks = self.store.blocks(req.from_height, req.count)
@@ -312,28 +318,27 @@ class NodeDaemon:
     async def _send(self, e: Send) -> None:
         m = e.msg
         if e.to is not None:
-            if isinstance(m, BlockRequest):
+            if isinstance(m, (BlockRequest, ProposalRequest)):
                 assert self._nursery is not None
-                self._nursery.start_soon(self._fetch_blocks, e.to, m)
+                self._nursery.start_soon(self._fetch, e.to, m)
             return
-        if isinstance(m, TxBatch):
-            topic = self.topics["txs"]
-        else:
-            topic = self.topics["consensus"]
+        topic = self.topics["txs"] if isinstance(m, TxBatch) else self.topics["consensus"]
         try:
             await self.p2p.publish(topic, encode_msg(m))
         except Exception as exc:  # gossip is best effort; re-gossip covers the loss
             self.log.warning("publish_failed", topic=topic, error=repr(exc))
 
-    async def _fetch_blocks(self, peer: str, req: BlockRequest) -> None:
-        self.catching_up = True
+    async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
+        """Block sync and lost-proposal fetches go over the direct stream protocol."""
+        if isinstance(req, BlockRequest):
+            self.catching_up = True
         try:
             data = await self.p2p.request(peer, SYNC_PROTOCOL, encode_msg(req), SYNC_TIMEOUT_S)
             resp = decode_msg(data)
         except Exception as exc:
-            self.log.info("sync_request_failed", peer=peer, error=repr(exc))
+            self.log.info("fetch_failed", peer=peer, request=type(req).__name__, error=repr(exc))
             return
-        if isinstance(resp, BlockResponse) and resp.blocks:
+        if (isinstance(resp, BlockResponse) and resp.blocks) or isinstance(resp, ProposalMsg):
             await self._in_send.send(_Input("msg", peer, resp))
 
     def _on_block(self, e: PersistBlock) -> None:

@@ -49,3 +49,13 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
 
 def get_logger(**ctx: Any) -> Any:
     return structlog.get_logger().bind(**ctx)
+
+
+def quiet_libp2p(level: int = logging.WARNING) -> None:
+    """Some libp2p modules set their own logger levels (INFO) on import: raise
+    every libp2p logger to at least ``level`` once they are all imported."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("libp2p"):
+            lg = logging.getLogger(name)
+            if lg.level == logging.NOTSET or lg.level < level:
+                lg.setLevel(level)

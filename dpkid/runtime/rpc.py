@@ -7,6 +7,7 @@ never raises out of a handler; the connection survives a bad line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -102,7 +103,7 @@ class RpcServer:
             )
         rid = req.get("id")
         is_notification = "id" not in req
-        if rid is not None and not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        if (rid is not None and not isinstance(rid, (str, int))) or isinstance(rid, bool):
             return _resp_err(None, INVALID_REQUEST, "id must be a string, an integer or null")
         params = req.get("params", {})
         if not isinstance(params, (dict, list)):
@@ -142,10 +143,8 @@ class RpcServer:
         try:
             await trio.serve_listeners(self._serve_conn, [listener])
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 path.unlink()
-            except OSError:
-                pass
 
     async def serve_tcp(
         self, host: str, port: int, token: str, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -167,12 +166,10 @@ class RpcServer:
                 await stream.aclose()
                 return
             if first is None or first.strip() != f"Bearer {token}".encode():
-                try:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(
                         _err(None, -32001, "unauthorized: send 'Bearer <token>' first")
                     )
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
                 await stream.aclose()
                 return
             await self._serve_conn(stream)
@@ -220,10 +217,8 @@ class RpcServer:
             for cb in self.on_disconnect:
                 cb(conn)
             send.close()
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
     async def _pump_notifications(
         self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]
