@@ -126,10 +126,8 @@ def make_block(label: str, height: int = HEIGHT, txs: Sequence[bytes] | None = N
     return Block(header, body, [], None)
 
 
-class TestHost(Host):
+class AllowListHost(Host):
     """The engine's host: fresh blocks from the builder, validity from an allow-list."""
-
-    __test__ = False  # not a pytest class
 
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
@@ -294,7 +292,7 @@ class Harness:
             ]
         )
         self.prios: Priorities = carry_priorities(initial_priorities(self.vals), self.vals)
-        self.host = TestHost(self)
+        self.host = AllowListHost(self)
         self.key = KEYS[self.me] if self.me is not None else None
         self.hs = HeightState(
             CHAIN,
@@ -378,7 +376,9 @@ class Harness:
         if isinstance(inp, Start):
             out += hs.start(self.now)
         elif isinstance(inp, Prop):
-            out += hs.on_proposal(self.proposal(inp.round, inp.value, inp.pol_round, inp.by), self.now)
+            out += hs.on_proposal(
+                self.proposal(inp.round, inp.value, inp.pol_round, inp.by), self.now
+            )
         elif isinstance(inp, Votes):
             for who in inp.who:
                 out += hs.on_vote(self.vote(who, inp.type, inp.round, inp.value), self.now)
@@ -387,8 +387,10 @@ class Harness:
             out += hs.on_timeout(h, inp.round, inp.step, self.now)
         else:
             for m in inp.msgs:
-                out += hs.on_proposal(m, self.now) if isinstance(m, Proposal) else hs.on_vote(
-                    m, self.now
+                out += (
+                    hs.on_proposal(m, self.now)
+                    if isinstance(m, Proposal)
+                    else hs.on_vote(m, self.now)
                 )
         self.check(out)
         self.all_effects += out
@@ -503,9 +505,9 @@ def run(h: Harness, steps: Sequence[Step]) -> None:
 def own_vote(h: Harness, type_: int, r: int) -> Vote:
     """The last vote of that type and round we broadcast."""
     for e in reversed(h.all_effects):
-        if isinstance(e, Broadcast) and isinstance(e.msg, Vote):
-            if (e.msg.type, e.msg.round) == (type_, r):
-                return e.msg
+        m = e.msg if isinstance(e, Broadcast) else None
+        if isinstance(m, Vote) and (m.type, m.round) == (type_, r):
+            return m
     raise AssertionError(f"no own {VOTE_NAME[type_]} in round {r}")
 
 
@@ -545,15 +547,30 @@ def test_L11_L21_non_proposer_schedules_linear_timeout_propose_proposer_proposes
         h,
         [
             Step("L21: round 0, not proposer", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L65-L67 -> round 1", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
-            Step("L65-L67 -> round 2", Timeout(1, PRECOMMIT_STEP), timeout(2, PROPOSE), St(2, PROPOSE)),
+            Step(
+                "L65-L67 -> round 1",
+                Timeout(0, PRECOMMIT_STEP),
+                timeout(1, PROPOSE),
+                St(1, PROPOSE),
+            ),
+            Step(
+                "L65-L67 -> round 2",
+                Timeout(1, PRECOMMIT_STEP),
+                timeout(2, PROPOSE),
+                St(2, PROPOSE),
+            ),
             Step(
                 "L14-L19: round 3, we propose a fresh block; L22 on our own proposal",
                 Timeout(2, PRECOMMIT_STEP),
                 propose(3, "new3") + prevote(3, "new3"),
                 St(3, PREVOTE_STEP),
             ),
-            Step("L21: round 4, not proposer", Timeout(3, PRECOMMIT_STEP), timeout(4, PROPOSE), St(4, PROPOSE)),
+            Step(
+                "L21: round 4, not proposer",
+                Timeout(3, PRECOMMIT_STEP),
+                timeout(4, PROPOSE),
+                St(4, PROPOSE),
+            ),
         ],
     )
     assert h.host.proposed == [(HEIGHT, 3)]
@@ -694,7 +711,9 @@ def test_locking_L22_L26_refuses_conflicting_value_L28_L30_unlocks_on_later_polk
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
-            Step("L34, L36-L41", pv((0, 1), 0, "A"), timeout(0, PREVOTE_STEP) + precommit(0, "A"), a0),
+            Step(
+                "L34, L36-L41", pv((0, 1), 0, "A"), timeout(0, PREVOTE_STEP) + precommit(0, "A"), a0
+            ),
             Step("L47", pc((0, 1, 2), 0, None), timeout(0, PRECOMMIT_STEP), a0),
             Step(
                 "L65-L67",
@@ -762,7 +781,12 @@ def to_round(r: int) -> list[Step]:
     steps = [Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE))]
     for k in range(r):
         steps.append(
-            Step(f"L65-L67 -> {k + 1}", Timeout(k, PRECOMMIT_STEP), timeout(k + 1, PROPOSE), St(k + 1, PROPOSE))
+            Step(
+                f"L65-L67 -> {k + 1}",
+                Timeout(k, PRECOMMIT_STEP),
+                timeout(k + 1, PROPOSE),
+                St(k + 1, PROPOSE),
+            )
         )
     return steps
 
@@ -774,7 +798,9 @@ def test_L28_L30_reproposal_backed_by_polka_is_prevoted() -> None:
         h,
         [
             *to_round(1),
-            Step("L28: no polka of round 0 yet", Prop(1, "A", pol_round=0), NOTHING, St(1, PROPOSE)),
+            Step(
+                "L28: no polka of round 0 yet", Prop(1, "A", pol_round=0), NOTHING, St(1, PROPOSE)
+            ),
             Step("L28-L30", pv((0, 1, 2), 0, "A"), prevote(1, "A"), St(1, PREVOTE_STEP)),
         ],
     )
@@ -787,7 +813,12 @@ def test_L28_L32_invalid_reproposal_is_prevoted_nil() -> None:
         h,
         [
             *to_round(1),
-            Step("polka of round 0 (a past round: no rule)", pv((0, 1, 2), 0, "A"), NOTHING, St(1, PROPOSE)),
+            Step(
+                "polka of round 0 (a past round: no rule)",
+                pv((0, 1, 2), 0, "A"),
+                NOTHING,
+                St(1, PROPOSE),
+            ),
             Step("L31-L32", Prop(1, "A", pol_round=0), prevote(1, None), St(1, PREVOTE_STEP)),
         ],
     )
@@ -829,7 +860,9 @@ def test_L29_locked_on_v_with_lock_round_above_vr_prevotes_v() -> None:
             Step("L47", pc((0, 1, 2), 0, None), timeout(0, PRECOMMIT_STEP), St(0, PRECOMMIT_STEP)),
             Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
             Step("L28-L30", Prop(1, "A", pol_round=0), prevote(1, "A"), St(1, PREVOTE_STEP)),
-            Step("L34, L36-L43", pv((0, 1), 1, "A"), timeout(1, PREVOTE_STEP) + precommit(1, "A"), a1),
+            Step(
+                "L34, L36-L43", pv((0, 1), 1, "A"), timeout(1, PREVOTE_STEP) + precommit(1, "A"), a1
+            ),
             Step("L47", pc((0, 1, 2), 1, None), timeout(1, PRECOMMIT_STEP), a1),
             Step(
                 "L65-L67",
@@ -857,10 +890,17 @@ def test_L29_L32_locked_on_other_value_in_higher_round_prevotes_nil() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L57-L60", Timeout(0, PROPOSE), prevote(0, None), St(0, PREVOTE_STEP)),
-            Step("L47 (at any step)", pc((0, 1, 2), 0, None), timeout(0, PRECOMMIT_STEP), St(0, PREVOTE_STEP)),
+            Step(
+                "L47 (at any step)",
+                pc((0, 1, 2), 0, None),
+                timeout(0, PRECOMMIT_STEP),
+                St(0, PREVOTE_STEP),
+            ),
             Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
             Step("L22-L24", Prop(1, "A"), prevote(1, "A"), St(1, PREVOTE_STEP)),
-            Step("L34, L36-L43", pv((0, 1), 1, "A"), timeout(1, PREVOTE_STEP) + precommit(1, "A"), a1),
+            Step(
+                "L34, L36-L43", pv((0, 1), 1, "A"), timeout(1, PREVOTE_STEP) + precommit(1, "A"), a1
+            ),
             Step("L47", pc((0, 1, 2), 1, None), timeout(1, PRECOMMIT_STEP), a1),
             Step(
                 "L65-L67",
@@ -898,7 +938,12 @@ def test_L34_L35_prevote_timeout_scheduled_once_then_L61_L64() -> None:
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
             Step("2 of 4", pv(0, 0, "A"), NOTHING, St(0, PREVOTE_STEP)),
-            Step("L34-L35: 3 of 4 (A, A, nil)", pv(1, 0, None), timeout(0, PREVOTE_STEP), St(0, PREVOTE_STEP)),
+            Step(
+                "L34-L35: 3 of 4 (A, A, nil)",
+                pv(1, 0, None),
+                timeout(0, PREVOTE_STEP),
+                St(0, PREVOTE_STEP),
+            ),
             Step("not again: 4 of 4 (A, A, nil, B)", pv(2, 0, "B"), NOTHING, St(0, PREVOTE_STEP)),
             Step("L61-L64", Timeout(0, PREVOTE_STEP), precommit(0, None), St(0, PRECOMMIT_STEP)),
         ],
@@ -927,7 +972,12 @@ def test_L44_L46_nil_polka_precommits_nil() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
-            Step("L34 at 3 of 4; L44 at 3 nil", pv((0, 1, 2), 0, None), timeout(0, PREVOTE_STEP) + precommit(0, None), St(0, PRECOMMIT_STEP)),
+            Step(
+                "L34 at 3 of 4; L44 at 3 nil",
+                pv((0, 1, 2), 0, None),
+                timeout(0, PREVOTE_STEP) + precommit(0, None),
+                St(0, PRECOMMIT_STEP),
+            ),
             Step("stale L61", Timeout(0, PREVOTE_STEP), NOTHING, St(0, PRECOMMIT_STEP)),
         ],
     )
@@ -946,7 +996,12 @@ def test_L36_L41_polka_at_prevote_step_locks_and_precommits() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
-            Step("L34-L35, L36-L43", pv((0, 1), 0, "A"), timeout(0, PREVOTE_STEP) + precommit(0, "A"), locked),
+            Step(
+                "L34-L35, L36-L43",
+                pv((0, 1), 0, "A"),
+                timeout(0, PREVOTE_STEP) + precommit(0, "A"),
+                locked,
+            ),
             Step("first time only", pv(2, 0, "A"), NOTHING, locked),
         ],
     )
@@ -1075,10 +1130,14 @@ def test_L49_partition_decides_a_past_round() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L57-L60", Timeout(0, PROPOSE), prevote(0, None), St(0, PREVOTE_STEP)),
-            Step("L55-L56: f+1 of round 1", pv((0, 1), 1, None), timeout(1, PROPOSE), St(1, PROPOSE)),
+            Step(
+                "L55-L56: f+1 of round 1", pv((0, 1), 1, None), timeout(1, PROPOSE), St(1, PROPOSE)
+            ),
             Step("late proposal of round 0", Prop(0, "A"), NOTHING, St(1, PROPOSE)),
             Step("late precommits, 2 of 4", pc((0, 1), 0, "A"), NOTHING, St(1, PROPOSE)),
-            Step("L49-L51 for round 0", pc(2, 0, "A"), decide(0, "A"), St(1, COMMITTED, decision="A")),
+            Step(
+                "L49-L51 for round 0", pc(2, 0, "A"), decide(0, "A"), St(1, COMMITTED, decision="A")
+            ),
         ],
     )
     assert h.hs.decided_round == 0
@@ -1163,7 +1222,12 @@ def test_L55_skip_into_a_round_we_propose() -> None:
         h,
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L55-L56", pv((0, 1), 3, None), propose(3, "new3") + prevote(3, "new3"), St(3, PREVOTE_STEP)),
+            Step(
+                "L55-L56; L14-L19; L22-L24; L34 (2 nil + ours)",
+                pv((0, 1), 3, None),
+                propose(3, "new3") + prevote(3, "new3") + timeout(3, PREVOTE_STEP),
+                St(3, PREVOTE_STEP),
+            ),
         ],
     )
 
@@ -1180,7 +1244,12 @@ def test_unequal_powers_L34_L36_L49_count_power_not_validators() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24, proposer 3", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
-            Step("3 validators, power 3 of 7: nothing", pv((0, 1), 0, "A"), NOTHING, St(0, PREVOTE_STEP)),
+            Step(
+                "3 validators, power 3 of 7: nothing",
+                pv((0, 1), 0, "A"),
+                NOTHING,
+                St(0, PREVOTE_STEP),
+            ),
             Step(
                 "L34, L36-L43 with power 7",
                 pv(3, 0, "A"),
@@ -1225,15 +1294,30 @@ def test_L57_L67_timeouts_act_only_on_matching_height_round_step() -> None:
         h,
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L62: prevote timeout at step propose", Timeout(0, PREVOTE_STEP), NOTHING, St(0, PROPOSE)),
+            Step(
+                "L62: prevote timeout at step propose",
+                Timeout(0, PREVOTE_STEP),
+                NOTHING,
+                St(0, PROPOSE),
+            ),
             Step("L58: other round", Timeout(1, PROPOSE), NOTHING, St(0, PROPOSE)),
             Step("L58: other height", Timeout(0, PROPOSE, HEIGHT + 1), NOTHING, St(0, PROPOSE)),
             Step("unknown step", Timeout(0, "commit"), NOTHING, St(0, PROPOSE)),
             Step("L57-L60", Timeout(0, PROPOSE), prevote(0, None), St(0, PREVOTE_STEP)),
             Step("L58: stale propose timeout", Timeout(0, PROPOSE), NOTHING, St(0, PREVOTE_STEP)),
             Step("L61-L64", Timeout(0, PREVOTE_STEP), precommit(0, None), St(0, PRECOMMIT_STEP)),
-            Step("L62: stale prevote timeout", Timeout(0, PREVOTE_STEP), NOTHING, St(0, PRECOMMIT_STEP)),
-            Step("L66: other height", Timeout(0, PRECOMMIT_STEP, HEIGHT - 1), NOTHING, St(0, PRECOMMIT_STEP)),
+            Step(
+                "L62: stale prevote timeout",
+                Timeout(0, PREVOTE_STEP),
+                NOTHING,
+                St(0, PRECOMMIT_STEP),
+            ),
+            Step(
+                "L66: other height",
+                Timeout(0, PRECOMMIT_STEP, HEIGHT - 1),
+                NOTHING,
+                St(0, PRECOMMIT_STEP),
+            ),
             Step("L66: future round", Timeout(1, PRECOMMIT_STEP), NOTHING, St(0, PRECOMMIT_STEP)),
             Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
             Step("L66: stale round", Timeout(0, PRECOMMIT_STEP), NOTHING, St(1, PROPOSE)),
@@ -1263,8 +1347,15 @@ def test_equivocation_one_evidence_counted_per_block_once_in_total() -> None:
             Step("L22-L24", Prop(0, "B"), prevote(0, "B"), St(0, PREVOTE_STEP)),
             Step("validator 0: A", pc(0, 0, "A"), NOTHING, St(0, PREVOTE_STEP)),
             Step("validator 0: B", pc(0, 0, "B"), evidence(0, 0, PRECOMMIT), St(0, PREVOTE_STEP)),
-            Step("validator 0: nil, no second evidence", pc(0, 0, None), NOTHING, St(0, PREVOTE_STEP)),
-            Step("validator 1: B; total is 2 validators, no L47", pc(1, 0, "B"), NOTHING, St(0, PREVOTE_STEP)),
+            Step(
+                "validator 0: nil, no second evidence", pc(0, 0, None), NOTHING, St(0, PREVOTE_STEP)
+            ),
+            Step(
+                "validator 1: B; total is 2 validators, no L47",
+                pc(1, 0, "B"),
+                NOTHING,
+                St(0, PREVOTE_STEP),
+            ),
         ],
     )
     rv = h.hs.precommits[0]
@@ -1327,7 +1418,12 @@ def test_guard_restart_after_precommit_resends_only_the_identical_precommit() ->
         h,
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L22-L24: no prevote below the sign state", Prop(0, "A"), NOTHING, St(0, PREVOTE_STEP)),
+            Step(
+                "L22-L24: no prevote below the sign state",
+                Prop(0, "A"),
+                NOTHING,
+                St(0, PREVOTE_STEP),
+            ),
             Step(
                 "L34, L36-L40: the stored precommit, as it was",
                 pv((0, 1, 2), 0, "A"),
@@ -1358,10 +1454,20 @@ def test_guard_restart_after_precommit_refuses_prevote_and_other_precommit() -> 
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L57-L60: no signature", Timeout(0, PROPOSE), NOTHING, St(0, PREVOTE_STEP)),
-            Step("L34; L44-L46: no signature", pv((0, 1, 2), 0, None), timeout(0, PREVOTE_STEP), St(0, PRECOMMIT_STEP)),
+            Step(
+                "L34; L44-L46: no signature",
+                pv((0, 1, 2), 0, None),
+                timeout(0, PREVOTE_STEP),
+                St(0, PRECOMMIT_STEP),
+            ),
             Step("L47", pc((0, 1, 2), 0, None), timeout(0, PRECOMMIT_STEP), St(0, PRECOMMIT_STEP)),
             Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
-            Step("L57-L60 in round 1: signed", Timeout(1, PROPOSE), prevote(1, None), St(1, PREVOTE_STEP)),
+            Step(
+                "L57-L60 in round 1: signed",
+                Timeout(1, PROPOSE),
+                prevote(1, None),
+                St(1, PREVOTE_STEP),
+            ),
         ],
     )
 
@@ -1377,9 +1483,24 @@ def test_guard_sign_state_of_a_later_round_or_height_blocks_everything_below() -
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22: refused", Prop(0, "A"), NOTHING, St(0, PREVOTE_STEP)),
-            Step("L34, L36: lock, precommit refused", pv((0, 1, 2), 0, "A"), timeout(0, PREVOTE_STEP), St(0, PRECOMMIT_STEP, locked=(0, "A"), valid=(0, "A"))),
-            Step("L55 -> round 2", pv((0, 1), 2, "A"), timeout(2, PROPOSE), St(2, PROPOSE, locked=(0, "A"), valid=(0, "A"))),
-            Step("L22-L24 wants A: refused (B was signed)", Prop(2, "A"), NOTHING, St(2, PREVOTE_STEP, locked=(0, "A"), valid=(0, "A"))),
+            Step(
+                "L34, L36: lock, precommit refused",
+                pv((0, 1, 2), 0, "A"),
+                timeout(0, PREVOTE_STEP),
+                St(0, PRECOMMIT_STEP, locked=(0, "A"), valid=(0, "A")),
+            ),
+            Step(
+                "L55 -> round 2",
+                pv((0, 1), 2, "A"),
+                timeout(2, PROPOSE),
+                St(2, PROPOSE, locked=(0, "A"), valid=(0, "A")),
+            ),
+            Step(
+                "L22-L24 wants A: refused (B was signed)",
+                Prop(2, "A"),
+                NOTHING,
+                St(2, PREVOTE_STEP, locked=(0, "A"), valid=(0, "A")),
+            ),
             Step(
                 "L34, L36-L41 in round 2: precommit is above the sign state",
                 pv(2, 2, "A"),
@@ -1449,8 +1570,15 @@ def test_validity_is_judged_per_block_body_not_per_header_hash() -> None:
             Step("L34", pv((0, 1), 0, None), timeout(0, PREVOTE_STEP), St(0, PREVOTE_STEP)),
             Step("L61-L64", Timeout(0, PREVOTE_STEP), precommit(0, None), St(0, PRECOMMIT_STEP)),
             Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
-            Step("L25-L26: bad body", raw(h.proposal(1, bad)), prevote(1, None), St(1, PREVOTE_STEP)),
-            Step("L50: not decided", pc((0, 1, 2), 1, "A"), timeout(1, PRECOMMIT_STEP), St(1, PREVOTE_STEP)),
+            Step(
+                "L25-L26: bad body", raw(h.proposal(1, bad)), prevote(1, None), St(1, PREVOTE_STEP)
+            ),
+            Step(
+                "L50: not decided",
+                pc((0, 1, 2), 1, "A"),
+                timeout(1, PRECOMMIT_STEP),
+                St(1, PREVOTE_STEP),
+            ),
         ],
     )
 
@@ -1466,8 +1594,16 @@ def snapshot(hs: HeightState) -> object:
         hs.valid_round,
         hs.decision,
         sorted(hs.proposals),
-        {r: (sorted(rv.by_validator), sorted(rv.power_by_block.items())) for r, rv in hs.prevotes.items() if rv.by_validator},
-        {r: (sorted(rv.by_validator), sorted(rv.power_by_block.items())) for r, rv in hs.precommits.items() if rv.by_validator},
+        {
+            r: (sorted(rv.by_validator), sorted(rv.power_by_block.items()))
+            for r, rv in hs.prevotes.items()
+            if rv.by_validator
+        },
+        {
+            r: (sorted(rv.by_validator), sorted(rv.power_by_block.items()))
+            for r, rv in hs.precommits.items()
+            if rv.by_validator
+        },
         sorted(hs.evidence),
         hs.sign_state,
     )
@@ -1489,7 +1625,9 @@ def test_bad_input_is_ignored_without_effects_or_exceptions() -> None:
         h.vote(0, PRECOMMIT, 0, "A", height=HEIGHT - 1),
         h.vote(0, PREVOTE, 0, "A", key=OUTSIDER),
         msgspec.structs.replace(good_vote, sig=bytes(64)),
-        msgspec.structs.replace(good_vote, timestamp_ms=good_vote.timestamp_ms + 1),  # sig no longer matches
+        msgspec.structs.replace(
+            good_vote, timestamp_ms=good_vote.timestamp_ms + 1
+        ),  # sig no longer matches
         msgspec.structs.replace(good_vote, validator=KEYS[1].address),  # signed by 0, claims 1
         h.vote(0, PREVOTE, MAX_ROUND_AHEAD + 1, None),
         h.vote(0, PRECOMMIT, MAX_ROUND_AHEAD + 1, None),
@@ -1525,7 +1663,12 @@ def test_vote_time_is_after_previous_block_and_after_voted_block() -> None:
         [
             Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
             Step("L22-L24", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
-            Step("L34, L44-L46", pv((0, 1, 2), 0, None), timeout(0, PREVOTE_STEP) + precommit(0, None), St(0, PRECOMMIT_STEP)),
+            Step(
+                "L34, L44-L46",
+                pv((0, 1, 2), 0, None),
+                timeout(0, PREVOTE_STEP) + precommit(0, None),
+                St(0, PRECOMMIT_STEP),
+            ),
         ],
     )
     assert own_vote(h, PREVOTE, 0).timestamp_ms == T_BLOCK + 1

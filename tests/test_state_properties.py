@@ -56,6 +56,8 @@ from dpkid.state.machine import (
     P_APP,
     P_CERT,
     P_GOV,
+    State,
+    apply_block,
     cert_id_for,
     cert_status,
     key_account,
@@ -667,6 +669,19 @@ class LedgerMachine(RuleBasedStateMachine):
         if honest_first:
             self.honest_round()
         self._commit(advance)
+
+    @rule(advance=st.sampled_from(ADVANCES))
+    def commit_block_on_restored_node_too(self, advance: int) -> None:
+        """A node restored from the stored records executes the block exactly alike."""
+        records = list(self.c.state.encoded_records())
+        restored = State.from_records(records)
+        assert restored.app_hash == self.c.state.app_hash
+        self._commit(advance)
+        header, txs = self.c.blocks[-1]
+        after, receipts, app_hash = apply_block(restored, header, txs)
+        assert app_hash == self.c.state.app_hash
+        assert codec.encode(receipts) == codec.encode(self.c.receipts[-1])
+        assert list(after.encoded_records()) == list(self.c.state.encoded_records())
 
     @rule()
     def commit_block_soon(self) -> None:

@@ -194,7 +194,10 @@ class HeightState:
         self.proposals: dict[int, Proposal] = {}
         self.prevotes: dict[int, _RoundVotes] = {}
         self.precommits: dict[int, _RoundVotes] = {}
-        self.valid_cache: dict[bytes, bool] = {}
+        # Verdicts of host.valid_block by block hash. Block.hash covers only the
+        # header, so each verdict is kept with the block it was given for and is
+        # reused only for that same block (header AND body).
+        self.valid_cache: dict[bytes, list[tuple[Block, bool]]] = {}
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._fired: set[tuple[str, int]] = set()  # "for the first time" guards
         self._proposers: dict[int, bytes] = {}
@@ -219,11 +222,13 @@ class HeightState:
         return rv
 
     def _valid(self, block: Block) -> bool:
-        h = block.hash
-        ok = self.valid_cache.get(h)
-        if ok is None:
-            ok = self.host.valid_block(block)
-            self.valid_cache[h] = ok
+        seen = self.valid_cache.setdefault(block.hash, [])
+        for b, ok in seen:
+            if b is block or b == block:
+                return ok
+        ok = self.host.valid_block(block)
+        if len(seen) < 4:  # bounded: bodies under one header beyond that are re-checked
+            seen.append((block, ok))
         return ok
 
     def own_votes(self) -> list[Vote]:
@@ -406,7 +411,11 @@ class HeightState:
         """L11-L21: StartRound(r)."""
         self.round = r
         self.step = PROPOSE
-        if self.key is not None and self.proposer(r) == self.address:
+        if (
+            self.key is not None
+            and self.proposer(r) == self.address
+            and (self.height, r, STEP_PROPOSE) > self.sign_state.hrs()
+        ):
             # L14-L19: propose validValue if we have one, else a fresh block.
             if self.valid_value is not None:
                 block = self.valid_value
@@ -414,7 +423,9 @@ class HeightState:
                 block = self.host.propose_block(self.height, r)
             self._sign_proposal(block, self.valid_round, eff)
         else:
-            # L21: schedule OnTimeoutPropose(h, r).
+            # L21: schedule OnTimeoutPropose(h, r). Also for a proposer that may not
+            # sign a proposal here (it signed at or past this step before a restart,
+            # CONSENSUS.md §6): it cannot re-send the lost one, so it must time out.
             eff.append(ScheduleTimeout(self.height, r, PROPOSE, self.timeouts.propose(r)))
         # Our own proposal, if any, is processed by the same rules as anyone's.
 

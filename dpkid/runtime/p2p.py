@@ -571,6 +571,7 @@ class P2PNode:
         # We dial persistent peers ourselves (below). libp2p's auto-connector
         # would also dial every address it learns, aiming at 200 connections.
         network.auto_connector.run_background_task = _no_background_task
+        network.auto_connector.maybe_connect = _no_auto_connect
         for info in self._persistent:
             network.protect(info.peer_id, "dpkid-persistent")  # never pruned
         self._host = host
@@ -761,9 +762,15 @@ class P2PNode:
             return
         backoff_ms = cfg.redial_backoff_min_ms
         failures = 0
-        # A little jitter so that nodes started together do not all dial each other at once.
+        # Simultaneous dials leave two connections per pair (libp2p never trims
+        # a protected peer's). Tie-break: the node with the larger peer id gives
+        # the other side one check interval to dial first, every time the
+        # connection is found missing.
+        defer_s = cfg.peer_check_interval_ms / 1000 if self._id.to_bytes() > pid.to_bytes() else 0.0
         await trio.sleep(random.uniform(0, cfg.redial_backoff_min_ms) / 1000)
         while True:  # runs until the nursery is cancelled; every wait in it is bounded
+            if not network.get_connections(pid) and defer_s and failures == 0:
+                await trio.sleep(defer_s)
             if network.get_connections(pid):
                 if failures:
                     log.info("p2p: reconnected to %s after %d failed dials", name, failures)
@@ -993,6 +1000,10 @@ class P2PNode:
 
 
 async def _no_background_task(_nursery: trio.Nursery) -> None:
+    return None
+
+
+async def _no_auto_connect() -> None:
     return None
 
 

@@ -52,6 +52,7 @@ class Connection:
     send_lock: trio.Lock
     notify_send: trio.MemorySendChannel[bytes]
     closed: bool = False
+    dropped_notice: str = ""
 
     def notify(self, method: str, params: Any) -> bool:
         """Queue a notification; False if the subscriber is too slow (it gets dropped)."""
@@ -226,6 +227,15 @@ class RpcServer:
         async for line in recv:
             if not await self._send(conn, line):
                 return
+            if conn.dropped_notice and recv.statistics().current_buffer_used == 0:
+                notice = {
+                    "jsonrpc": "2.0",
+                    "method": "subscription_dropped",
+                    "params": {"reason": conn.dropped_notice},
+                }
+                conn.dropped_notice = ""
+                if not await self._send(conn, json.dumps(notice).encode() + b"\n"):
+                    return
 
     async def _send(self, conn: Connection, data: bytes) -> bool:
         try:

@@ -87,7 +87,8 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         )
         print(
             f"heights {out['heights']}, committed txs {out['committed_txs']}, "
-            f"certs issued {out['certs_issued']}, bogus applications {out['bogus_applications']}"
+            f"certs issued {out['certs_issued']}, bogus applications "
+            f"{out['bogus_applications']} ({out['bogus_certs_issued']} issued)"
         )
         print(
             f"simulated {out['sim_s']} s: {out['sim_tps']} tx/s, "

@@ -199,7 +199,9 @@ class Simulation:
         self.certs_issued: dict[str, int] = {"DV": 0, "OV": 0, "EV": 0}
         self.attested: set[tuple[int, bytes]] = set()
         self.endorsed: set[tuple[int, bytes]] = set()
-        self.pending_apps: list[tuple[bytes, str, bool]] = []  # (app id, type, bogus) to act on
+        # (app id, type, domain not controlled, org identity false) to act on
+        self.pending_apps: list[tuple[bytes, str, bool, bool]] = []
+        self.bogus_issued = 0
         self.last_fault_end_ms = 0
         self.progress_after_fault_ms: int | None = None
         self.domain_counter = 0
@@ -413,10 +415,11 @@ class Simulation:
                     app = st.application(ev.ref)
                     if app is not None:
                         bogus = any(d.startswith("bogus") for d in app.domains)
+                        fake_org = any(d.startswith("fakeorg") for d in app.domains)
                         self.app_types[ev.ref] = app.cert_type
-                        if bogus:
+                        if bogus or fake_org:
                             self.bogus_apps.add(ev.ref)
-                        self.pending_apps.append((ev.ref, app.cert_type, bogus))
+                        self.pending_apps.append((ev.ref, app.cert_type, bogus, fake_org))
                 elif ev.kind == "cert_issued":
                     self._check_issued(st, ev.ref)
         self._act_on_applications(st)
@@ -438,8 +441,10 @@ class Simulation:
                     f"{cert.issued_type} cert {cert_id.hex()[:16]} has "
                     f"{len(cert.endorsers)} < {k} endorsers",
                 )
-        if cert.app_id in self.bogus_apps and self._byzantine_below_thresholds():
-            self._violate("policy", f"bogus application {cert.app_id.hex()[:16]} was issued")
+        if cert.app_id in self.bogus_apps:
+            self.bogus_issued += 1
+            if self._byzantine_below_thresholds():
+                self._violate("policy", f"bogus application {cert.app_id.hex()[:16]} was issued")
 
     def _byzantine_below_thresholds(self) -> bool:
         powers = self.sc.powers or [10] * self.sc.validators
@@ -456,7 +461,8 @@ class Simulation:
             return
         for vi, agent in enumerate(self.val_agents):
             items = []
-            for app_id, _t, bogus in todo:
+            for app_id, _t, bogus, _fake_org in todo:
+                # Domain control is all a validator checks: a false org identity passes.
                 ok = (not bogus) or (vi in self.false_attestors)
                 items.append(
                     Attestation(app_id, ok, "http-01", "" if ok else "key authorization mismatch")
@@ -466,9 +472,10 @@ class Simulation:
         for ei, agent in enumerate(self.endorsers):
             byz = ei in self.byz_endorsers
             mode = self.sc.byzantine.endorser_mode
-            for app_id, typ, bogus in todo:
+            for app_id, typ, bogus_domain, fake_org in todo:
                 if typ == "DV":
                     continue
+                bogus = bogus_domain or fake_org
                 if byz and mode == "withhold":
                     continue
                 if byz and mode in ("approve_bogus", "collude"):
@@ -535,8 +542,16 @@ class Simulation:
                 "DV" if x < w.dv_share else ("OV" if x < w.dv_share + w.ov_share else "EV")
             )
             bogus = self.rng.random() < w.bogus_share
+            # Only drawn when used, so scenarios without it keep their random stream.
+            fake_org = (
+                typ != "DV"
+                and not bogus
+                and w.bogus_org_share > 0
+                and self.rng.random() < w.bogus_org_share
+            )
             self.domain_counter += 1
-            dom = f"{'bogus' if bogus else 'site'}{self.domain_counter}.example"
+            prefix = "bogus" if bogus else ("fakeorg" if fake_org else "site")
+            dom = f"{prefix}{self.domain_counter}.example"
             org = None
             if typ != "DV":
                 org = OrgIdentity(f"Org {self.domain_counter}", "DE", "", "", "HRB 1", "DE-BE")
@@ -668,6 +683,7 @@ class Simulation:
             "committed_txs": self.committed_txs,
             "certs_issued": dict(self.certs_issued),
             "bogus_applications": len(self.bogus_apps),
+            "bogus_certs_issued": self.bogus_issued,
             "sim_s": round(sim_s, 3),
             "sim_tps": round(self.committed_txs / sim_s, 2),
             "latency_p50_s": pct(50),

@@ -72,6 +72,9 @@ class Workload:
     ov_share: float = 0.1
     ev_share: float = 0.1
     bogus_share: float = 0.25  # applications for domains the applicant does not control
+    # OV/EV applications for a domain the applicant controls but with a false
+    # organisation identity: validators attest ok, only endorsers can tell.
+    bogus_org_share: float = 0.0
     accounts: int = 20
 
 
@@ -197,7 +200,14 @@ def validate(sc: Scenario) -> None:
         if not 0.0 <= getattr(net, name) <= 1.0:
             raise ScenarioError(f"network.{name} is a probability in [0, 1]")
     w = sc.workload
-    for name in ("transfer_share", "dv_share", "ov_share", "ev_share", "bogus_share"):
+    for name in (
+        "transfer_share",
+        "dv_share",
+        "ov_share",
+        "ev_share",
+        "bogus_share",
+        "bogus_org_share",
+    ):
         if not 0.0 <= getattr(w, name) <= 1.0:
             raise ScenarioError(f"workload.{name} is a share in [0, 1]")
     if w.accounts < 1:

@@ -207,6 +207,9 @@ class State:
         self.last_events: list[Event] = []
         # Keys the last apply_block wrote (deleted keys included): what a store persists.
         self.last_writes: list[bytes] = []
+        self._prev_tree: SparseMerkleTree | None = None
+        self._prev_values: dict[bytes, Any] = {}
+        self._prev_height = -1
 
     # -- lifecycle
     def _check(self) -> None:
@@ -376,6 +379,24 @@ class State:
     def encoded_records(self) -> Iterable[tuple[bytes, bytes]]:
         for k, v in self.items():
             yield k, codec.encode(v)
+
+    def prove_previous(self, key: bytes) -> tuple[int, bytes, bytes | None, SmtProof]:
+        """Prove ``key`` in the state one block back: (height, root, value, proof).
+
+        The header at the latest height carries that state's root as its
+        app_hash, and its commit is already known, so this is what a client
+        can check without waiting for the next block.
+        """
+        self._check()
+        if self._prev_tree is None:
+            raise ValueError("no previous state kept (restored or genesis state)")
+        rec = self._prev_values[key] if key in self._prev_values else self._kv.get(key)
+        value = codec.encode(rec) if rec is not None else None
+        return self._prev_height, self._prev_tree.root_hash, value, self._prev_tree.prove(sha256(key))
+
+    def get_previous(self, key: bytes) -> Any:
+        self._check()
+        return self._prev_values[key] if key in self._prev_values else self._kv.get(key)
 
     # -- invariants used by tests and audits
     def supply_in_accounts_and_escrow(self) -> int:
@@ -714,6 +735,7 @@ def _end_block(b: _Block) -> None:
 
 def _commit(old: State, b: _Block) -> State:
     kv = old._kv
+    old_height = kv[K_META].height
     old._live = False
     log = old._log
     for entry in b.log_entries:
@@ -723,8 +745,10 @@ def _commit(old: State, b: _Block) -> State:
     b.block[K_META] = Meta_(meta.chain_id, b.height, b.now, meta.total_supply, log.size, log.root())
     updates: list[tuple[bytes, bytes | None]] = []
     endorsed = old._endorsed
+    prev_values: dict[bytes, Any] = {}
     for key in sorted(b.block):
         val = b.block[key]
+        prev_values[key] = kv.get(key)
         if val is _DELETED:
             kv.pop(key, None)
             updates.append((sha256(key), None))
@@ -742,6 +766,11 @@ def _commit(old: State, b: _Block) -> State:
     st = State(kv, tree, log, old._app_expiry, old._gov_expiry, endorsed)
     st.last_events = b.block_events
     st.last_writes = sorted(b.block)
+    # One block of history, so a node can prove records against the app hash
+    # that the latest header carries (it commits to the state one block back).
+    st._prev_tree = old._tree
+    st._prev_values = prev_values
+    st._prev_height = old_height
     return st
 
 
