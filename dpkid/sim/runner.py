@@ -205,6 +205,7 @@ class Simulation:
         self.last_fault_end_ms = 0
         self.progress_after_fault_ms: int | None = None
         self.domain_counter = 0
+        self._workload_carry = 0  # tx_per_s tenths not yet submitted
         self.spki = spki_der_of(subject_key("sim").public_key())
         for p in self.sc.network.partitions:
             self.last_fault_end_ms = max(self.last_fault_end_ms, p.heal_ms)
@@ -529,7 +530,9 @@ class Simulation:
             return
         if self._done():
             return
-        per_tick = max(1, w.tx_per_s // 10)
+        # Ten ticks a second; the remainder carries over, so 15 tx/s is 1, 2, 1, 2, ...
+        self._workload_carry += w.tx_per_s
+        per_tick, self._workload_carry = divmod(self._workload_carry, 10)
         for _ in range(per_tick):
             agent = self.accounts[self.rng.randrange(len(self.accounts))]
             x = self.rng.random()
