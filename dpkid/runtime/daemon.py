@@ -131,6 +131,7 @@ class NodeDaemon:
         if h == 0:
             if not self.store.has_state():
                 self.store.save_genesis_state(self.core.state)
+                self.store.save_valset(1, [(v.pubkey, v.power) for v in self.core.vals.members])
             return
         state = State.from_records(self.store.state_records())
         last = self.store.block(h)
@@ -295,7 +296,12 @@ class NodeDaemon:
                 self.store.save_sign_state(e.state)
             elif isinstance(e, PersistBlock):
                 self.store.save_block(
-                    e.block, e.commit, e.receipts, self.core.state, list(self.core.priorities)
+                    e.block,
+                    e.commit,
+                    e.receipts,
+                    self.core.state,
+                    list(self.core.priorities),
+                    next_vals=[(v.pubkey, v.power) for v in self.core.vals.members],
                 )
                 self._on_block(e)
             elif isinstance(e, SetTimer):

@@ -354,7 +354,8 @@ class Libp2pLogFilter(logging.Filter):
     The noisy loggers (an ERROR per failed dial while a peer is down, WARNINGs
     per full buffer or reconnect race) get at most ``burst`` records per
     ``window_s`` each; the rest are counted and the count is reported with the
-    next record that passes.
+    next record that passes. Failed TCP dials are downgraded to DEBUG: the
+    redial loop logs them itself (``dpkid.p2p``).
     """
 
     def __init__(self, burst: int = 5, window_s: float = 30.0) -> None:
@@ -367,6 +368,10 @@ class Libp2pLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
         if not name.startswith(_NOISY_LIBP2P_LOGGERS):
+            return True
+        if name == "libp2p.transport.tcp.tcp" and str(record.msg).startswith("Failed to open TCP"):
+            # Expected while a persistent peer is down; the redial loop reports it.
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return True
         now = time.monotonic()
         start, count = self._windows.get(name, (now, 0))

@@ -369,6 +369,17 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         st = state_now()
         return {"height": st.height, "endorsers": to_json(st.endorsers.endorsers)}
 
+    async def validators_at(params: Any, conn: Connection) -> Any:
+        """The set that signed commits at ``height``; a light client checks its
+        hash against the header's validators_hash."""
+        h = param(params, "height", int)
+        if h < 1 or h > d.core.state.height + 1:
+            raise RpcError(NOT_FOUND, f"no validator set known for height {h}")
+        vals = d.store.valset_at(h)
+        if vals is None:
+            raise RpcError(NOT_FOUND, f"no validator set stored for height {h}")
+        return {"height": h, "validators": [{"pubkey": pk.hex(), "power": p} for pk, p in vals]}
+
     async def validators_list(params: Any, conn: Connection) -> Any:
         st = state_now()
         vals = to_json(st.validators.validators)
@@ -413,6 +424,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         "log_proof": log_proof,
         "endorsers_list": endorsers_list,
         "validators_list": validators_list,
+        "validators_at": validators_at,
         "subscribe": subscribe,
         "unsubscribe": unsubscribe,
     }

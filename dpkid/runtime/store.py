@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS valsets (
+    height INTEGER PRIMARY KEY,
+    vals BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sign_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     height INTEGER NOT NULL,
@@ -120,6 +124,7 @@ class Store:
         state: State,
         priorities: list[tuple[bytes, int]],
         genesis_records: bool = False,
+        next_vals: list[tuple[bytes, int]] | None = None,
     ) -> None:
         """Everything a decided block changed, in one transaction."""
         h = block.header.height
@@ -152,6 +157,15 @@ class Store:
                         "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
                         (k, codec.encode(v)),
                     )
+            if next_vals is not None:
+                enc = codec.encode(next_vals)
+                row = cur.execute(
+                    "SELECT vals FROM valsets WHERE height <= ? ORDER BY height DESC LIMIT 1", (h + 1,)
+                ).fetchone()
+                if row is None or bytes(row[0]) != enc:
+                    cur.execute(
+                        "INSERT OR REPLACE INTO valsets(height, vals) VALUES (?, ?)", (h + 1, enc)
+                    )
             cur.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('node', ?)",
                 (codec.encode(_NodeMeta(priorities)),),
@@ -173,6 +187,20 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    def save_valset(self, height: int, vals: list[tuple[bytes, int]]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO valsets(height, vals) VALUES (?, ?)", (height, codec.encode(vals))
+        )
+
+    def valset_at(self, height: int) -> list[tuple[bytes, int]] | None:
+        """The validator set (pubkey, power) that ran consensus at ``height``."""
+        row = self.db.execute(
+            "SELECT vals FROM valsets WHERE height <= ? ORDER BY height DESC LIMIT 1", (height,)
+        ).fetchone()
+        if row is None:
+            return None
+        return [(bytes(pk), int(p)) for pk, p in codec.decode(bytes(row[0]), list[tuple[bytes, int]])]
 
     def height(self) -> int:
         row = self.db.execute("SELECT MAX(height) FROM blocks").fetchone()
