@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim(sub)
     add_node(sub)
+    from dpkid.runtime.cli_verify import add_parsers as add_verify
+
+    add_verify(sub)
     return p
 
 
