@@ -68,6 +68,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dpkid.demo import run_demo
+
+    return run_demo(keep=args.keep, as_json=args.json, workdir=args.dir)
+
+
 def cmd_vectors(args: argparse.Namespace) -> int:
     from dpkid.vectors import build_vectors
 
@@ -119,14 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--check", action="store_true", help="only compare, exit 1 if they differ")
     v.set_defaults(func=cmd_vectors)
 
+    from dpkid.runtime.cli_challenge import add_parsers as add_challenge
     from dpkid.runtime.cli_node import add_parsers as add_node
     from dpkid.sim.cli import add_parser as add_sim
 
     add_sim(sub)
     add_node(sub)
+    add_challenge(sub)
+    __import__("dpkid.runtime.cli_roles", fromlist=["_"]).add_parsers(sub)
     from dpkid.runtime.cli_verify import add_parsers as add_verify
 
     add_verify(sub)
+
+    d = sub.add_parser(
+        "demo",
+        help="run a 4-validator network and issue, verify, revoke and degrade certificates",
+    )
+    d.add_argument("--keep", action="store_true", help="leave the network running afterwards")
+    d.add_argument("--json", action="store_true", help="print one JSON object with every step")
+    d.add_argument("--dir", default=None, help="work directory (default: a new temporary one)")
+    d.set_defaults(func=cmd_demo)
     return p
 
 
