@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dpkid.runtime.cli_verify import add_parsers as add_verify
 
     add_verify(sub)
+    from dpkid.runtime.cli_watch import add_parsers as add_watch
+
+    add_watch(sub)
 
     d = sub.add_parser(
         "demo",

@@ -30,7 +30,7 @@ from dpkid.lightclient import (
 )
 from dpkid.node import valset_hash
 from dpkid.proofs import decode_proof
-from dpkid.types import Genesis
+from dpkid.types import Genesis, Header
 from dpkid.x509export import claimed_type, parse_ledger_ref
 
 RpcCall = Callable[[str, dict[str, Any]], Any]
@@ -78,7 +78,9 @@ def parsed_from_x509(c: x509.Certificate) -> ParsedCert:
     )
 
 
-def walk_headers(rpc: RpcCall, genesis: Genesis, upto: int) -> TrustedState:
+def walk_headers(
+    rpc: RpcCall, genesis: Genesis, upto: int, on_header: Callable[[Header], None] | None = None
+) -> TrustedState:
     """Verify every header 1..upto from the genesis set, following set changes."""
     t = trust_genesis(genesis)
     while t.height < upto:
@@ -100,6 +102,8 @@ def walk_headers(rpc: RpcCall, genesis: Genesis, upto: int) -> TrustedState:
                     [(bytes.fromhex(v["pubkey"]), int(v["power"])) for v in got["validators"]]
                 )
             t = advance(t, header, commit, next_vals)
+            if on_header is not None:
+                on_header(header)
     return t
 
 
