@@ -107,9 +107,9 @@ Row = tuple[object, ...]  # one effect, abstracted so that a table can spell it 
 # ------------------------------------------------------------------ blocks
 
 
-def make_block(label: str, height: int = HEIGHT, txs: Sequence[bytes] | None = None) -> Block:
+def make_block(label: str, height: int = HEIGHT) -> Block:
     """A real block, a pure function of its label (and height)."""
-    body = list(txs) if txs is not None else [b"tx:" + label.encode()]
+    body = [b"tx:" + label.encode()]
     header = Header(
         chain_id=CHAIN,
         height=height,
@@ -132,7 +132,6 @@ class AllowListHost(Host):
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
         self.proposed: list[tuple[int, int]] = []
-        self.validity_checks: list[str] = []
 
     def propose_block(self, height: int, round_: int) -> Block:
         self.proposed.append((height, round_))
@@ -140,7 +139,6 @@ class AllowListHost(Host):
 
     def valid_block(self, block: Block) -> bool:
         label = self.harness.labels.get(block.hash)
-        self.validity_checks.append(label or "?")
         if label is None or label not in self.harness.allow:
             return False
         return block == self.harness.blocks[label]  # the body must be the one of that header

@@ -196,7 +196,7 @@ class HeightState:
         self.precommits: dict[int, _RoundVotes] = {}
         # Verdicts of host.valid_block by block hash. Block.hash covers only the
         # header, so each verdict is kept with the block it was given for and is
-        # reused only for that same block (header AND body).
+        # reused only for that same block, header AND body (CONSENSUS.md §5.4).
         self.valid_cache: dict[bytes, list[tuple[Block, bool]]] = {}
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._fired: set[tuple[str, int]] = set()  # "for the first time" guards
