@@ -10,6 +10,7 @@ endorsement so the EV certificate degrades to DV, and prints what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -29,7 +30,6 @@ from dpkid.crypto import SigningKey, sha256
 from dpkid.keys import spki_der_of
 from dpkid.lightclient import VerifyError
 from dpkid.runtime.config import genesis_from_json, read_key
-from dpkid.state.machine import cert_id_for
 from dpkid.types import (
     CertApply,
     Endorse,
@@ -105,10 +105,8 @@ class Demo:
 
     def record(self, name: str, ok: bool, detail: str, **data: Any) -> None:
         h = 0
-        try:
+        with contextlib.suppress(OSError, RpcClientError):
             h = int(self.rpc("status")["height"])
-        except (OSError, RpcClientError):
-            pass
         self.steps.append(Step(name, ok, detail, h, data))
         self.progress(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
 
@@ -124,12 +122,30 @@ class Demo:
         self.progress(f"challenge servers: DNS {self.dns.address}, HTTP 127.0.0.1:{self.http.port}")
         out = subprocess.run(
             [
-                sys.executable, "-m", "dpkid", "testnet", "--validators", "4", "--endorsers", "3",
-                "--accounts", "3", "--out", str(self.dir / "net"), "--json",
-                "--dns-resolver", self.dns.address, "--http-port", str(self.http.port),
-                "--timeout-commit-ms", "200",
+                sys.executable,
+                "-m",
+                "dpkid",
+                "testnet",
+                "--validators",
+                "4",
+                "--endorsers",
+                "3",
+                "--accounts",
+                "3",
+                "--out",
+                str(self.dir / "net"),
+                "--json",
+                "--dns-resolver",
+                self.dns.address,
+                "--http-port",
+                str(self.http.port),
+                "--timeout-commit-ms",
+                "200",
             ],
-            check=True, capture_output=True, text=True, timeout=120,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         self.info = json.loads(out.stdout)
         self.homes = [Path(p) for p in self.info["nodes"]]
@@ -141,14 +157,28 @@ class Demo:
             log = open(self.dir / f"node{i}.log", "ab")  # noqa: SIM115 -- handed to the child
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "dpkid", "start", "--home", str(home), "--log-format", "json"],
-                    stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "dpkid",
+                        "start",
+                        "--home",
+                        str(home),
+                        "--log-format",
+                        "json",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             )
             log.close()
             self.progress(f"started node{i} (pid {self.procs[-1].pid})")
         for i in range(len(self.homes)):
-            self.wait(lambda i=i: self.rpc("status", node=i)["height"] >= 1, f"node{i} to commit", START_TIMEOUT_S)
+
+            def committing(i: int = i) -> bool:
+                return bool(self.rpc("status", node=i)["height"] >= 1)
+
+            self.wait(committing, f"node{i} to commit", START_TIMEOUT_S)
             self.progress(f"node{i} is committing blocks")
 
     def stop(self) -> None:
@@ -178,8 +208,14 @@ class Demo:
                 for rec in ch["dns"]:
                     self.zone.add_txt(rec["name"], rec["value"])
 
-    def apply(self, key: SigningKey, typ: str, domain: str, spki: bytes, org: OrgIdentity | None, via: str) -> tuple[bytes, dict[str, Any]]:
-        fee = {"DV": self.genesis.policy.fee_dv, "OV": self.genesis.policy.fee_ov, "EV": self.genesis.policy.fee_ev}[typ]
+    def apply(
+        self, key: SigningKey, typ: str, domain: str, spki: bytes, org: OrgIdentity | None, via: str
+    ) -> tuple[bytes, dict[str, Any]]:
+        fee = {
+            "DV": self.genesis.policy.fee_dv,
+            "OV": self.genesis.policy.fee_ov,
+            "EV": self.genesis.policy.fee_ev,
+        }[typ]
         before = self.rpc("account_get", {"address": key.address.hex()})["balance"]
         raw = self.submit(key, CertApply(typ, [domain], spki, 30, fee, org))  # type: ignore[arg-type]
         self.wait_tx(raw)
@@ -192,7 +228,9 @@ class Demo:
         def done() -> Any:
             a = self.rpc("application_get", {"app_id": app_id.hex()})["application"]
             if a["status"] in ("rejected", "expired"):
-                raise DemoError(f"application {app_id.hex()[:12]} was {a['status']}: {a['close_reason']}")
+                raise DemoError(
+                    f"application {app_id.hex()[:12]} was {a['status']}: {a['close_reason']}"
+                )
             return a if a["status"] == "issued" else None
 
         app: dict[str, Any] = self.wait(done, f"application {app_id.hex()[:12]} to be issued")
@@ -218,58 +256,96 @@ class Demo:
         results: dict[str, Any] = {}
         # DV via http-01
         dv_key = ed25519.Ed25519PrivateKey.generate()
-        app, info = self.apply(acc_dv, "DV", "shop.example", spki_der_of(dv_key.public_key()), None, "http-01")
-        self.record("dv_applied", True, f"application {app.hex()[:16]} for shop.example, escrow {info['escrow']}")
+        app, info = self.apply(
+            acc_dv, "DV", "shop.example", spki_der_of(dv_key.public_key()), None, "http-01"
+        )
+        self.record(
+            "dv_applied",
+            True,
+            f"application {app.hex()[:16]} for shop.example, escrow {info['escrow']}",
+        )
         a = self.wait_issued(app)
         dv_cert = bytes.fromhex(a["cert_id"])
         v, _ = self.verify(dv_cert)
         ok_attest = [x for x in a["attestations"] if x["ok"]]
-        self.record("dv_issued_and_verified", v.valid and v.cert.cert_type == "DV",
-                    f"certificate {dv_cert.hex()[:16]}: {len(ok_attest)} validators proved control (http-01); "
-                    f"light client says {v.status}",
-                    cert_id=dv_cert.hex(), issued_height=a["closed_height"], fee=info["escrow"])
+        self.record(
+            "dv_issued_and_verified",
+            v.valid and v.cert.cert_type == "DV",
+            f"certificate {dv_cert.hex()[:16]}: {len(ok_attest)} validators proved control "
+            "(http-01); "
+            f"light client says {v.status}",
+            cert_id=dv_cert.hex(),
+            issued_height=a["closed_height"],
+            fee=info["escrow"],
+        )
         results["dv"] = dv_cert
         # OV via dns-01, two endorsers
         org_ov = OrgIdentity("Example Shop GmbH", "DE", "Berlin", "Berlin", "HRB 12345", "")
         ov_key = ec.generate_private_key(ec.SECP256R1())
-        app, info = self.apply(acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key.public_key()), org_ov, "dns-01")
+        app, info = self.apply(
+            acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key.public_key()), org_ov, "dns-01"
+        )
         for e in self.endorsers[:2]:
             self.submit(e, Endorse(app, True, "trade register extract checked"))
         a = self.wait_issued(app)
         ov_cert = bytes.fromhex(a["cert_id"])
         v, _ = self.verify(ov_cert)
-        self.record("ov_issued_and_verified", v.valid and v.cert.cert_type == "OV",
-                    f"certificate {ov_cert.hex()[:16]} for {org_ov.name}: dns-01 + 2 endorsements; {v.status}",
-                    cert_id=ov_cert.hex(), issued_height=a["closed_height"], fee=info["escrow"])
+        self.record(
+            "ov_issued_and_verified",
+            v.valid and v.cert.cert_type == "OV",
+            f"certificate {ov_cert.hex()[:16]} for {org_ov.name}: dns-01 + 2 endorsements; "
+            f"{v.status}",
+            cert_id=ov_cert.hex(),
+            issued_height=a["closed_height"],
+            fee=info["escrow"],
+        )
         # EV via http-01, three endorsers
-        org_ev = OrgIdentity("Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH")
+        org_ev = OrgIdentity(
+            "Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH"
+        )
         ev_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        app, info = self.apply(acc_ev, "EV", "bank.example", spki_der_of(ev_key.public_key()), org_ev, "http-01")
+        app, info = self.apply(
+            acc_ev, "EV", "bank.example", spki_der_of(ev_key.public_key()), org_ev, "http-01"
+        )
         for e in self.endorsers:
             self.submit(e, Endorse(app, True, "identity and jurisdiction verified"))
         a = self.wait_issued(app)
         ev_cert = bytes.fromhex(a["cert_id"])
         v, _ = self.verify(ev_cert)
-        self.record("ev_issued_and_verified", v.valid and v.cert.cert_type == "EV",
-                    f"certificate {ev_cert.hex()[:16]} for {org_ev.name}: http-01 + 3 endorsements; {v.status}",
-                    cert_id=ev_cert.hex(), issued_height=a["closed_height"], fee=info["escrow"])
+        self.record(
+            "ev_issued_and_verified",
+            v.valid and v.cert.cert_type == "EV",
+            f"certificate {ev_cert.hex()[:16]} for {org_ev.name}: http-01 + 3 endorsements; "
+            f"{v.status}",
+            cert_id=ev_cert.hex(),
+            issued_height=a["closed_height"],
+            fee=info["escrow"],
+        )
         # Revocation of the DV certificate by its owner
         raw = self.submit(acc_dv, Revoke(dv_cert, 1))
         self.wait_tx(raw)
         v, _ = self.verify(dv_cert)
-        self.record("dv_revoked_verification_fails", (not v.valid) and v.status == "revoked",
-                    f"owner revoked with keyCompromise; light client now says {v.status}")
+        self.record(
+            "dv_revoked_verification_fails",
+            (not v.valid) and v.status == "revoked",
+            f"owner revoked with keyCompromise; light client now says {v.status}",
+        )
         # An endorser withdraws: EV degrades to DV
         raw = self.submit(self.endorsers[0], EndorseWithdraw(ev_cert, "registration under review"))
         self.wait_tx(raw)
         v, _ = self.verify(ev_cert)
-        self.record("ev_degraded_to_dv", v.valid and v.cert.cert_type == "DV",
-                    f"endorsement withdrawn: the certificate is now {v.cert.cert_type if v.cert else '?'}, "
-                    f"still {v.status} for its domain ({v.reason})")
+        self.record(
+            "ev_degraded_to_dv",
+            v.valid and v.cert.cert_type == "DV",
+            f"endorsement withdrawn: the certificate is now {v.cert.cert_type if v.cert else '?'}, "
+            f"still {v.status} for its domain ({v.reason})",
+        )
         # A bogus application: nobody publishes the challenge -> validators attest failure.
         bogus_key = ed25519.Ed25519PrivateKey.generate()
         fee = self.genesis.policy.fee_dv
-        raw = self.submit(acc_ov, CertApply("DV", ["bank.example"], spki_der_of(bogus_key.public_key()), 30, fee))
+        raw = self.submit(
+            acc_ov, CertApply("DV", ["bank.example"], spki_der_of(bogus_key.public_key()), 30, fee)
+        )
         self.wait_tx(raw)
         bogus = sha256(b"dpkid/app/v1\x00" + sha256(raw))
 
@@ -278,9 +354,12 @@ class Demo:
             return a if a["status"] != "pending" else None
 
         a = self.wait(closed, "the bogus application to be decided")
-        self.record("bogus_application_rejected", a["status"] == "rejected" and not a["cert_id"],
-                    f"someone else applied for bank.example without its challenge: {a['status']} "
-                    f"({a['close_reason']}), refunded minus the processing fee")
+        self.record(
+            "bogus_application_rejected",
+            a["status"] == "rejected" and not a["cert_id"],
+            f"someone else applied for bank.example without its challenge: {a['status']} "
+            f"({a['close_reason']}), refunded minus the processing fee",
+        )
         st = self.rpc("status")
         self.summary = {
             "chain_id": self.chain_id,
@@ -288,11 +367,17 @@ class Demo:
             "app_hash": st["app_hash"],
             "balances": {
                 name: self.rpc("account_get", {"address": k.address.hex()})["balance"]
-                for name, k in [("dv-applicant", acc_dv), ("ov-applicant", acc_ov), ("ev-applicant", acc_ev),
-                                *[(f"endorser{i}", e) for i, e in enumerate(self.endorsers)]]
+                for name, k in [
+                    ("dv-applicant", acc_dv),
+                    ("ov-applicant", acc_ov),
+                    ("ev-applicant", acc_ev),
+                    *[(f"endorser{i}", e) for i, e in enumerate(self.endorsers)],
+                ]
             },
             "validators": {
-                v["name"] or v["address"][:8]: self.rpc("account_get", {"address": v["address"]})["balance"]
+                v["name"] or v["address"][:8]: self.rpc("account_get", {"address": v["address"]})[
+                    "balance"
+                ]
                 for v in self.rpc("validators_list")["validators"]
             },
             "log": self.rpc("log_checkpoint"),
@@ -307,11 +392,17 @@ def print_table(steps: list[Step], summary: dict[str, Any]) -> None:
         print(f"{s.name:<32} {s.height:>6}  {'ok' if s.ok else 'FAIL':<6} {s.detail}")
     print("-" * 110)
     if summary:
-        print(f"chain {summary['chain_id']} at height {summary['height']}, app hash {summary['app_hash'][:32]}...")
+        print(
+            f"chain {summary['chain_id']} at height {summary['height']}, "
+            f"app hash {summary['app_hash'][:32]}..."
+        )
         log = summary["log"]
         print(f"certificate log: {log['log_size']} entries, root {log['log_root'][:32]}...")
         print("balances (tokens): " + ", ".join(f"{k} {v}" for k, v in summary["balances"].items()))
-        print("validator earnings are in their balances: " + ", ".join(f"{k} {v}" for k, v in summary["validators"].items()))
+        print(
+            "validator earnings are in their balances: "
+            + ", ".join(f"{k} {v}" for k, v in summary["validators"].items())
+        )
 
 
 def run_demo(keep: bool, as_json: bool, workdir: str | None) -> int:
@@ -345,16 +436,36 @@ def run_demo(keep: bool, as_json: bool, workdir: str | None) -> int:
             demo.stop()
     ok = not error and bool(demo.steps) and all(s.ok for s in demo.steps) and len(demo.steps) >= 7
     if as_json:
-        print(json.dumps({
-            "ok": ok,
-            "error": error,
-            "workdir": str(base),
-            "wall_s": round(time.monotonic() - t0, 1),
-            "steps": [{"name": s.name, "ok": s.ok, "height": s.height, "detail": s.detail, **s.data} for s in demo.steps],
-            "summary": {k: v for k, v in demo.summary.items() if k != "log"} | (
-                {"log_size": demo.summary["log"]["log_size"], "log_root": demo.summary["log"]["log_root"]}
-                if demo.summary else {}),
-        }, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "error": error,
+                    "workdir": str(base),
+                    "wall_s": round(time.monotonic() - t0, 1),
+                    "steps": [
+                        {
+                            "name": s.name,
+                            "ok": s.ok,
+                            "height": s.height,
+                            "detail": s.detail,
+                            **s.data,
+                        }
+                        for s in demo.steps
+                    ],
+                    "summary": {k: v for k, v in demo.summary.items() if k != "log"}
+                    | (
+                        {
+                            "log_size": demo.summary["log"]["log_size"],
+                            "log_root": demo.summary["log"]["log_root"],
+                        }
+                        if demo.summary
+                        else {}
+                    ),
+                },
+                sort_keys=True,
+            )
+        )
     else:
         print_table(demo.steps, demo.summary)
         print("\nok" if ok else f"\nFAILED{': ' + error if error else ''}")

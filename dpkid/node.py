@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from msgspec import Meta, Struct
 
@@ -37,6 +37,7 @@ from dpkid.consensus.engine import (
 )
 from dpkid.consensus.messages import (
     MAX_BLOCK_BYTES,
+    MAX_BLOCK_TXS,
     MAX_EVIDENCE_PER_BLOCK,
     PRECOMMIT,
     Block,
@@ -60,7 +61,7 @@ from dpkid.consensus.valset import (
 from dpkid.crypto import SignatureCache, SigningKey, address_of, sha256, verify_ed25519
 from dpkid.state.codes import Code
 from dpkid.state.machine import State, apply_block, genesis_state
-from dpkid.types import MAX_TX_BYTES, U64, Genesis, Header, Receipt, Tx, tx_sign_bytes
+from dpkid.types import MAX_TX_BYTES, U64, Event, Genesis, Header, Receipt, Tx, tx_sign_bytes
 
 MAX_TX_BATCH: Final = 512
 MAX_SYNC_BLOCKS: Final = 32
@@ -147,10 +148,17 @@ class Send:
 
 @dataclass(frozen=True)
 class PersistBlock:
+    """Everything one decided block changed, captured when it was applied
+    (several blocks can be applied in one step while catching up)."""
+
     block: Block
     commit: Commit
     receipts: list[Receipt]
     app_hash: bytes
+    writes: list[tuple[bytes, Any]]  # state records the block wrote (None = deleted)
+    events: list[Event]  # begin/end-block events
+    priorities: Priorities  # proposer priorities for the next height
+    next_vals: list[tuple[bytes, int]]  # (pubkey, power) of the next height's set
 
 
 @dataclass(frozen=True)
@@ -416,6 +424,7 @@ class NodeCore(Host):
         self.receipts_by_height: dict[int, list[Receipt]] = {}
         self._prev_vals = self.vals
         self._fetch_asked: dict[tuple[int, int], int] = {}
+        self._last_sync_ms = -(10**12)
 
     # ------------------------------------------------------------------ Host callbacks
     def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
@@ -488,8 +497,9 @@ class NodeCore(Host):
                 return "time is not the weighted median of the last commit"
             if h.time_ms <= self.last_block_time_ms:
                 return "time does not increase"
+        # Protocol limits, not this node's settings: validity must be the same everywhere.
         size = sum(len(t) for t in block.txs)
-        if size > self.config.max_block_bytes or len(block.txs) > self.config.max_block_txs:
+        if size > MAX_BLOCK_BYTES or len(block.txs) > MAX_BLOCK_TXS:
             return "block too large"
         for ev in block.evidence:
             why = self.check_evidence(ev)
@@ -637,6 +647,12 @@ class NodeCore(Host):
 
     def _maybe_sync(self, peer: str, their_height: int) -> list[NodeEffect]:
         if their_height > self.state.height and not self.waiting_commit:
+            # One request per gossip interval: every vote from the future must
+            # not turn into its own 32-block request.
+            if self.now_ms - self._last_sync_ms < self.config.gossip_interval_ms:
+                self.sync_target = max(self.sync_target, their_height)
+                return []
+            self._last_sync_ms = self.now_ms
             self.sync_target = max(self.sync_target, their_height)
             if their_height > self.state.height + 1 or (their_height == self.state.height + 1):
                 return [
@@ -795,7 +811,19 @@ class NodeCore(Host):
         """Execute a decided block and persist it; the next height starts after
         timeout_commit (or at once when catching up)."""
         receipts, app_hash = self._apply_decided(block, commit)
-        out: list[NodeEffect] = [PersistBlock(block, commit, receipts, app_hash)]
+        st = self.state
+        out: list[NodeEffect] = [
+            PersistBlock(
+                block,
+                commit,
+                receipts,
+                app_hash,
+                [(k, st.get(k)) for k in st.last_writes],
+                list(st.last_events),
+                self.priorities,
+                [(v.pubkey, v.power) for v in self.vals.members],
+            )
+        ]
         if synced:
             out += self._start_next_height()
         else:

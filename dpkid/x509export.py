@@ -124,7 +124,7 @@ def to_x509(
         )
         if own != cert.spki:
             raise ExportError("the given private key is not the certificate's subject key")
-    names: list[x509.NameAttribute] = []
+    names: list[x509.NameAttribute[Any]] = []
     if cert.org is not None and cert.cert_type in ("OV", "EV"):
         o = cert.org
         names.append(x509.NameAttribute(NameOID.COUNTRY_NAME, o.country))

@@ -230,6 +230,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from dpkid.runtime.daemon import NodeDaemon
     from dpkid.runtime.logs import setup_logging
     from dpkid.runtime.rpc_methods import domain_watch_matches
+    from dpkid.state.machine import key_cert
 
     try:
         watched = [normalize_domain(d) for d in args.domain]
@@ -293,13 +294,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     def on_block(e: Any) -> None:
         st = d.core.state
-        events = list(st.last_events)
+        events = list(e.events)
         for r in e.receipts:
             events.extend(r.events)
         for ev in events:
             if ev.kind not in ("cert_issued", "cert_revoked", "cert_degraded"):
                 continue
-            cert = st.certificate(ev.ref)
+            cert = dict(e.writes).get(key_cert(ev.ref)) or st.certificate(ev.ref)
             if cert is None or not any(domain_watch_matches(w, cert.domains) for w in watched):
                 continue
             out: dict[str, Any] = {

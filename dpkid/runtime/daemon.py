@@ -164,6 +164,10 @@ class NodeDaemon:
         )
         quiet_libp2p()
         rpc = build_rpc(self)
+        from dpkid.runtime.dv_checker import DvChecker
+
+        dv = DvChecker(self, fault=s.dv_fault)  # domain validation (SPEC §7.3), validators only
+        self.block_listeners.append(dv.on_block)
         if s.metrics_listen:
             self.metrics.serve(s.metrics_listen)
         async with trio.open_nursery() as nursery:
@@ -180,6 +184,7 @@ class NodeDaemon:
                 await nursery.start(rpc.serve_tcp, host, int(port), token)
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._metrics_loop)
+            await nursery.start(dv.run)
             await self._execute(self.core.start(now_ms()))
             self.log.info(
                 "started",
@@ -247,8 +252,8 @@ class NodeDaemon:
         except codec.DecodeError:
             return encode_msg(BlockResponse([]))
         if isinstance(req, ProposalRequest):
-            h = self.core.height
-            prop = self.core.hs.proposals.get(req.round) if req.height == h else None
+            hs = self.core.hs
+            prop = hs.proposals.get(req.round) if req.height == hs.height else None
             return encode_msg(ProposalMsg(prop) if prop is not None else BlockResponse([]))
         if not isinstance(req, BlockRequest):
             return encode_msg(BlockResponse([]))
@@ -257,7 +262,7 @@ class NodeDaemon:
         size = 0
         for b, c in blocks:
             n = len(codec.encode(b))
-            if out and size + n > MAX_SYNC_REPLY_BYTES // 2:
+            if out and size + n > MAX_SYNC_REPLY_BYTES // 4:
                 break
             out.append(SyncedBlock(b, c))
             size += n
@@ -295,14 +300,7 @@ class NodeDaemon:
             if isinstance(e, PersistSignState):
                 self.store.save_sign_state(e.state)
             elif isinstance(e, PersistBlock):
-                self.store.save_block(
-                    e.block,
-                    e.commit,
-                    e.receipts,
-                    self.core.state,
-                    list(self.core.priorities),
-                    next_vals=[(v.pubkey, v.power) for v in self.core.vals.members],
-                )
+                self.store.save_block(e)
                 self._on_block(e)
             elif isinstance(e, SetTimer):
                 assert self._nursery is not None
@@ -336,6 +334,10 @@ class NodeDaemon:
 
     async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
         """Block sync and lost-proposal fetches go over the direct stream protocol."""
+        connected = self.p2p.peers()
+        if peer not in connected and connected:
+            # The gossip originator may not be a direct peer: ask one that is.
+            peer = sorted(connected)[len(self._decoded) % len(connected)]
         if isinstance(req, BlockRequest):
             self.catching_up = True
         try:

@@ -8,6 +8,7 @@ never raises out of a handler; the connection survives a bad line.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import socket
@@ -150,14 +151,20 @@ class RpcServer:
     async def serve_tcp(
         self, host: str, port: int, token: str, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(
+                "the TCP RPC listens on loopback only; put a TLS proxy in front for more"
+            )
         listeners = await trio.open_tcp_listeners(port, host=host)
         task_status.started()
+        expected = f"Bearer {token}".encode()
 
         async def guarded(stream: trio.SocketStream) -> None:
             # The first line must be the bearer token; anything else closes the connection.
+            buf = bytearray()
             try:
                 with trio.fail_after(5):
-                    first = await _read_line(stream, bytearray(), 4096)
+                    first = await _read_line(stream, buf, 4096)
             except (
                 trio.TooSlowError,
                 _LineTooLong,
@@ -166,18 +173,18 @@ class RpcServer:
             ):
                 await stream.aclose()
                 return
-            if first is None or first.strip() != f"Bearer {token}".encode():
+            if first is None or not hmac.compare_digest(first.strip(), expected):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(
                         _err(None, -32001, "unauthorized: send 'Bearer <token>' first")
                     )
                 await stream.aclose()
                 return
-            await self._serve_conn(stream)
+            await self._serve_conn(stream, buf)  # requests sent with the token line are kept
 
         await trio.serve_listeners(guarded, listeners)
 
-    async def _serve_conn(self, stream: trio.abc.Stream) -> None:
+    async def _serve_conn(self, stream: trio.abc.Stream, initial: bytearray | None = None) -> None:
         if self.connections >= MAX_CONNECTIONS:
             try:
                 await stream.send_all(_err(None, SERVER_BUSY, "too many connections"))
@@ -187,7 +194,7 @@ class RpcServer:
         self.connections += 1
         send, recv = trio.open_memory_channel[bytes](MAX_NOTIFY_QUEUE)
         conn = Connection(stream, trio.Lock(), send)
-        buf = bytearray()
+        buf = initial if initial is not None else bytearray()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_notifications, conn, recv)

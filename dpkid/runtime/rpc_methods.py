@@ -107,14 +107,16 @@ class Subscriptions:
             "txs": len(e.block.txs),
             "app_hash": e.app_hash.hex(),
         }
-        events: list[Event] = list(st.last_events)
+        events: list[Event] = list(e.events)
+        # Records as this block left them (several blocks may be applied at once).
+        written = dict(e.writes)
         for r in e.receipts:
             events.extend(r.events)
         cert_evs: list[dict[str, Any]] = []
         app_evs: list[dict[str, Any]] = []
         for ev in events:
             if ev.kind in ("cert_issued", "cert_revoked", "cert_degraded"):
-                cert = st.certificate(ev.ref)
+                cert = written.get(key_cert(ev.ref)) or st.certificate(ev.ref)
                 if cert is not None:
                     cert_evs.append(
                         {
@@ -129,7 +131,7 @@ class Subscriptions:
                     {"event": ev.kind, "height": h, "app_id": ev.ref.hex(), "detail": ev.detail}
                 )
             if ev.kind == "cert_issued":
-                cert = st.certificate(ev.ref)
+                cert = written.get(key_cert(ev.ref)) or st.certificate(ev.ref)
                 if cert is not None:
                     app_evs.append(
                         {
@@ -197,9 +199,9 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
     async def headers_get(params: Any, conn: Connection) -> Any:
         """Headers with their commits, for light clients walking the chain."""
         start = param(params, "from", int, 0, default=1)
-        count = min(param(params, "count", int, 1, default=100), 100)
-        if start < 1:
-            raise RpcError(INVALID_PARAMS, "from must be at least 1")
+        count = max(1, min(param(params, "count", int, 1, default=100), 100))
+        if start < 1 or start > 2**62:
+            raise RpcError(INVALID_PARAMS, "from must be between 1 and 2**62")
         out = []
         for block, commit in d.store.blocks(start, count):
             out.append(
@@ -351,8 +353,8 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
                 "new_root": log.root(new).hex(),
                 "proof": [x.hex() for x in log.consistency_proof(old, new)],
             }
-        index = param(params, "index", int)
-        size = param(params, "size", int, default=log.size)
+        index = param(params, "index", int, 0)
+        size = param(params, "size", int, 1, default=log.size)
         if not 0 <= index < size <= log.size:
             raise RpcError(INVALID_PARAMS, f"need 0 <= index < size <= {log.size}")
         entry = d.core.state.log_entry(index)

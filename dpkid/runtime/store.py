@@ -19,6 +19,7 @@ import msgspec
 from dpkid import codec
 from dpkid.consensus.engine import SignState
 from dpkid.consensus.messages import Block, Commit
+from dpkid.node import PersistBlock
 from dpkid.state.machine import State
 from dpkid.types import Receipt
 
@@ -116,17 +117,10 @@ class Store:
         )
 
     # ------------------------------------------------------------------ blocks
-    def save_block(
-        self,
-        block: Block,
-        commit: Commit,
-        receipts: list[Receipt],
-        state: State,
-        priorities: list[tuple[bytes, int]],
-        genesis_records: bool = False,
-        next_vals: list[tuple[bytes, int]] | None = None,
-    ) -> None:
+    def save_block(self, e: PersistBlock) -> None:
         """Everything a decided block changed, in one transaction."""
+        block, commit, receipts = e.block, e.commit, e.receipts
+        priorities, next_vals = list(e.priorities), e.next_vals
         h = block.header.height
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
@@ -139,7 +133,7 @@ class Store:
                     block.hash,
                     codec.encode(block),
                     codec.encode(commit),
-                    state.app_hash,
+                    e.app_hash,
                     block.header.time_ms,
                 ),
             )
@@ -147,9 +141,7 @@ class Store:
                 "INSERT INTO receipts(height, idx, tx_hash, receipt) VALUES (?, ?, ?, ?)",
                 [(h, i, r.tx_hash, codec.encode(r)) for i, r in enumerate(receipts)],
             )
-            keys = [k for k, _ in state.items()] if genesis_records else state.last_writes
-            for k in keys:
-                v = state.get(k)
+            for k, v in e.writes:
                 if v is None:
                     cur.execute("DELETE FROM state WHERE key = ?", (k,))
                 else:
@@ -157,10 +149,11 @@ class Store:
                         "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
                         (k, codec.encode(v)),
                     )
-            if next_vals is not None:
+            if next_vals:
                 enc = codec.encode(next_vals)
                 row = cur.execute(
-                    "SELECT vals FROM valsets WHERE height <= ? ORDER BY height DESC LIMIT 1", (h + 1,)
+                    "SELECT vals FROM valsets WHERE height <= ? ORDER BY height DESC LIMIT 1",
+                    (h + 1,),
                 ).fetchone()
                 if row is None or bytes(row[0]) != enc:
                     cur.execute(
@@ -190,7 +183,8 @@ class Store:
 
     def save_valset(self, height: int, vals: list[tuple[bytes, int]]) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO valsets(height, vals) VALUES (?, ?)", (height, codec.encode(vals))
+            "INSERT OR REPLACE INTO valsets(height, vals) VALUES (?, ?)",
+            (height, codec.encode(vals)),
         )
 
     def valset_at(self, height: int) -> list[tuple[bytes, int]] | None:
@@ -200,7 +194,9 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        return [(bytes(pk), int(p)) for pk, p in codec.decode(bytes(row[0]), list[tuple[bytes, int]])]
+        return [
+            (bytes(pk), int(p)) for pk, p in codec.decode(bytes(row[0]), list[tuple[bytes, int]])
+        ]
 
     def height(self) -> int:
         row = self.db.execute("SELECT MAX(height) FROM blocks").fetchone()
