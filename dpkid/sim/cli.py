@@ -93,7 +93,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         print(
             f"simulated {out['sim_s']} s: {out['sim_tps']} tx/s, "
             f"latency p50 {out['latency_p50_s']} s p99 {out['latency_p99_s']} s; "
-            f"wall {out['wall_s']} s"
+            f"wall {out['wall_s']} s (cpu {out['cpu_s']} s)"
         )
         print(
             f"safety violations {out['safety_violations']}, policy violations "

@@ -117,6 +117,7 @@ class Simulation:
         self.violations: list[Violation] = []
         self.events_processed = 0
         self.finished = False  # every honest live node reached the target (see _done)
+        self._cpu0 = 0.0
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -578,6 +579,7 @@ class Simulation:
 
     def run(self) -> dict[str, Any]:
         wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
         # Hundreds of states hold millions of long-lived, acyclic tree nodes;
         # the default collector would rescan them over and over.
         old_threshold = gc.get_threshold()
@@ -657,10 +659,16 @@ class Simulation:
             and self.progress_after_fault_ms - self.last_fault_end_ms <= sc.liveness_window_ms
         )
         if not liveness_ok:
-            self._violate(
-                "liveness",
-                f"honest nodes reached height {height} of {sc.heights} by {self.now_ms} ms",
-            )
+            if height < sc.heights:
+                why = f"honest nodes reached height {height} of {sc.heights} by {self.now_ms} ms"
+            else:
+                seen = self.progress_after_fault_ms
+                why = (
+                    f"no new height within {sc.liveness_window_ms} ms of the last fault "
+                    f"ending at {self.last_fault_end_ms} ms (next height at "
+                    f"{'never' if seen is None else f'{seen} ms'})"
+                )
+            self._violate("liveness", why)
         safety = [v for v in self.violations if v.kind in ("safety", "validity")]
         policy = [v for v in self.violations if v.kind == "policy"]
         b = sc.byzantine
@@ -698,6 +706,8 @@ class Simulation:
             "sig_check": sc.sig_check,
             "events": self.events_processed,
             "wall_s": round(wall_s, 2),
+            # CPU time of this process: unlike wall_s, not inflated by other load.
+            "cpu_s": round(time.process_time() - self._cpu0, 2),
             "series": self._series(),
             "latency_series": self.latency_series,
         }

@@ -14,8 +14,10 @@ from typing import Any
 
 @dataclass
 class Partition:
-    """Between start_ms and heal_ms, messages cross only inside a group.
-    Nodes are named by index: validators first, then full nodes."""
+    """Between start_ms and heal_ms, messages cross only inside a group (and
+    messages in flight across groups are lost). Nodes are named by index:
+    validators first, then the twins (in ``byzantine.twins`` order), then full
+    nodes. A node in no group is cut off from every other node."""
 
     start_ms: int
     heal_ms: int
@@ -210,6 +212,8 @@ def validate(sc: Scenario) -> None:
     ):
         if not 0.0 <= getattr(w, name) <= 1.0:
             raise ScenarioError(f"workload.{name} is a share in [0, 1]")
+    if abs(w.transfer_share + w.dv_share + w.ov_share + w.ev_share - 1.0) > 1e-9:
+        raise ScenarioError("workload: transfer_share + dv_share + ov_share + ev_share must be 1")
     if w.accounts < 1:
         raise ScenarioError("workload.accounts must be at least 1")
     b = sc.byzantine
