@@ -14,12 +14,13 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from dpkid.crypto import SigningKey
 from dpkid.types import TxBody, encode_tx, sign_tx
+
+if TYPE_CHECKING:  # trio is imported where used: the blocking CLI never needs it
+    import trio
 
 SOCKET_NAME = "dpkid.sock"
 MAX_REPLY_BYTES = 64 * 1024 * 1024
@@ -77,6 +78,8 @@ class RpcClient:
     subscriptions are queued and read with ``next_notification``."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
+        import trio
+
         self._stream = stream
         self._buf = bytearray()
         self._ids = itertools.count(1)
@@ -86,6 +89,8 @@ class RpcClient:
 
     @classmethod
     async def connect(cls, home: Path | None = None, socket_path: str | None = None) -> RpcClient:
+        import trio
+
         path = socket_for(home or Path("."), socket_path)
         stream = await trio.open_unix_socket(str(path))
         return cls(stream)
@@ -499,6 +504,8 @@ class NodeClient:
         self, tx_hash: bytes | str, timeout_s: float = 60.0, interval_s: float = DEFAULT_POLL_S
     ) -> dict[str, Any]:
         """Poll ``tx_get`` until the transaction is committed; returns that result."""
+        import trio
+
         deadline = trio.current_time() + timeout_s
         gone_since: float | None = None
         while True:
@@ -525,6 +532,8 @@ class NodeClient:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Poll ``application_get`` until ``until(app)`` (default: no longer pending)."""
+        import trio
+
         cond = until or (lambda app: app["status"] != "pending")
         deadline = trio.current_time() + timeout_s
         last: dict[str, Any] | None = None

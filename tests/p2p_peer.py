@@ -53,10 +53,10 @@ def make_payload(seq: int, size: int, kind: str = "good") -> bytes:
 
 def validator_for(accept_all: bool) -> Any:
     def validate(topic: str, data: bytes) -> bool:
-        if data.startswith(b"BOOM"):
-            raise RuntimeError("validator exploded on purpose")
         if accept_all:
             return True
+        if data.startswith(b"BOOM"):
+            raise RuntimeError("validator exploded on purpose")
         return topic == TOPIC and len(data) >= HEADER.size and data.startswith(MAGIC)
 
     return validate
@@ -128,8 +128,14 @@ class Peer:
             "stats": self.node.stats.as_dict(),
             "recv": {p: len(s) for p, s in self.seqs.items()},
             "garbage": self.garbage,
-            "lat_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "max": max(lat, default=None)},
-            "recv_span_s": (self.last_s - self.first_s) if self.first_s is not None and self.last_s is not None else None,
+            "lat_ms": {
+                "p50": percentile(lat, 0.5),
+                "p99": percentile(lat, 0.99),
+                "max": max(lat, default=None),
+            },
+            "recv_span_s": (self.last_s - self.first_s)
+            if self.first_s is not None and self.last_s is not None
+            else None,
             "backlog": self.node.outbound_backlog(),
         }
 
@@ -224,7 +230,12 @@ class Peer:
             await nursery.start(self.node.run)
             nursery.start_soon(self.receive_loop)
             await self.emit(
-                {"event": "ready", "peer_id": self.node.peer_id, "addr": self.node.listen_multiaddr, "pid": os.getpid()}
+                {
+                    "event": "ready",
+                    "peer_id": self.node.peer_id,
+                    "addr": self.node.listen_multiaddr,
+                    "pid": os.getpid(),
+                }
             )
             await self.command_loop()
             await self.node.aclose()
@@ -236,12 +247,16 @@ def main() -> None:
     ap.add_argument("--seed", required=True, help="32-byte node key seed, hex")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--peer", action="append", default=[], help="persistent peer multiaddr")
-    ap.add_argument("--accept-all", action="store_true", help="validator accepts anything (a bad node)")
+    ap.add_argument(
+        "--accept-all", action="store_true", help="validator accepts anything (a bad node)"
+    )
     ap.add_argument("--max-frame-bytes", type=int, default=8 * 1024 * 1024)
     ap.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
     args = ap.parse_args()
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     trio.run(Peer(args).main)
 

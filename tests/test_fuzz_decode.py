@@ -49,14 +49,16 @@ from dpkid.types import (
 from tests.test_determinism import SPKI, build_chain
 
 LONG: Final = os.environ.get("DPKID_HYPOTHESIS_PROFILE", "") == "long"
+# The long profile runs well past pytest-timeout's default per-test limit.
+pytestmark = [pytest.mark.timeout(7_200)] if LONG else []
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 FUZZ: Final = settings(
-    max_examples=20_000 if LONG else 400,
+    max_examples=5_000 if LONG else 300,
     deadline=None,
     suppress_health_check=_HEALTH,
 )
 CHAIN_FUZZ: Final = settings(
-    max_examples=2_000 if LONG else 60,
+    max_examples=1_000 if LONG else 60,
     deadline=None,
     suppress_health_check=_HEALTH,
 )

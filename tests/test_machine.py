@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import msgspec
 import pytest
@@ -248,7 +248,7 @@ def apply_body(
     escrow: int | None = None,
 ) -> CertApply:
     return CertApply(
-        cert_type,
+        cast(Literal["DV", "OV", "EV"], cert_type),
         list(domains),
         spki,
         validity_days,

@@ -25,9 +25,23 @@ pytestmark = pytest.mark.slow
 
 def _make_net(tmp: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "dpkid", "testnet", "--validators", "1", "--out", str(tmp / "tn"),
-         "--json", "--timeout-commit-ms", "100"],
-        check=True, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "dpkid",
+            "testnet",
+            "--validators",
+            "1",
+            "--out",
+            str(tmp / "tn"),
+            "--json",
+            "--timeout-commit-ms",
+            "100",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     info: dict[str, Any] = json.loads(out.stdout)
     return info
@@ -62,7 +76,9 @@ class Conn:
                 return msg
 
 
-def run_with_node(tmp_path: Path, body: Callable[[NodeDaemon, Path, dict[str, Any]], Awaitable[None]]) -> None:
+def run_with_node(
+    tmp_path: Path, body: Callable[[NodeDaemon, Path, dict[str, Any]], Awaitable[None]]
+) -> None:
     info = _make_net(tmp_path)
     home = Path(info["nodes"][0])
 
@@ -101,7 +117,12 @@ def test_error_codes_batches_and_garbage(tmp_path: Path) -> None:
         r = await c.line()
         assert r["error"]["code"] == -32700 and r["id"] is None
         # -32600: valid JSON, not a request.
-        for bad in (b'{"jsonrpc": "1.0", "id": 1, "method": "status"}', b"42", b"[]", b'{"jsonrpc":"2.0","id":1}'):
+        for bad in (
+            b'{"jsonrpc": "1.0", "id": 1, "method": "status"}',
+            b"42",
+            b"[]",
+            b'{"jsonrpc":"2.0","id":1}',
+        ):
             await c.send_raw(bad + b"\n")
             r = await c.line()
             assert r["error"]["code"] == -32600, bad
@@ -109,8 +130,13 @@ def test_error_codes_batches_and_garbage(tmp_path: Path) -> None:
         r = await c.call("no_such_method")
         assert r["error"]["code"] == -32601
         # -32602: bad params.
-        for m, p in (("block_get", {"height": "x"}), ("tx_get", {"hash": "zz"}), ("cert_get", {}),
-                     ("account_get", {"address": "00"}), ("certs_by_domain", {"domain": "Not A Domain"})):
+        for m, p in (
+            ("block_get", {"height": "x"}),
+            ("tx_get", {"hash": "zz"}),
+            ("cert_get", {}),
+            ("account_get", {"address": "00"}),
+            ("certs_by_domain", {"domain": "Not A Domain"}),
+        ):
             r = await c.call(m, p)
             assert r["error"]["code"] == -32602, (m, r)
         # Application errors carry the spec's rejection code.
@@ -141,7 +167,10 @@ def test_error_codes_batches_and_garbage(tmp_path: Path) -> None:
         await c.send_raw(bytes(range(256)) + b"\n")
         assert (await c.line())["error"]["code"] == -32700
         big = await _open(home)
-        await big.send_raw(b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"x":"' + b"a" * (MAX_LINE_BYTES + 10))
+        await big.send_raw(
+            b'{"jsonrpc":"2.0","id":1,"method":"status","params":{"x":"'
+            + b"a" * (MAX_LINE_BYTES + 10)
+        )
         r = await big.line()
         assert r["error"]["code"] == -32600 and "over" in r["error"]["message"]
         h = d.core.state.height

@@ -15,7 +15,9 @@ A small population drives random transactions through :class:`DevChain`:
 The model remembers which applications are bogus (domain control not really held, or
 organisation claims false).  After every block the invariants listed in ``_check_block`` are
 checked: supply conservation, issuance thresholds, no bogus issuance, revocation is final,
-nonce discipline and replay rejection, state proofs, and the certificate log.
+nonce discipline and replay rejection, state proofs (inclusion and non-inclusion), and the
+certificate log (size, entries, inclusion and consistency proofs).  Some blocks are also
+executed on a node restored with ``State.from_records``, which must agree byte for byte.
 
 Set ``DPKID_HYPOTHESIS_PROFILE=long`` for a much longer run.
 """
@@ -28,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -104,8 +107,8 @@ T = TypeVar("T")
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
     "dpkid-state-default",
-    max_examples=200,
-    stateful_step_count=80,
+    max_examples=120,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=_HEALTH,
 )
@@ -116,11 +119,10 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=_HEALTH,
 )
-PROFILE: Final = (
-    "dpkid-state-long"
-    if os.environ.get("DPKID_HYPOTHESIS_PROFILE", "") == "long"
-    else "dpkid-state-default"
-)
+LONG: Final = os.environ.get("DPKID_HYPOTHESIS_PROFILE", "") == "long"
+PROFILE: Final = "dpkid-state-long" if LONG else "dpkid-state-default"
+# The long profile runs well past pytest-timeout's default per-test limit.
+pytestmark = [pytest.mark.timeout(7_200)] if LONG else []
 
 # ----------------------------------------------------------------------------- population
 

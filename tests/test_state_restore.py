@@ -57,10 +57,13 @@ def test_restored_state_has_same_hash_log_and_behaviour() -> None:
     from dpkid.types import GovVote, sign_tx
 
     pid = next(k for k, _ in original.items() if k.startswith(b"gov:"))[4:]
+
+    def nonce(addr: bytes) -> int:
+        a = original.account(addr)
+        return a.nonce if a else 0
+
     txs = [
-        codec.encode(
-            sign_tx(x, c.chain_id, original.account(x.address).nonce, 10, GovVote(pid, True))
-        )  # type: ignore[union-attr]
+        codec.encode(sign_tx(x, c.chain_id, nonce(x.address), 10, GovVote(pid, True)))
         for x in v[1:3]
     ]
     h_next = original.height + 1

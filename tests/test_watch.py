@@ -57,7 +57,12 @@ def _tls_server(cert_pem: Path, key_pem: Path) -> tuple[int, threading.Event]:
 
 async def _cli(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
     return await trio.to_thread.run_sync(
-        lambda: subprocess.run([sys.executable, "-m", "dpkid", *args], capture_output=True, text=True, timeout=timeout_s)
+        lambda: subprocess.run(
+            [sys.executable, "-m", "dpkid", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     )
 
 
@@ -69,21 +74,40 @@ def test_tls_check_live_server_valid_then_revoked(tmp_path: Path) -> None:
         assert cert is not None
         # The holder exports with its key: a self-signed X.509 that ordinary TLS stacks load.
         cpath, kpath = tmp_path / "tls.pem", tmp_path / "tls.key"
-        cpath.write_bytes(to_pem(to_x509(cert, w.genesis.chain_id, d.core.state.height, signing_key=key)))
-        kpath.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+        cpath.write_bytes(
+            to_pem(to_x509(cert, w.genesis.chain_id, d.core.state.height, signing_key=key))
+        )
+        kpath.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         port, stop = _tls_server(cpath, kpath)
         try:
-            r = await _cli("tls-check", f"127.0.0.1:{port}", "--name", "tls.example", "--home", str(w.home), "--json")
+            r = await _cli(
+                "tls-check",
+                f"127.0.0.1:{port}",
+                "--name",
+                "tls.example",
+                "--home",
+                str(w.home),
+                "--json",
+            )
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["status"] == "valid"
-            r = await _cli("tls-check", f"127.0.0.1:{port}", "--name", "other.example", "--home", str(w.home))
+            r = await _cli(
+                "tls-check", f"127.0.0.1:{port}", "--name", "other.example", "--home", str(w.home)
+            )
             assert r.returncode == 1 and "mismatch" in r.stdout
             await w.submit(d, w.account, Revoke(cid, 5))
             await _until(lambda: d.core.state.certificate(cid).status == "revoked", "revocation")  # type: ignore[union-attr]
             h = d.core.state.height
             await _until(lambda: d.core.state.height >= h + 1, "next header")
-            r = await _cli("tls-check", f"127.0.0.1:{port}", "--name", "tls.example", "--home", str(w.home))
+            r = await _cli(
+                "tls-check", f"127.0.0.1:{port}", "--name", "tls.example", "--home", str(w.home)
+            )
             assert r.returncode == 1 and "revoked" in r.stdout
         finally:
             stop.set()
@@ -95,16 +119,33 @@ def test_monitor_reports_issuance_alerts_and_catches_up(tmp_path: Path) -> None:
     async def body(w: World, d: NodeDaemon) -> None:
         known = ec.generate_private_key(ec.SECP256R1())
         known_pem = tmp_path / "known.pem"
-        known_pem.write_bytes(known.public_key().public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+        known_pem.write_bytes(
+            known.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         state_dir = tmp_path / "mon"
         out_path = tmp_path / "monitor.out"
 
         def start_monitor() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                [sys.executable, "-m", "dpkid", "monitor", "--domain", "watched.example", "--known-key",
-                 str(known_pem), "--home", str(w.home), "--state-dir", str(state_dir), "--json"],
-                stdout=open(out_path, "ab"), stderr=subprocess.DEVNULL,  # noqa: SIM115
+                [
+                    sys.executable,
+                    "-m",
+                    "dpkid",
+                    "monitor",
+                    "--domain",
+                    "watched.example",
+                    "--known-key",
+                    str(known_pem),
+                    "--home",
+                    str(w.home),
+                    "--state-dir",
+                    str(state_dir),
+                    "--json",
+                ],
+                stdout=open(out_path, "ab"),
+                stderr=subprocess.DEVNULL,
             )
 
         def events() -> list[dict[str, Any]]:
@@ -115,12 +156,18 @@ def test_monitor_reports_issuance_alerts_and_catches_up(tmp_path: Path) -> None:
         mon = start_monitor()
         try:
             ok_cert = await _issue(w, d, "DV", "watched.example", spki_der_of(known.public_key()))
-            await _until(lambda: any(e["cert_id"] == ok_cert.hex() for e in events()), "monitor event", 90)
+            await _until(
+                lambda: any(e["cert_id"] == ok_cert.hex() for e in events()), "monitor event", 90
+            )
             ev = next(e for e in events() if e["cert_id"] == ok_cert.hex())
             assert ev["event"] == "issued" and "alert" not in ev
             rogue = ec.generate_private_key(ec.SECP256R1())
-            rogue_cert = await _issue(w, d, "DV", "www.watched.example", spki_der_of(rogue.public_key()))
-            await _until(lambda: any(e["cert_id"] == rogue_cert.hex() for e in events()), "alert", 90)
+            rogue_cert = await _issue(
+                w, d, "DV", "www.watched.example", spki_der_of(rogue.public_key())
+            )
+            await _until(
+                lambda: any(e["cert_id"] == rogue_cert.hex() for e in events()), "alert", 90
+            )
             ev = next(e for e in events() if e["cert_id"] == rogue_cert.hex())
             assert ev["alert"] == "certificate key is not a known key"
             # Unrelated domains are not reported.
@@ -128,9 +175,13 @@ def test_monitor_reports_issuance_alerts_and_catches_up(tmp_path: Path) -> None:
             # Stop the monitor, issue while it is down, restart: nothing is missed.
             mon.terminate()
             mon.wait(timeout=20)
-            missed = await _issue(w, d, "DV", "api.watched.example", spki_der_of(known.public_key()))
+            missed = await _issue(
+                w, d, "DV", "api.watched.example", spki_der_of(known.public_key())
+            )
             mon = start_monitor()
-            await _until(lambda: any(e["cert_id"] == missed.hex() for e in events()), "catch-up event", 90)
+            await _until(
+                lambda: any(e["cert_id"] == missed.hex() for e in events()), "catch-up event", 90
+            )
             assert not any(e["cert_id"] == other.hex() for e in events())
             ids = [e["cert_id"] for e in events() if e["event"] == "issued"]
             assert len(ids) == len(set(ids)), "an event was reported twice"
@@ -164,7 +215,9 @@ def test_audit_honest_then_tampered_store(tmp_path: Path) -> None:
         s0 = c.sigs[0]
         bad = bytearray(s0.sig)
         bad[0] ^= 0xFF
-        forged = Commit(c.height, c.round, c.block_hash, [CommitSig(s0.validator, s0.timestamp_ms, bytes(bad))])
+        forged = Commit(
+            c.height, c.round, c.block_hash, [CommitSig(s0.validator, s0.timestamp_ms, bytes(bad))]
+        )
         db.execute("UPDATE blocks SET seen_commit = ? WHERE height = 2", (codec.encode(forged),))
         db.commit()
         db.close()

@@ -103,7 +103,7 @@ class Zone:
         self.set_txt(name, [*cur, value])
 
     def set_mode(self, name: str, mode: str) -> None:
-        """"drop": never answer queries for the name; "servfail": answer SERVFAIL."""
+        """Mode "drop": never answer queries for the name; "servfail": answer SERVFAIL."""
         if mode not in MODES:
             raise ZoneError(f"mode must be one of {MODES}")
         with self._lock:

@@ -228,12 +228,18 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # many validators connect at once; 5 (the default) drops SYNs
 
     def __init__(self, addr: tuple[str, int], challenges: ChallengeMap, verbose: bool) -> None:
         super().__init__(addr, _Handler)
         self.challenges = challenges
         self.verbose = verbose
         self.stopping = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-response are expected here (that is the point).
+        if self.verbose:
+            super().handle_error(request, client_address)
 
 
 class ChallengeHttpServer:

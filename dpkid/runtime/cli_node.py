@@ -79,6 +79,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     accts = [SigningKey(secrets.token_bytes(32)) for _ in range(args.accounts)]
     ports = free_ports(n + (n if args.metrics else 0))
     policy = Policy()
+    if args.application_ttl_ms is not None:
+        policy = Policy(application_ttl_ms=args.application_ttl_ms)
     genesis = Genesis(
         chain_id=args.chain_id,
         genesis_time_ms=args.genesis_time_ms
@@ -103,6 +105,8 @@ def cmd_testnet(args: argparse.Namespace) -> int:
             peers=[a for j, a in enumerate(addrs) if j != i],
             metrics_listen=f"127.0.0.1:{ports[n + i]}" if args.metrics else "",
             timeout_commit_ms=args.timeout_commit_ms,
+            dns_resolver=args.dns_resolver,
+            http_port=args.http_port,
         )
         home.config_file.write_text(settings_to_toml(s))
     keys = out / "keys"
@@ -192,6 +196,16 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--genesis-time-ms", type=int, default=None, help="default: now")
     t.add_argument("--timeout-commit-ms", type=int, default=300)
     t.add_argument("--metrics", action="store_true", help="give each node a Prometheus port")
+    t.add_argument(
+        "--application-ttl-ms", type=int, default=None, help="genesis policy (default 7 days)"
+    )
+    t.add_argument(
+        "--dns-resolver",
+        default="none",
+        help='HOST:PORT every node\'s DV checks ask, or "system"; default "none": a local '
+        "testnet's validators check no domains (attest by hand)",
+    )
+    t.add_argument("--http-port", type=int, default=80, help="port the http-01 checks connect to")
     t.add_argument("--out", required=True)
     t.add_argument("--force", action="store_true")
     t.add_argument("--json", action="store_true")

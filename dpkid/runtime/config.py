@@ -154,8 +154,13 @@ class NodeSettings:
     gossip_interval_ms: int = 500
     max_block_txs: int = 2_000
     mempool_max_txs: int = 50_000
-    dns_resolver: str = ""  # "127.0.0.1:PORT" for domain validation checks (tests, demo)
+    # DNS server the domain-validation checks ask: "HOST:PORT" (tests, demo), "" or
+    # "system" = the system resolver, "none" = this validator performs no DV checks.
+    dns_resolver: str = ""
     http_port: int = 80  # port the http-01 check connects to
+    # FAULT INJECTION FOR TESTS ONLY: "approve_all" | "reject_all" makes this validator
+    # attest every application without checking (a lying vantage point). Keep "" on real nodes.
+    dv_fault: str = ""
 
 
 def settings_to_toml(s: NodeSettings) -> str:

@@ -31,13 +31,14 @@ Streams are REUSED: the client keeps up to ``max_idle_streams_per_peer`` idle
 streams per (peer, protocol) and runs one request at a time on each; a
 concurrent request takes another idle stream or opens a new one. A stream on
 which a request failed or timed out is reset and never reused (its next bytes
-could belong to the abandoned response). If a reused idle stream turns out to
-be dead, the request is retried once on a fresh stream, so handlers should be
-idempotent (sync and fetch requests are reads).
+could belong to the abandoned response). A request is sent at most once: there
+is no automatic retry, the caller decides (sync and fetch requests are reads,
+so retrying them is safe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -48,12 +49,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
-import trio
-
 # Importing libp2p costs about 0.7 s, and on import it sets
 # logging.getLogger("libp2p").propagate = False (see install_libp2p_log_bridge).
 import libp2p.pubsub.pubsub as _lp_pubsub_mod
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -323,7 +323,7 @@ class _BoundedRpcQueue(RpcQueue):
 
 def _apply_libp2p_patches(cfg: P2PConfig) -> None:
     cur = _BoundedRpcQueue
-    if _lp_pubsub_mod.RpcQueue is cur and (
+    if getattr(_lp_pubsub_mod, "RpcQueue", None) is cur and (
         cur.queue_max_rpcs,
         cur.queue_max_bytes,
         cur.max_rpc_bytes,
@@ -332,8 +332,8 @@ def _apply_libp2p_patches(cfg: P2PConfig) -> None:
     cur.queue_max_rpcs = cfg.outbound_queue_size
     cur.queue_max_bytes = cfg.outbound_queue_max_bytes
     cur.max_rpc_bytes = cfg.max_message_bytes
-    _lp_pubsub_mod.RpcQueue = cur  # type: ignore[misc]
-    if _lp_pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE < cfg.subscription_channel_size:
+    setattr(_lp_pubsub_mod, "RpcQueue", cur)  # noqa: B010 - replaces the class libp2p constructs
+    if cfg.subscription_channel_size > _lp_pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE:
         _lp_pubsub_mod.SUBSCRIPTION_CHANNEL_SIZE = cfg.subscription_channel_size
 
 
@@ -422,6 +422,21 @@ def install_libp2p_log_bridge(level: int = logging.WARNING) -> None:
 # ---------------------------------------------------------------- the node
 
 
+class _LogLimiter:
+    """At most one log record per key per interval: remote peers must not flood our logs."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
+
+
 @dataclass
 class _Topic:
     validator: TopicValidator
@@ -441,6 +456,7 @@ class P2PStats:
     duplicates: int = 0
     validator_rejects: int = 0
     validator_errors: int = 0
+    own_rejected: int = 0
     published: int = 0
     redials: int = 0
     frame_errors: int = 0
@@ -494,7 +510,8 @@ class P2PNode:
         self._started = False
         self._running = False
         self._listen_port = config.listen_port
-        self._last_drop_log_s = 0.0
+        self._log_limiter = _LogLimiter(interval_s=10.0)
+        self._stream_log_limiter = _LogLimiter(interval_s=1.0)
         self.stats = P2PStats()
 
     # ------------------------------------------------------------ properties
@@ -533,7 +550,7 @@ class P2PNode:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until ``aclose()``; reports started once listening and subscribed."""
         if self._started:
             raise RuntimeError("P2PNode.run() may be called once")
@@ -588,29 +605,31 @@ class P2PNode:
                 self._run_scope = scope
                 async with host.run(listen_addrs=[listen]):
                     self._listen_port = self._actual_port(host)
-                    async with background_trio_service(pubsub):
-                        async with background_trio_service(router):
-                            with trio.fail_after(10):
-                                await pubsub.wait_until_ready()
-                            async with trio.open_nursery() as nursery:
-                                self._nursery = nursery
-                                for topic in list(self._topics):
-                                    await self._subscribe_now(topic)
-                                for info in self._persistent:
-                                    nursery.start_soon(self._supervise_peer, info)
-                                nursery.start_soon(self._janitor)
-                                self._running = True
-                                log.info(
-                                    "p2p: started %s persistent_peers=%d",
-                                    self.listen_multiaddr,
-                                    len(self._persistent),
-                                )
-                                task_status.started()
-                                await self._stop.wait()
-                                self._running = False
-                                nursery.cancel_scope.cancel()
-                            self._nursery = None
-                            await self._close_idle_streams()
+                    async with (
+                        background_trio_service(pubsub),
+                        background_trio_service(router),
+                    ):
+                        with trio.fail_after(10):
+                            await pubsub.wait_until_ready()
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            for topic in list(self._topics):
+                                await self._subscribe_now(topic)
+                            for info in self._persistent:
+                                nursery.start_soon(self._supervise_peer, info)
+                            nursery.start_soon(self._janitor)
+                            self._running = True
+                            log.info(
+                                "p2p: started %s persistent_peers=%d",
+                                self.listen_multiaddr,
+                                len(self._persistent),
+                            )
+                            task_status.started()
+                            await self._stop.wait()
+                            self._running = False
+                            nursery.cancel_scope.cancel()
+                        self._nursery = None
+                        await self._close_idle_streams()
         finally:
             self._running = False
             self._nursery = None
@@ -647,12 +666,13 @@ class P2PNode:
     # ------------------------------------------------------------ gossip
 
     def subscribe(self, topic: str, validator: TopicValidator) -> None:
-        """Subscribe to ``topic``; messages that ``validator(topic, data)`` accepts reach recv().
+        """Subscribe to ``topic``: messages where ``validator(topic, data) is True`` reach recv().
 
         The validator is synchronous, runs before a message is forwarded (so
-        garbage is not relayed), also runs on this node's own publishes, and
-        must be cheap. An exception in it counts as a rejection. May be called
-        before or after ``run()``.
+        garbage is not relayed), and must be cheap. It also runs on this node's
+        own publishes: one it rejects is not sent (counted in
+        ``stats.own_rejected``). An exception in it counts as a rejection. May be
+        called before or after ``run()``.
         """
         if topic in self._topics:
             raise ValueError(f"already subscribed to {topic!r}")
@@ -668,15 +688,26 @@ class P2PNode:
         entry.subscribed = True
         validator = entry.validator
 
-        def check(_forwarder: ID, msg: rpc_pb2.Message) -> bool:
+        def check(forwarder: ID, msg: rpc_pb2.Message) -> bool:
             try:
                 ok = validator(topic, msg.data) is True
             except Exception:
                 self.stats.validator_errors += 1
-                log.exception("p2p: topic validator for %r raised; message rejected", topic)
+                if self._log_limiter.allow("validator"):
+                    log.exception(
+                        "p2p: topic validator for %r raised; message rejected (%d so far)",
+                        topic,
+                        self.stats.validator_errors,
+                    )
                 return False
             if not ok:
-                self.stats.validator_rejects += 1
+                if forwarder == self._id:
+                    # Our own publish: libp2p drops it silently, so say so.
+                    self.stats.own_rejected += 1
+                    if self._log_limiter.allow("own_rejected"):
+                        log.warning("p2p: own message on %r rejected by its validator", topic)
+                else:
+                    self.stats.validator_rejects += 1
             return ok
 
         pubsub.set_topic_validator(topic, check, False)
@@ -709,9 +740,7 @@ class P2PNode:
             self.stats.delivered += 1
         except trio.WouldBlock:
             self.stats.dropped_recv_full += 1
-            now = time.monotonic()
-            if now - self._last_drop_log_s > 5.0:
-                self._last_drop_log_s = now
+            if self._log_limiter.allow("recv_full"):
                 log.warning(
                     "p2p: recv queue full (%d); dropped %d messages so far",
                     self.config.recv_queue_size,
@@ -747,7 +776,7 @@ class P2PNode:
                 await trio.sleep(0.05)
 
     async def wait_topic_peers(self, topic: str, count: int, timeout_s: float) -> None:
-        """Wait until at least ``count`` peers subscribe to ``topic`` (so a publish reaches them)."""
+        """Wait until ``count`` peers subscribe to ``topic`` (so that a publish reaches them)."""
         with trio.fail_after(timeout_s):
             while len(self.topic_peers(topic)) < count:
                 await trio.sleep(0.05)
@@ -755,7 +784,11 @@ class P2PNode:
     # ------------------------------------------------------------ persistent peers
 
     async def _supervise_peer(self, info: PeerInfo) -> None:
-        """Keep one persistent peer connected: check every peer_check_interval_ms, redial with backoff."""
+        """Keep one persistent peer connected; check it every peer_check_interval_ms.
+
+        When the connection is gone: unblock the peer, redial under dial_timeout_ms,
+        and back off exponentially (with jitter) between failed dials.
+        """
         cfg = self.config
         assert self._host is not None and self._pubsub is not None
         host, pubsub = self._host, self._pubsub
@@ -767,6 +800,7 @@ class P2PNode:
             return
         backoff_ms = cfg.redial_backoff_min_ms
         failures = 0
+        unregistered_since: float | None = None
         # Simultaneous dials leave two connections per pair (libp2p never trims
         # a protected peer's). Tie-break: the node with the larger peer id gives
         # the other side one check interval to dial first, every time the
@@ -781,12 +815,20 @@ class P2PNode:
                     log.info("p2p: reconnected to %s after %d failed dials", name, failures)
                 failures = 0
                 backoff_ms = cfg.redial_backoff_min_ms
-                if pid not in pubsub.peers:
-                    # connect() that reused a connection fires no notifee; make sure
-                    # pubsub has its stream (bounded by the check interval).
+                if pid in pubsub.peers:
+                    unregistered_since = None
+                elif unregistered_since is None:
+                    unregistered_since = time.monotonic()
+                elif time.monotonic() - unregistered_since > 2.0:
+                    # Pubsub registers a new connection by itself (a notifee). If it
+                    # has not after 2 s (connect() that reused a connection fires no
+                    # notifee), open the pubsub stream ourselves, bounded in time.
+                    unregistered_since = None
                     with trio.move_on_after(cfg.peer_check_interval_ms / 1000):
                         try:
-                            await pubsub.ensure_peer_stream(pid, timeout=cfg.peer_check_interval_ms / 1000)
+                            await pubsub.ensure_peer_stream(
+                                pid, timeout=cfg.peer_check_interval_ms / 1000
+                            )
                         except Exception as exc:
                             log.debug("p2p: pubsub stream to %s not ready: %s", name, exc)
                 await trio.sleep(cfg.peer_check_interval_ms / 1000)
@@ -828,79 +870,126 @@ class P2PNode:
 
         self._host.set_stream_handler(TProtocol(protocol_id), on_stream)
 
+    def _stream_log(
+        self, kind: str, level: int, msg: str, *args: object, exc_info: bool = False
+    ) -> None:
+        """Log a stream failure, at most once per second per kind (peers can cause these)."""
+        if self._stream_log_limiter.allow(kind):
+            log.log(level, msg, *args, exc_info=exc_info)
+
     async def _serve_stream(self, protocol_id: str, stream: INetStream) -> None:
         from libp2p.network.stream.exceptions import StreamError
 
-        cfg = self.config
         peer = str(stream.muxed_conn.peer_id.to_base58())
         if self._inbound_slots.value == 0:
             self.stats.inbound_streams_refused += 1
-            log.warning("p2p: too many inbound streams; refusing one from %s", peer)
+            self._stream_log(
+                "refused",
+                logging.WARNING,
+                "p2p: too many inbound streams; refused one from %s",
+                peer,
+            )
             await _reset_quietly(stream)
             return
         async with self._inbound_slots:
             try:
-                # One request/response per iteration; the loop ends on EOF, on the
-                # idle timeout, or on any error. Each iteration is bounded in time.
-                while True:
-                    request: bytes | None = None
-                    with trio.move_on_after(cfg.server_stream_idle_ms / 1000) as idle:
-                        request = await read_frame(stream, cfg.max_frame_bytes)
-                    if idle.cancelled_caught:
-                        log.debug("p2p: closing idle %s stream from %s", protocol_id, peer)
-                        await _reset_quietly(stream)
-                        return
-                    if request is None:
-                        with trio.move_on_after(1):
-                            await stream.close()
-                        return
-                    handler = self._handlers.get(protocol_id)
-                    if handler is None:
-                        await _reset_quietly(stream)
-                        return
-                    try:
-                        with trio.fail_after(cfg.handler_timeout_ms / 1000):
-                            response = await handler(request, peer)
-                    except trio.TooSlowError:
-                        self.stats.handler_errors += 1
-                        log.error("p2p: %s handler timed out for %s", protocol_id, peer)
-                        await _reset_quietly(stream)
-                        return
-                    except Exception:
-                        self.stats.handler_errors += 1
-                        log.exception("p2p: %s handler failed for %s", protocol_id, peer)
-                        await _reset_quietly(stream)
-                        return
-                    if not isinstance(response, bytes | bytearray | memoryview):
-                        self.stats.handler_errors += 1
-                        log.error("p2p: %s handler returned %s, not bytes", protocol_id, type(response))
-                        await _reset_quietly(stream)
-                        return
-                    if len(response) > cfg.max_frame_bytes:
-                        self.stats.frame_errors += 1
-                        log.error(
-                            "p2p: %s response of %d B exceeds max_frame_bytes; stream reset",
-                            protocol_id,
-                            len(response),
-                        )
-                        await _reset_quietly(stream)
-                        return
-                    with trio.fail_after(cfg.handler_timeout_ms / 1000):
-                        await stream.write(encode_frame(bytes(response), cfg.max_frame_bytes))
-                    self.stats.requests_served += 1
+                await self._serve_requests(protocol_id, stream, peer)
             except FrameError as exc:
                 self.stats.frame_errors += 1
-                log.error("p2p: bad frame on %s from %s: %s; stream reset", protocol_id, peer, exc)
-                await _reset_quietly(stream)
+                self._stream_log(
+                    "frame",
+                    logging.ERROR,
+                    "p2p: bad frame on %s from %s: %s; stream reset",
+                    protocol_id,
+                    peer,
+                    exc,
+                )
             except trio.TooSlowError:
-                log.warning("p2p: writing a %s response to %s timed out", protocol_id, peer)
-                await _reset_quietly(stream)
+                self._stream_log(
+                    "write",
+                    logging.WARNING,
+                    "p2p: a %s response to %s timed out",
+                    protocol_id,
+                    peer,
+                )
             except StreamError as exc:
                 log.debug("p2p: %s stream from %s ended: %r", protocol_id, peer, exc)
-                await _reset_quietly(stream)
             except Exception:
-                log.exception("p2p: %s stream from %s failed", protocol_id, peer)
+                self._stream_log(
+                    "stream",
+                    logging.ERROR,
+                    "p2p: %s stream from %s failed",
+                    protocol_id,
+                    peer,
+                    exc_info=True,
+                )
+            finally:
+                # A no-op after a clean close; otherwise the stream must not linger.
                 await _reset_quietly(stream)
+
+    async def _serve_requests(self, protocol_id: str, stream: INetStream, peer: str) -> None:
+        """One request/response per iteration, until EOF, the idle timeout or an error.
+
+        Every iteration is bounded in time (idle timeout, handler timeout, write timeout).
+        """
+        cfg = self.config
+        while True:
+            request: bytes | None = None
+            with trio.move_on_after(cfg.server_stream_idle_ms / 1000) as idle:
+                request = await read_frame(stream, cfg.max_frame_bytes)
+            if idle.cancelled_caught:
+                log.debug("p2p: closing idle %s stream from %s", protocol_id, peer)
+                return
+            if request is None:  # the client closed the stream between requests
+                with trio.move_on_after(1):
+                    await stream.close()
+                return
+            handler = self._handlers.get(protocol_id)
+            if handler is None:
+                return
+            try:
+                with trio.fail_after(cfg.handler_timeout_ms / 1000):
+                    response = await handler(request, peer)
+            except trio.TooSlowError:
+                self.stats.handler_errors += 1
+                self._stream_log(
+                    "handler", logging.ERROR, "p2p: %s handler timed out for %s", protocol_id, peer
+                )
+                return
+            except Exception:
+                self.stats.handler_errors += 1
+                self._stream_log(
+                    "handler",
+                    logging.ERROR,
+                    "p2p: %s handler failed for %s",
+                    protocol_id,
+                    peer,
+                    exc_info=True,
+                )
+                return
+            if not isinstance(response, bytes | bytearray | memoryview):
+                self.stats.handler_errors += 1
+                self._stream_log(
+                    "handler",
+                    logging.ERROR,
+                    "p2p: %s handler returned %s, not bytes",
+                    protocol_id,
+                    type(response),
+                )
+                return
+            if len(response) > cfg.max_frame_bytes:
+                self.stats.frame_errors += 1
+                self._stream_log(
+                    "frame",
+                    logging.ERROR,
+                    "p2p: %s response of %d B exceeds max_frame_bytes; stream reset",
+                    protocol_id,
+                    len(response),
+                )
+                return
+            with trio.fail_after(cfg.handler_timeout_ms / 1000):
+                await stream.write(encode_frame(bytes(response), cfg.max_frame_bytes))
+            self.stats.requests_served += 1
 
     async def request(self, peer_id: str, protocol_id: str, data: bytes, timeout_s: float) -> bytes:
         """Send one request frame to ``peer_id`` and return the response frame.
@@ -922,40 +1011,31 @@ class P2PNode:
         key = (peer_id, protocol_id)
         with trio.move_on_after(timeout_s) as scope:
             async with self._outbound_slots:
-                for attempt in range(2):  # a dead reused stream earns one fresh retry
-                    stream, reused = self._take_idle(key), True
-                    if stream is None:
-                        reused = False
-                        try:
-                            stream = await host.new_stream(pid, [TProtocol(protocol_id)])
-                            self.stats.streams_opened += 1
-                        except Exception as exc:
-                            raise RequestError(f"cannot open {protocol_id} to {peer_id}: {exc}") from exc
-                    done = False
+                stream = self._take_idle(key)
+                if stream is None:
                     try:
-                        try:
-                            await stream.write(frame)
-                        except StreamError as exc:
-                            # The request never left: safe to retry once on a
-                            # fresh stream if this one was a stale idle one.
-                            if reused and attempt == 0:
-                                log.debug("p2p: idle stream to %s was dead (%r)", peer_id, exc)
-                                continue
-                            raise RequestError(f"{protocol_id} to {peer_id}: {exc!r}") from exc
-                        try:
-                            response = await read_frame(stream, cfg.max_frame_bytes)
-                        except StreamError as exc:
-                            raise RequestError(f"{protocol_id} to {peer_id}: {exc!r}") from exc
-                        except FrameError as exc:
-                            raise RequestError(f"bad response frame from {peer_id}: {exc}") from exc
-                        if response is None:
-                            raise RequestError(f"{peer_id} closed the {protocol_id} stream")
-                        done = True
-                        self._put_idle(key, stream)
-                        return response
-                    finally:
-                        if not done:
-                            await _reset_quietly(stream)
+                        stream = await host.new_stream(pid, [TProtocol(protocol_id)])
+                    except Exception as exc:
+                        raise RequestError(
+                            f"cannot open {protocol_id} to {peer_id}: {exc}"
+                        ) from exc
+                    self.stats.streams_opened += 1
+                done = False
+                try:
+                    await stream.write(frame)
+                    response = await read_frame(stream, cfg.max_frame_bytes)
+                    if response is None:
+                        raise RequestError(f"{peer_id} closed the {protocol_id} stream")
+                    done = True
+                    self._put_idle(key, stream)
+                    return response
+                except StreamError as exc:
+                    raise RequestError(f"{protocol_id} to {peer_id}: {exc!r}") from exc
+                except FrameError as exc:
+                    raise RequestError(f"bad response frame from {peer_id}: {exc}") from exc
+                finally:
+                    if not done:
+                        await _reset_quietly(stream)
         assert scope.cancelled_caught
         raise RequestTimeout(f"{protocol_id} to {peer_id}: no response within {timeout_s} s")
 
@@ -1015,15 +1095,11 @@ async def _no_auto_connect() -> None:
 async def _reset_quietly(stream: INetStream) -> None:
     with trio.move_on_after(1.0) as scope:
         scope.shield = True
-        try:
+        with contextlib.suppress(Exception):
             await stream.reset()
-        except Exception:
-            pass
 
 
 async def _close_quietly(stream: INetStream) -> None:
     with trio.move_on_after(1.0):
-        try:
+        with contextlib.suppress(Exception):
             await stream.close()
-        except Exception:
-            pass

@@ -392,7 +392,12 @@ class State:
             raise ValueError("no previous state kept (restored or genesis state)")
         rec = self._prev_values[key] if key in self._prev_values else self._kv.get(key)
         value = codec.encode(rec) if rec is not None else None
-        return self._prev_height, self._prev_tree.root_hash, value, self._prev_tree.prove(sha256(key))
+        return (
+            self._prev_height,
+            self._prev_tree.root_hash,
+            value,
+            self._prev_tree.prove(sha256(key)),
+        )
 
     def get_previous(self, key: bytes) -> Any:
         self._check()
