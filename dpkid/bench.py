@@ -253,3 +253,75 @@ def bench_codec(n: int = 100_000) -> dict[str, Any]:
         "msgspec_decode_validate_canonical_per_s": round(n / ms),
         "msgpack_unpack_only_per_s": round(n / mp),
     }
+
+
+def bench_proof_scaling(n_certs: int, samples: int = 2_000) -> dict[str, Any]:
+    """Proof size and verification time for a certificate proof with n_certs
+    certificates in state. The tree holds four records per certificate (the
+    certificate, its application, a domain index entry and a log entry), as
+    the ledger does; the sampled certificates are real encoded records."""
+    from dpkid.proofs import RecordProof
+    from dpkid.state.smt import SparseMerkleTree
+    from dpkid.types import Certificate
+
+    spki = spki_der_of(subject_key("scale").public_key())
+    template = Certificate(
+        cert_id=b"\x00" * 32,
+        app_id=b"\x00" * 32,
+        owner=b"\x00" * 20,
+        cert_type="DV",
+        issued_type="DV",
+        domains=["scale.example"],
+        spki=spki,
+        org=None,
+        not_before_ms=GENESIS_TIME_MS,
+        not_after_ms=GENESIS_TIME_MS + 90 * 86_400_000,
+        issued_height=1,
+        endorsers=[],
+        attestors=[b"\x01" * 20, b"\x02" * 20, b"\x03" * 20],
+        dv_power=30,
+        total_power=40,
+        log_index=0,
+    )
+    step = max(1, n_certs // samples)
+    chosen: dict[bytes, bytes] = {}
+    items: list[tuple[bytes, bytes]] = []
+    t0 = time.perf_counter()
+    for i in range(n_certs):
+        cid = sha256(b"scale-cert" + i.to_bytes(8, "big"))
+        if i % step == 0 and len(chosen) < samples:
+            import msgspec
+
+            value = codec.encode(msgspec.structs.replace(template, cert_id=cid, log_index=i))
+            chosen[cid] = value
+            vh = sha256(value)
+        else:
+            vh = sha256(cid)
+        items.append((sha256(b"cert:" + cid), vh))
+        for prefix in (b"app:", b"dom:", b"log:"):
+            items.append((sha256(prefix + cid), sha256(prefix + cid + b"v")))
+    tree = SparseMerkleTree().update(items)
+    build_s = time.perf_counter() - t0
+    del items
+    root = tree.root_hash
+    proofs = []
+    for cid, value in chosen.items():
+        key = b"cert:" + cid
+        proofs.append((cid, RecordProof(key, True, value, tree.prove(sha256(key)))))
+    times: list[float] = []
+    for cid, p in proofs:
+        t = time.perf_counter()
+        cert = verify_cert(root, cid, p)
+        times.append(time.perf_counter() - t)
+        assert cert is not None and cert.cert_id == cid
+    sizes = sorted(len(codec.encode(p)) for _, p in proofs)
+    depths = sorted(len(p.path.siblings) for _, p in proofs)
+    return {
+        "certs_in_state": n_certs,
+        "records_in_tree": n_certs * 4,
+        "build_s": round(build_s, 1),
+        "proof_bytes_median": sizes[len(sizes) // 2],
+        "proof_siblings_median": depths[len(depths) // 2],
+        "verify_ms_median": round(statistics.median(times) * 1000, 3),
+        "samples": len(proofs),
+    }

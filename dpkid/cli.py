@@ -54,6 +54,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what in ("crypto", "all"):
         results["ed25519"] = bench.bench_ed25519()
         results["codec"] = bench.bench_codec()
+    if args.what == "proof-scaling":
+        results["proof_scaling"] = [bench.bench_proof_scaling(n) for n in args.scale]
     if args.what in ("smt", "all"):
         from dpkid.state.smt_bench import bench_smt
 
@@ -63,8 +65,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         for section, figures in results.items():
             print(f"[{section}]")
-            for k, v in figures.items():
-                print(f"  {k:<44} {v}")
+            rows = figures if isinstance(figures, list) else [figures]
+            for row in rows:
+                for k, v in row.items():
+                    print(f"  {k:<44} {v}")
     return 0
 
 
@@ -114,7 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_walkthrough)
 
     b = sub.add_parser("bench", help="measure the state machine, proofs and crypto")
-    b.add_argument("what", choices=["state", "crypto", "smt", "all"], nargs="?", default="state")
+    b.add_argument(
+        "what",
+        choices=["state", "crypto", "smt", "proof-scaling", "all"],
+        nargs="?",
+        default="state",
+    )
+    b.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        default=[10_000, 1_000_000],
+        help="certificates in state for proof-scaling",
+    )
     b.add_argument("--txs", type=int, default=20_000, help="transactions to apply")
     b.add_argument("--certs", type=int, default=20_000, help="certificates in state for proofs")
     b.add_argument("--json", action="store_true")
