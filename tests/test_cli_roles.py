@@ -555,7 +555,11 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
     fails(dpkid(*apply, "--type", "ov", "--domain", "a.cli.test", *h), 2, "--org-name")
     fails(dpkid(*apply, "--type", "dv", "--domain", "a.cli.test", "--org-name", "X", *h), 2, "DV")
     sock = str(tn.net.home(0) / "dpkid.sock")
-    fails(dpkid(*apply, "--type", "dv", "--domain", "a.cli.test", "--socket", sock), 2, "--escrow")
+    fails(
+        dpkid(*apply, "--type", "dv", "--domain", "a.cli.test", "--socket", sock),
+        2,
+        "give --escrow",
+    )
     fails(dpkid("cert", "apply", "--type", "dv", "--domain", "a.cli.test", *h), 2, "--account")
     fails(dpkid("cert", "revoke", unknown, "--reason", "bogus", "--account", "x", *h), 2)
     fails(dpkid("endorse", "list-pending", "--key", tn.key("account0"), *h), 1, "not a registered")

@@ -207,3 +207,58 @@ def test_subscriptions_stream_blocks_and_applications(tmp_path: Path) -> None:
         assert d.core.state.height >= h + 3
 
     run_with_node(tmp_path, body)
+
+
+def test_tcp_listener_needs_the_bearer_token_and_metrics_are_served(tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    from dpkid.runtime.cli_node import free_ports
+
+    info = _make_net(tmp_path)
+    home = Path(info["nodes"][0])
+    rpc_port, metrics_port = free_ports(2)
+    cfg = home / "config.toml"
+    text = cfg.read_text()
+    text = re.sub(r'rpc_tcp = ".*"', f'rpc_tcp = "127.0.0.1:{rpc_port}"', text)
+    text = re.sub(r'metrics_listen = ".*"', f'metrics_listen = "127.0.0.1:{metrics_port}"', text)
+    cfg.write_text(text)
+    token = (home / "rpc_token").read_text().strip()
+    assert oct((home / "rpc_token").stat().st_mode & 0o777) == "0o600"
+
+    async def main() -> None:
+        d = NodeDaemon(home)
+        try:
+            async with trio.open_nursery() as n:
+                await n.start(d.run)
+                with trio.fail_after(60):
+                    await _wait_height(d, 2)
+                    # Wrong token: refused with -32001 and closed.
+                    s = await trio.open_tcp_stream("127.0.0.1", rpc_port)
+                    c = Conn(s)
+                    await c.send_raw(b"Bearer wrong\n")
+                    r = await c.line()
+                    assert r["error"]["code"] == -32001
+                    # Right token, with the first request in the same packet.
+                    s = await trio.open_tcp_stream("127.0.0.1", rpc_port)
+                    c = Conn(s)
+                    req = {"jsonrpc": "2.0", "id": 5, "method": "status"}
+                    await c.send_raw(
+                        f"Bearer {token}\n".encode() + json.dumps(req).encode() + b"\n"
+                    )
+                    r = await c.line()
+                    assert r["id"] == 5 and r["result"]["chain_id"] == info["chain_id"]
+                    body = await trio.to_thread.run_sync(
+                        lambda: urllib.request.urlopen(
+                            f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
+                        ).read()
+                    )
+                    text = body.decode()
+                    assert "dpkid_height" in text and "dpkid_committed_txs_total" in text
+                    m = re.search(r"^dpkid_height (\S+)$", text, re.M)
+                    assert m and float(m.group(1)) >= 2
+                n.cancel_scope.cancel()
+        finally:
+            await d.aclose()
+
+    trio.run(main)

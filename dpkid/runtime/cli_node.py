@@ -33,6 +33,19 @@ def peer_id_of(seed: bytes) -> str:
     return str(ID.from_pubkey(create_new_key_pair(seed).public_key).to_base58())
 
 
+def write_rpc_token(home: Path) -> None:
+    """The bearer token for the optional TCP RPC listener (mode 0600)."""
+    import os
+
+    path = home / "rpc_token"
+    if path.exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """Ports the OS hands out now; held open together so they do not collide."""
     socks = []
@@ -54,6 +67,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 1
     key = SigningKey(secrets.token_bytes(32))
     write_key(home.key_file, key)
+    write_rpc_token(home.path)
     home.data_dir.mkdir(parents=True, exist_ok=True)
     s = NodeSettings(moniker=args.moniker or home.path.name, listen_port=args.port)
     home.config_file.write_text(settings_to_toml(s))
@@ -97,6 +111,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     for i, k in enumerate(vals):
         home = Home(out / f"node{i}")
         write_key(home.key_file, k, role="validator")
+        write_rpc_token(home.path)
         home.data_dir.mkdir(parents=True, exist_ok=True)
         home.genesis_file.write_text(gj)
         s = NodeSettings(

@@ -21,7 +21,7 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -150,9 +150,9 @@ def _runner(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
             return fail(EXIT_USAGE if bad_input else EXIT_REFUSED, _rpc_error_text(exc))
         except (Refused, ClientTimeout, TxDropped) as exc:
             return fail(EXIT_REFUSED, exc)
-        except BrokenPipeError:  # `dpkid ... | head`
-            with contextlib.suppress(OSError):
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except BrokenPipeError:  # `dpkid ... | head`: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
             return EXIT_OK
 
     return run
@@ -167,7 +167,6 @@ class Ctx:
     _client: SyncClient | None = None
     _policy: Policy | None = None
     _policy_loaded: bool = False
-    _lines: list[str] = field(default_factory=list)
 
     @property
     def json(self) -> bool:
@@ -457,8 +456,8 @@ def _escrow(ctx: Ctx, cert_type: str) -> int:
     p = ctx.policy()
     if p is None:
         raise UsageError(
-            "--escrow is required without --home (the default is the chain policy's "
-            f"{cert_type} fee, read from HOME/genesis.json)"
+            "give --escrow: its default, the chain policy's "
+            f"{cert_type} fee, is read from HOME/genesis.json and no --home with one was given"
         )
     return _fee_for(p, cert_type)
 
@@ -751,6 +750,8 @@ def cmd_cert_apply(ctx: Ctx) -> int:
         org=org,
     )
     if a.prepare:
+        if a.wait:
+            raise UsageError("--prepare only signs: use --wait with `dpkid cert submit`")
         return _prepare(ctx, key, body, cert_type, domains, org)
     h = ctx.send(key, body)
     ctx.say(f"submitted {cert_type} application for {', '.join(domains)}: tx {h}")
@@ -1009,6 +1010,8 @@ def cmd_cert_renew(ctx: Ctx) -> int:
         new_spki=new_spki,
     )
     if a.prepare:
+        if a.wait:
+            raise UsageError("--prepare only signs: use --wait with `dpkid cert submit`")
         return _prepare(ctx, key, body, cert["cert_type"], list(cert["domains"]), cert["org"])
     h = ctx.send(key, body)
     ctx.say(f"submitted renewal of {cert['cert_id']}: tx {h}")
