@@ -340,7 +340,7 @@ class Demo:
         )
         self.record(
             "ev_degraded_to_dv",
-            v.valid and v.cert.cert_type == "DV",
+            v.valid and v.cert is not None and v.cert.cert_type == "DV",
             f"endorsement withdrawn: the certificate is now {v.cert.cert_type if v.cert else '?'}, "
             f"still {v.status} for its domain ({v.reason})",
         )
