@@ -1341,7 +1341,9 @@ def _add_cert(sub: Any) -> None:
         "is given. The escrow defaults to the policy fee of the type, read from\n"
         "HOME/genesis.json (so give --escrow when connecting with --socket only).",
     )
-    p.add_argument("--type", required=True, choices=["dv", "ov", "ev", "DV", "OV", "EV"])
+    p.add_argument(
+        "--type", required=True, type=str.lower, choices=["dv", "ov", "ev"], help="validation level"
+    )
     p.add_argument(
         "--domain", action="append", metavar="D", help="a name to certify (repeat for more)"
     )
@@ -1352,8 +1354,15 @@ def _add_cert(sub: Any) -> None:
         "--account", required=True, metavar="ACCOUNT_KEY.json", help="the paying applicant"
     )
     org = p.add_argument_group("organization (OV and EV only)")
-    for name in ("name", "country", "state", "locality", "registration-id", "jurisdiction"):
-        org.add_argument(f"--org-{name}", default=None)
+    for name, what in (
+        ("name", "legal name (required; default: the CSR's O)"),
+        ("country", "ISO 3166 two-letter country (required; default: the CSR's C)"),
+        ("state", "state or province (default: the CSR's ST)"),
+        ("locality", "city (default: the CSR's L)"),
+        ("registration-id", "company registration number (required for EV)"),
+        ("jurisdiction", "registering jurisdiction (required for EV)"),
+    ):
+        org.add_argument(f"--org-{name}", default=None, metavar="TEXT", help=what)
     p.add_argument("--days", type=_positive, default=None, help="validity (default policy max)")
     p.add_argument("--escrow", type=_non_negative, default=None, help="escrow (default: type fee)")
     _prepare_opt(p)
