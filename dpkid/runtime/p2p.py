@@ -70,6 +70,7 @@ from libp2p.tools.anyio_service import background_trio_service
 __all__ = [
     "FRAME_HEADER_BYTES",
     "MAX_FRAME_BYTES_DEFAULT",
+    "MAX_TESTED_MESSAGE_BYTES",
     "P2PConfig",
     "P2PError",
     "P2PMessage",
@@ -88,6 +89,7 @@ log = logging.getLogger("dpkid.p2p")
 
 FRAME_HEADER_BYTES: Final = 4
 MAX_FRAME_BYTES_DEFAULT: Final = 8 * 1024 * 1024
+MAX_TESTED_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 # Room for what pubsub adds around the payload of one published message: the
 # signature (64 B), key (36 B), from/seqno/topic, protobuf framing and the signed
 # peer record attached to every RPC (about 300 B). Generous on purpose.
@@ -133,7 +135,10 @@ class P2PConfig:
     # One limit for a whole pubsub RPC, set identically on every node: it is
     # both Pubsub(max_inbound_rpc_size) and the RpcQueue max_message_size
     # (note 5). A publish may carry max_message_bytes - PUBLISH_OVERHEAD_BYTES.
-    max_message_bytes: int = 4 * 1024 * 1024
+    # Pubsub reads an RPC as one varint-prefixed read, which was measured to
+    # work at 1 and 4 MiB and to fail at 16 MiB (note 12): above
+    # MAX_TESTED_MESSAGE_BYTES, run() logs a warning. Bulk goes over streams.
+    max_message_bytes: int = MAX_TESTED_MESSAGE_BYTES
     heartbeat_interval_s: int = 1
     # gossipsub mesh degree (the whole validator set is meshed when small)
     mesh_degree: int = 6
@@ -558,6 +563,13 @@ class P2PNode:
         cfg = self.config
         install_libp2p_log_bridge()
         _apply_libp2p_patches(cfg)
+        if cfg.max_message_bytes > MAX_TESTED_MESSAGE_BYTES:
+            log.warning(
+                "p2p: max_message_bytes=%d exceeds the %d B measured to work for gossip "
+                "(16 MiB reads failed, note 12); send bulk data over the stream protocol",
+                cfg.max_message_bytes,
+                MAX_TESTED_MESSAGE_BYTES,
+            )
         listen = multiaddr.Multiaddr(
             f"/{'ip6' if ':' in cfg.listen_host else 'ip4'}/{cfg.listen_host}/tcp/{cfg.listen_port}"
         )
