@@ -84,6 +84,12 @@ def stop_recorded(pids_file: Path) -> list[int]:
     return stubborn
 
 
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of the script's process group (the script's own id)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def test_readme_walkthrough(tmp_path: Path) -> None:
     dns_port, http_port = free_ports(2)
     script = tmp_path / "walkthrough.sh"
@@ -108,14 +114,16 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
         try:
             out, _ = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # The background processes first (gently), then the script and whatever
+            # it runs in the foreground, which holds the output pipe open.
+            stop_recorded(work / "net" / "pids")
+            _kill_group(proc.pid)
             out, _ = proc.communicate(timeout=30)
             (tmp_path / "walkthrough.out").write_text(out)
             pytest.fail(f"the walk-through took over {SCRIPT_TIMEOUT_S:g} s:\n{out[-6000:]}")
     finally:
         stubborn = stop_recorded(work / "net" / "pids")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid)
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)

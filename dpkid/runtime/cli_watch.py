@@ -95,8 +95,12 @@ def audit(rpc: Any, genesis: Any, from_height: int, state_file: Path | None) -> 
 
     problems: list[str] = []
     findings: list[str] = []
+    # Take the log checkpoint first and walk the chain at least to its header,
+    # so a block committed between two calls cannot look like an inconsistency.
+    cp = rpc("log_checkpoint", {})
+    cp_header = decode_header(cp["header_bytes"])
     status = rpc("status", {})
-    head = int(status["height"])
+    head = max(int(status["height"]), cp_header.height)
     hashes: dict[int, bytes] = {}
     try:
         trusted = walk_headers(
@@ -121,15 +125,16 @@ def audit(rpc: Any, genesis: Any, from_height: int, state_file: Path | None) -> 
             )
     # The certificate log: the checkpoint is proven through the meta record,
     # and must extend every checkpoint an earlier audit saw.
-    cp = rpc("log_checkpoint", {})
-    header = decode_header(cp["header_bytes"])
+    meta = None
+    header = cp_header
     if trusted.header is None or header.height > trusted.height:
         problems.append("log checkpoint refers to a header beyond the verified chain")
+    elif header_hash(header) != hashes.get(header.height):
+        problems.append("log checkpoint comes with a header that is not the verified one")
     else:
         meta = verify_record(header.app_hash, decode_proof(bytes.fromhex(cp["proof"])), K_META)
         if meta is None or meta.log_size != cp["log_size"] or meta.log_root.hex() != cp["log_root"]:
             problems.append("log checkpoint does not match the proven meta record")
-    meta = None
     seen: dict[str, Any] = {}
     if state_file is not None and state_file.exists():
         seen = json.loads(state_file.read_text())
