@@ -166,7 +166,9 @@ class NodeDaemon:
         rpc = build_rpc(self)
         from dpkid.runtime.dv_checker import DvChecker
 
-        dv = DvChecker(self, fault=s.dv_fault)  # domain validation (SPEC §7.3), validators only
+        dv = DvChecker(
+            self, fault=s.dv_fault, resume_pending=True
+        )  # domain validation (SPEC §7.3), validators only
         self.block_listeners.append(dv.on_block)
         if s.metrics_listen:
             self.metrics.serve(s.metrics_listen)

@@ -404,7 +404,11 @@ class DvChecker:
     """
 
     def __init__(
-        self, daemon: _DaemonLike, cfg: CheckConfig | None = None, fault: str = ""
+        self,
+        daemon: _DaemonLike,
+        cfg: CheckConfig | None = None,
+        fault: str = "",
+        resume_pending: bool = False,
     ) -> None:
         if fault not in DV_FAULTS:
             raise ValueError(f"dv_fault must be one of {DV_FAULTS}")
@@ -412,6 +416,7 @@ class DvChecker:
         self.d = daemon
         self.cfg = cfg or CheckConfig(resolver=s.dns_resolver, http_port=s.http_port)
         self.fault = fault
+        self.resume_pending = resume_pending
         self.log = daemon.log.bind(component="dv")
         # dns_resolver = "none": this node performs no checks (and never attests).
         self.enabled = self.cfg.resolver != "none" or bool(fault)
@@ -453,6 +458,14 @@ class DvChecker:
             self.log.warning("dv_fault_injection", mode=self.fault)
         elif not self.enabled:
             self.log.info("dv_disabled", why='dns_resolver is "none"')
+        if self.resume_pending and self.enabled and self.d.core.is_validator:
+            # After a restart, applications created before it are still ours to check.
+            for app_id in self.d.core.state.pending_application_ids(limit=256):
+                app = self.d.core.state.application(app_id)
+                if app is not None and all(
+                    a.validator != self.d.key.address for a in app.attestations
+                ):
+                    self.enqueue(app_id)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._submit_loop)
             task_status.started()

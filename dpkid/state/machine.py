@@ -318,6 +318,19 @@ class State:
                 out.append(c)
         return out
 
+    def pending_application_ids(self, limit: int = 10_000) -> list[bytes]:
+        """Applications still pending, soonest expiry first (a restarted
+        validator re-checks these). Read from the derived expiry index."""
+        self._check()
+        out: list[bytes] = []
+        for exp, app_id in sorted(self._app_expiry):
+            app = self.application(app_id)
+            if app is not None and app.status == "pending" and app.expires_ms == exp:
+                out.append(app_id)
+                if len(out) >= limit:
+                    break
+        return out
+
     def proposal(self, pid: bytes) -> Proposal | None:
         p: Proposal | None = self.get(key_gov(pid))
         return p
