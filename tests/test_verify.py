@@ -155,9 +155,29 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
         assert v.valid and v.status == "valid" and v.cert.cert_type == "DV"
         v = await _verify(w, w.rpc, parsed_from_x509(ev_x))
         assert v.valid and v.cert.cert_type == "EV"
-        # openssl parses the export.
+        # `dpkid cert export` writes it (from a checked proof), and openssl parses it.
         pem_path = tmp_path / "ev.pem"
-        pem_path.write_bytes(to_pem(ev_x))
+        exp = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dpkid",
+                    "cert",
+                    "export",
+                    ev.hex(),
+                    "--home",
+                    str(w.home),
+                    "--out",
+                    str(pem_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
+        assert exp.returncode == 0, exp.stderr
+        assert pem_path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
         if shutil.which("openssl"):
             out = await trio.to_thread.run_sync(
                 lambda: subprocess.run(

@@ -1426,6 +1426,27 @@ def _add_cert(sub: Any) -> None:
     _prepare_opt(p)
     _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
     _connection(p)
+    _add_cert_export(ss)
+
+
+def _add_cert_export(ss: Any) -> None:
+    from dpkid.runtime.cli_verify import cmd_export
+
+    e = ss.add_parser(
+        "export",
+        help="write an issued certificate as an X.509 v3 PEM (checked against a proof)",
+        description="Fetch the certificate record with its Merkle proof, check the proof, and\n"
+        "write it as X.509 v3. With --key (the subject private key) the certificate is\n"
+        "self-signed, proving possession; otherwise it is signed by the chain's public\n"
+        "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("cert_id", help="certificate id (64 hex digits)")
+    e.add_argument("--home", default=None, help="node home (socket HOME/dpkid.sock)")
+    e.add_argument("--socket", dest="rpc", default=None, help="node RPC socket path")
+    e.add_argument("--key", default=None, help="subject private key PEM: self-sign")
+    e.add_argument("--out", default=None, metavar="FILE.pem", help="write here (default stdout)")
+    e.set_defaults(func=cmd_export)
 
 
 def _add_endorse(sub: Any) -> None:
