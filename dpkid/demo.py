@@ -237,8 +237,15 @@ class Demo:
         return app
 
     def verify(self, cert_id: bytes) -> Any:
+        # Every node we ask must have a header after the change (a proof is
+        # against the latest header, which commits to the state one block back).
         h = int(self.rpc("status")["height"])
-        self.wait(lambda: self.rpc("status")["height"] > h, "the next header")
+        for node in (0, 1, 2):
+
+            def past(node: int = node) -> bool:
+                return bool(self.rpc("status", node=node)["height"] > h)
+
+            self.wait(past, f"node{node} past {h}")
         rpc = lambda m, p: self.rpc(m, p, node=1)  # noqa: E731 -- ask a different node than we used
         res = self.rpc("cert_proof", {"cert_id": cert_id.hex()})
         from dpkid.lightclient import decode_header
