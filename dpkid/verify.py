@@ -139,6 +139,11 @@ def verify_certificate(
         raise VerifyError(f"bad proof encoding: {exc}") from None
     except Exception as exc:  # ProofError and friends
         raise VerifyError(str(exc)) from None
-    return judge_certificate(
+    verdict = judge_certificate(
         header, proof, cert_id, parsed.domains, parsed.spki, parsed.claimed_type
     )
+    if verdict.valid and not parsed.domains:
+        # A certificate that names no domain authenticates nothing a client can check.
+        verdict.valid, verdict.status = False, "mismatch"
+        verdict.reason = "the certificate names no domain (no subjectAltName)"
+    return verdict
