@@ -31,7 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Walk-through: every role, copy and paste"
 PORTS_LINE = re.compile(r"^export DNS_PORT=\d+ HTTP_PORT=\d+$", re.MULTILINE)
 SH_BLOCK = re.compile(r"^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL)
-SCRIPT_TIMEOUT_S = 600.0
+SCRIPT_TIMEOUT_S = 750.0
 STOP_GRACE_S = 30.0
 
 
@@ -60,6 +60,19 @@ def _alive(pid: int) -> bool:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X") and b"dpkid" in cmdline
+
+
+def _running(pids_file: Path) -> dict[int, str]:
+    """The recorded processes still running, with their command lines."""
+    if not pids_file.exists():
+        return {}
+    pids = [int(x) for x in pids_file.read_text().split() if x.isdigit()]
+    out = {}
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return out
 
 
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
@@ -122,6 +135,7 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
             (tmp_path / "walkthrough.out").write_text(out)
             pytest.fail(f"the walk-through took over {SCRIPT_TIMEOUT_S:g} s:\n{out[-6000:]}")
     finally:
+        left = _running(work / "net" / "pids")
         stubborn = stop_recorded(work / "net" / "pids")
         _kill_group(proc.pid)
         if proc.poll() is None:
@@ -133,7 +147,9 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
         f"\n--- {p.name} (tail)\n{p.read_text(errors='replace')[-1500:]}"
         for p in sorted((work / "net").glob("*.log"))
     )
-    assert proc.returncode == 0, f"exit status {proc.returncode}:\n{out[-8000:]}{logs}"
+    assert proc.returncode == 0, (
+        f"exit status {proc.returncode}:\n{out[-8000:]}{logs}\n--- still running: {left}"
+    )
     assert not stubborn, f"processes ignored SIGTERM after the script: {stubborn}"
     assert not (work / "net" / "pids").exists(), "the clean-up step did not run"
 
