@@ -123,7 +123,7 @@ def judge_certificate(
     st = cert_status(cert, t)
     if st != "valid":
         why = {
-            "revoked": f"revoked (reason code {cert.revocation_reason})",
+            "revoked": f"revoked ({_reason_name(cert.revocation_reason)})",
             "expired": "expired at header time",
             "not_yet_valid": "not yet valid at header time",
         }[st]
@@ -158,6 +158,12 @@ def judge_certificate(
             cert,
         )
     return CertVerdict(True, "valid", f"valid {cert.cert_type} certificate", header.height, t, cert)
+
+
+def _reason_name(code: int) -> str:
+    from dpkid.state.machine import REASON_NAMES
+
+    return REASON_NAMES.get(code, f"reason code {code}")
 
 
 def decode_header(hexstr: str) -> Header:
