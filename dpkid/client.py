@@ -548,3 +548,29 @@ class NodeClient:
             if now >= deadline:
                 raise ClientTimeout(f"application still {app['status']} after {timeout_s:g} s")
             await trio.sleep(min(interval_s, max(0.0, deadline - now)))
+
+
+def verify(
+    cert: bytes | str | Path,
+    trust: Path | str,
+    home: Path | str | None = None,
+    socket_path: str | None = None,
+    max_header_age_s: int = 600,
+) -> Any:
+    """Verify a certificate (PEM/DER bytes or a file path) against the ledger,
+    trusting only the genesis at ``trust``; the node is asked, never believed.
+
+    Returns a ``dpkid.lightclient.CertVerdict``; raises ``VerifyError`` when a
+    node's answers do not verify. Same checks as ``dpkid verify``.
+    """
+    from dpkid.runtime.config import genesis_from_json
+    from dpkid.verify import parse_pem, verify_certificate
+
+    data = cert if isinstance(cert, bytes) else Path(cert).read_bytes()
+    genesis = genesis_from_json(Path(trust).read_text())
+    h = Path(home) if home is not None else Path(".")
+
+    def rpc(method: str, params: dict[str, Any]) -> Any:
+        return call_sync(h, method, params, socket_path=socket_path)
+
+    return verify_certificate(rpc, genesis, parse_pem(data), max_header_age_s=max_header_age_s)

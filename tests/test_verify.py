@@ -178,6 +178,13 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
         )
         assert exp.returncode == 0, exp.stderr
         assert pem_path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+        # The Python API does the same checks as the CLI.
+        from dpkid.client import verify as client_verify
+
+        api = await trio.to_thread.run_sync(
+            lambda: client_verify(pem_path, w.home / "genesis.json", home=w.home)
+        )
+        assert api.valid and api.cert.cert_type == "EV"
         if shutil.which("openssl"):
             out = await trio.to_thread.run_sync(
                 lambda: subprocess.run(
