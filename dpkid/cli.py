@@ -57,7 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "proof-scaling":
         results["proof_scaling"] = [bench.bench_proof_scaling(n) for n in args.scale]
     if args.what in ("smt", "all"):
-        from dpkid.state.smt_bench import bench_smt
+        from dpkid.bench_smt import bench_smt
 
         results["smt"] = bench_smt(args.certs)
     if args.json:

@@ -29,6 +29,13 @@ CORE_ROOTS = [
     "dpkid.consensus.valset",
     "dpkid.consensus.engine",
     "dpkid.node",
+    "dpkid.challenges",
+    "dpkid.lightclient",
+    "dpkid.jsonview",
+    "dpkid.vectors",
+    "dpkid.sim",
+    "dpkid.sim.settings",
+    "dpkid.sim.runner",
 ]
 
 FORBIDDEN = {

@@ -17,9 +17,9 @@ import pytest
 
 from dpkid.cli import main
 from dpkid.node import PersistBlock
-from dpkid.sim.cli import repro_command
+from dpkid.sim.cli import load_scenario, repro_command
 from dpkid.sim.runner import SimNode, Simulation, run_scenario
-from dpkid.sim.settings import ScenarioError, load_scenario, scenario_from_dict
+from dpkid.sim.settings import ScenarioError, scenario_from_dict
 from dpkid.types import TxBody
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from dpkid.sim.cli import repro_command
+from dpkid.sim.cli import load_scenario, repro_command
 from dpkid.sim.runner import Simulation
-from dpkid.sim.settings import Scenario, load_scenario
+from dpkid.sim.settings import Scenario
 from dpkid.state.machine import P_JAIL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -402,7 +402,7 @@ def test_verify_rejects_wrong_runtime_types() -> None:
 
 
 def test_bench_smoke() -> None:
-    from dpkid.state.smt_bench import bench_smt
+    from dpkid.bench_smt import bench_smt
 
     figures = bench_smt(300)
     assert figures["n"] == 300.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from dpkid.consensus.messages import (
     PRECOMMIT,
@@ -143,17 +143,14 @@ class _RoundVotes:
     total: int = 0
 
 
-class Host:
+class Host(Protocol):
     """What the engine needs from the node: pure callbacks, no I/O."""
 
-    def propose_block(self, height: int, round_: int) -> Block:
-        raise NotImplementedError
+    def propose_block(self, height: int, round_: int) -> Block: ...
 
-    def valid_block(self, block: Block) -> bool:
-        raise NotImplementedError
+    def valid_block(self, block: Block) -> bool: ...
 
-    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
-        raise NotImplementedError
+    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool: ...
 
 
 class HeightState:

@@ -8,7 +8,6 @@ a sign state is on disk before the vote it guards is published.
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from collections import OrderedDict
@@ -403,6 +402,3 @@ class NodeDaemon:
 
     def receipts(self, height: int) -> list[Receipt]:
         return self.store.receipts(height)
-
-
-_ = (math, StatusMsg)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 from dpkid.sim.runner import run_scenario
-from dpkid.sim.settings import ScenarioError, load_scenario, validate
+from dpkid.sim.settings import Scenario, ScenarioError, scenario_from_toml, validate
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and parse a scenario manifest (*.toml)."""
+    return scenario_from_toml(Path(path).read_text(), str(path))
 
 
 def repro_command(path: str, seed: int, peers: int | None = None) -> str:
@@ -59,7 +65,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         print(f"dpkid sim: {args.scenario} with these options: {exc}")
         return 2
     repro = repro_command(args.scenario, sc.seed, args.peers)
-    report = run_scenario(sc, repro)
+    report = run_scenario(sc, repro, time.perf_counter, time.process_time)
     ok = (
         report["safety_violations"] == 0
         and report["policy_violations"] == 0

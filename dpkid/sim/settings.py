@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -168,10 +167,9 @@ _TABLES.update(
 )
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    sc: Scenario = _build(Scenario, data, str(path))
+def scenario_from_toml(text: str, where: str = "scenario") -> Scenario:
+    """Parse a scenario manifest's text (reading the file is the caller's job)."""
+    sc: Scenario = _build(Scenario, tomllib.loads(text), where)
     validate(sc)
     return sc
 
