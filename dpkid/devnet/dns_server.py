@@ -28,15 +28,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import json
-import os
-import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final
 
 from dnslib import (  # type: ignore[import-untyped]
@@ -48,6 +44,13 @@ from dnslib import (  # type: ignore[import-untyped]
     DNSError,
 )
 from dnslib.server import DNSServer  # type: ignore[import-untyped]
+
+from dpkid.devnet.jsonfile import (
+    read_json_object,
+    run_until_signal,
+    watch_json_file,
+    write_json_atomic,
+)
 
 MODES: Final = ("", "drop", "servfail")
 RECORD_TYPES: Final = ("A", "TXT")
@@ -297,44 +300,23 @@ class DevDnsServer:
 def write_zone_file(path: Path, records: Mapping[str, Any]) -> None:
     """Write a zone file atomically (a reader never sees half a file)."""
     Zone._parse(records)  # refuse to write what the server would refuse to load
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(dict(records), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, records)
 
 
 def read_zone_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZoneError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ZoneError(f"{path}: a zone is a JSON object of names")
-    return data
-
-
-def _file_sig(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
+    return read_json_object(path, ZoneError, "a zone is a JSON object of names")
 
 
 def watch_zone_file(
     zone: Zone, path: Path, stop: threading.Event, interval_s: float = 0.1
 ) -> Iterator[str]:
     """Reload `zone` from `path` whenever the file changes; yields a message per reload."""
-    seen: tuple[int, int] | None = None
-    while not stop.is_set():
-        sig = _file_sig(path)
-        if sig is not None and sig != seen:
-            seen = sig
-            try:
-                zone.replace(read_zone_file(path))
-                yield f"loaded {path}: {len(zone.to_json())} names"
-            except ZoneError as exc:
-                yield f"kept the previous zone: {exc}"
-        stop.wait(interval_s)
+
+    def load() -> str:
+        zone.replace(read_zone_file(path))
+        return f"loaded {path}: {len(zone.to_json())} names"
+
+    return watch_json_file(path, stop, load, ZoneError, "zone", interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,20 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         except ZoneError as exc:
             print(f"dns_server: {exc}", file=sys.stderr)
             return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     server = DevDnsServer(zone, args.host, args.port, tcp=not args.no_tcp).start()
     print(f"listening {server.address}", flush=True)
-    try:
-        for msg in watch_zone_file(zone, path, stop):
-            print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
-    finally:
-        server.stop()
+    run_until_signal(lambda stop: watch_zone_file(zone, path, stop), server.stop)
     return 0
 
 

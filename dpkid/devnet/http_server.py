@@ -32,19 +32,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import json
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final
 
 from dpkid.challenges import HTTP_PATH_PREFIX, MAX_HTTP_BODY_BYTES
+from dpkid.devnet.jsonfile import (
+    read_json_object,
+    run_until_signal,
+    watch_json_file,
+    write_json_atomic,
+)
 
 BEHAVIOURS: Final = ("", "wrong_body", "oversized", "garbage", "slowloris", "redirect", "status")
 OVERSIZED_BYTES: Final = 64 * MAX_HTTP_BODY_BYTES
@@ -299,39 +302,21 @@ class ChallengeHttpServer:
 def write_map_file(path: Path, data: Mapping[str, Any]) -> None:
     """Write a challenge map file atomically."""
     ChallengeMap._parse(data)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(dict(data), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def read_map_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MapError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise MapError(f"{path}: a challenge map is a JSON object of hosts")
-    return data
+    return read_json_object(path, MapError, "a challenge map is a JSON object of hosts")
 
 
 def watch_map_file(
     challenges: ChallengeMap, path: Path, stop: threading.Event, interval_s: float = 0.1
 ) -> Iterator[str]:
-    seen: tuple[int, int] | None = None
-    while not stop.is_set():
-        try:
-            st = path.stat()
-            sig: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            sig = None
-        if sig is not None and sig != seen:
-            seen = sig
-            try:
-                challenges.replace(read_map_file(path))
-                yield f"loaded {path}: {len(challenges.to_json())} hosts"
-            except MapError as exc:
-                yield f"kept the previous map: {exc}"
-        stop.wait(interval_s)
+    def load() -> str:
+        challenges.replace(read_map_file(path))
+        return f"loaded {path}: {len(challenges.to_json())} hosts"
+
+    return watch_json_file(path, stop, load, MapError, "map", interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,20 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         except MapError as exc:
             print(f"http_server: {exc}", file=sys.stderr)
             return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     server = ChallengeHttpServer(challenges, args.host, args.port, verbose=args.verbose).start()
     print(f"listening {server.host}:{server.port}", flush=True)
-    try:
-        for msg in watch_map_file(challenges, path, stop):
-            print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
-    finally:
-        server.stop()
+    run_until_signal(lambda stop: watch_map_file(challenges, path, stop), server.stop)
     return 0
 
 
