@@ -66,6 +66,10 @@ from dpkid.types import MAX_TX_BYTES, U64, Event, Genesis, Header, Receipt, Tx, 
 MAX_TX_BATCH: Final = 512
 MAX_SYNC_BLOCKS: Final = 32
 MAX_PENDING_FUTURE: Final = 2048
+# Votes of decided heights kept to catch equivocation that arrives late, e.g.
+# from a validator that restarted behind and re-signs old heights (§7.1).
+VOTE_HISTORY_HEIGHTS: Final = 64
+MAX_VOTE_HISTORY: Final = 65_536
 
 
 # ------------------------------------------------------------------ wire messages (WIRE.md)
@@ -425,6 +429,15 @@ class NodeCore(Host):
         self._prev_vals = self.vals
         self._fetch_asked: dict[tuple[int, int], int] = {}
         self._last_sync_ms = -(10**12)
+        self._commit_armed = False
+        # Liveness bookkeeping (CONSENSUS.md §10.1), read by both shells.
+        self.liveness_violations = 0
+        self.last_progress_ms = 0
+        self._progress_key: tuple[int, int, str, bool] = (0, 0, "", False)
+        # (height, round, type, validator) -> a verified vote of a decided height,
+        # and the set that ran each of those heights (§7.1, late equivocation).
+        self.vote_history: OrderedDict[tuple[int, int, int, bytes], Vote] = OrderedDict()
+        self.history_vals: OrderedDict[int, ValidatorSet] = OrderedDict()
 
     # ------------------------------------------------------------------ Host callbacks
     def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
@@ -559,9 +572,20 @@ class NodeCore(Host):
 
     def start(self, now_ms: int) -> list[NodeEffect]:
         self.now_ms = now_ms
+        self.last_progress_ms = now_ms
         out: list[NodeEffect] = [SetTimer("gossip", 0, 0, "", self.config.gossip_interval_ms)]
+        ss = self.sign_state
+        if ss.height > self.height:
+            out.append(
+                NodeEvent(
+                    "store_behind_sign_state",
+                    f"this validator signed at height {ss.height} round {ss.round} but its"
+                    f" store ends at height {self.state.height}: the store lost data; it"
+                    f" will sync and will not sign below height {ss.height}",
+                )
+            )
         out += self._run(self.hs.start(now_ms))
-        return out
+        return self._after(out)
 
     # ------------------------------------------------------------------ inputs
     def on_message(self, peer: str, data: bytes, now_ms: int) -> list[NodeEffect]:
@@ -575,6 +599,9 @@ class NodeCore(Host):
 
     def on_decoded(self, peer: str, msg: WireMsg, now_ms: int) -> list[NodeEffect]:
         self.now_ms = now_ms
+        return self._after(self._on_decoded(peer, msg))
+
+    def _on_decoded(self, peer: str, msg: WireMsg) -> list[NodeEffect]:
         if isinstance(msg, TxBatch):
             for raw in msg.txs:
                 self.mempool.add(raw, self.state)
@@ -626,7 +653,63 @@ class NodeCore(Host):
             return self._maybe_sync(peer, height - 1)
         if height == self.height and self.waiting_commit and len(self.future) < MAX_PENDING_FUTURE:
             self.future.append((height, m))
+        if height < self.height and isinstance(m, Vote):
+            return self._late_vote(m)
         return []
+
+    def _remember_votes(self, hs: HeightState) -> None:
+        """Keep a decided height's votes to compare late votes against (§7.1)."""
+        self.history_vals[hs.height] = hs.vals
+        for table in (hs.prevotes, hs.precommits):
+            for r in sorted(table):
+                rv = table[r]
+                for a in sorted(rv.by_validator):
+                    v = rv.by_validator[a]
+                    self.vote_history[(v.height, v.round, v.type, a)] = v
+        while self.history_vals and (
+            next(iter(self.history_vals)) + VOTE_HISTORY_HEIGHTS < hs.height
+            or len(self.history_vals) > VOTE_HISTORY_HEIGHTS
+        ):
+            self.history_vals.popitem(last=False)
+        floor = next(iter(self.history_vals)) if self.history_vals else hs.height
+        while self.vote_history and (
+            len(self.vote_history) > MAX_VOTE_HISTORY or next(iter(self.vote_history))[0] < floor
+        ):
+            self.vote_history.popitem(last=False)
+
+    def _late_vote(self, vote: Vote) -> list[NodeEffect]:
+        """A vote for a height we already decided: gossip from a validator that
+        fell behind, or a validator re-signing old heights after losing state.
+        A second, different signed vote for one (height, round, type) is
+        evidence like any other (CONSENSUS.md §7.1)."""
+        vals = self.history_vals.get(vote.height)
+        if vals is None or vote.chain_id != self.chain_id:
+            return []
+        v = vals.get(vote.validator)
+        if v is None:
+            return []
+        k = (vote.height, vote.round, vote.type, vote.validator)
+        prior = self.vote_history.get(k)
+        if prior is not None and prior.block_hash == vote.block_hash:
+            return []  # the same vote again (perhaps re-timestamped): not evidence
+        if not self._verify(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+            return []
+        if prior is None:
+            if len(self.vote_history) < MAX_VOTE_HISTORY:
+                self.vote_history[k] = vote
+            return []
+        a, b = sorted((prior, vote), key=lambda x: (x.block_hash, x.timestamp_ms, x.sig))
+        ev = DuplicateVoteEvidence(a, b)
+        key = ev.key()
+        if key in self.committed_evidence or key in self.evidence_pool:
+            return []
+        if self.check_evidence(ev) or len(self.evidence_pool) >= 1024:
+            return []
+        self.evidence_pool[key] = ev
+        return [
+            Send(None, EvidenceMsg(ev)),
+            NodeEvent("equivocation", f"{vote.validator.hex()} at past height {vote.height}"),
+        ]
 
     def _maybe_fetch_proposal(self, peer: str, v: Vote) -> list[NodeEffect]:
         """Gossip is lossy: a vote for a block we never saw means its proposal
@@ -699,15 +782,58 @@ class NodeCore(Host):
 
     def on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
         self.now_ms = now_ms
+        return self._after(self._on_timer(t, now_ms))
+
+    def _on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
         if t.kind == "consensus":
             if t.height != self.height or self.waiting_commit:
                 return []
             return self._run(self.hs.on_timeout(t.height, t.round, t.step, now_ms))
         if t.kind == "commit":
+            if t.height == self.state.height:
+                self._commit_armed = False
             return self._start_next_height()
         if t.kind == "gossip":
             return self._gossip()
         return []
+
+    # ------------------------------------------------------------------ liveness
+    def timer_armed(self) -> bool:
+        """CONSENSUS.md §10.1: at height H and not decided, a timer that can move
+        consensus is armed; while waiting for timeout_commit, that timer is."""
+        if self.waiting_commit:
+            return self._commit_armed
+        return self.hs.timer_armed()
+
+    def _after(self, out: list[NodeEffect]) -> list[NodeEffect]:
+        """Checked after every step, in the daemon and the simulator alike."""
+        if not self.timer_armed():
+            self.liveness_violations += 1
+            out.append(
+                NodeEvent(
+                    "liveness_invariant",
+                    f"no consensus timer armed at height {self.height} round {self.hs.round}"
+                    f" step {self.hs.step}",
+                )
+            )
+        key = (self.height, self.hs.round, self.hs.step, self.waiting_commit)
+        if key != self._progress_key:
+            self._progress_key = key
+            self.last_progress_ms = self.now_ms
+        return out
+
+    def waiting_for(self) -> str:
+        if self.waiting_commit:
+            return f"timeout_commit after height {self.state.height}"
+        return self.hs.waiting_for()
+
+    def stalled_ms(self, now_ms: int) -> int:
+        """How long consensus has not moved, against the bound the watchdog uses."""
+        return max(0, now_ms - self.last_progress_ms)
+
+    def stall_bound_ms(self, rounds: int) -> int:
+        t = self.config.timeouts
+        return rounds * t.round_ms(self.hs.round) + t.commit_ms
 
     def submit_tx(self, raw: bytes, now_ms: int) -> tuple[Code, str, bytes, list[NodeEffect]]:
         """A client's tx: admit to the mempool and gossip it in the next batch."""
@@ -718,7 +844,7 @@ class NodeCore(Host):
             self.outbox.append(raw)
             if len(self.outbox) >= self.config.tx_batch_max:
                 out.append(self._flush_txs())
-        return code, why, h, out
+        return code, why, h, self._after(out)
 
     def _flush_txs(self) -> Send:
         batch, self.outbox = self.outbox[:MAX_TX_BATCH], self.outbox[MAX_TX_BATCH:]
@@ -828,6 +954,7 @@ class NodeCore(Host):
             out += self._start_next_height()
         else:
             self.waiting_commit = True
+            self._commit_armed = True
             out.append(
                 SetTimer("commit", block.header.height, 0, "", self.config.timeouts.commit_ms)
             )
@@ -837,6 +964,7 @@ class NodeCore(Host):
         if not self.waiting_commit and self.hs.height == self.height:
             return []
         self.waiting_commit = False
+        self._remember_votes(self.hs)
         self.hs = self._new_height(self.height)
         out = self._run(self.hs.start(self.now_ms))
         pending, self.future = self.future, []

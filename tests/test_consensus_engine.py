@@ -40,7 +40,9 @@ from dpkid.consensus.engine import (
     COMMITTED,
     MAX_CONFLICTING_PER_VALIDATOR,
     MAX_ROUND_AHEAD,
+    PRECOMMIT_STALL,
     PRECOMMIT_STEP,
+    PREVOTE_STALL,
     PREVOTE_STEP,
     PROPOSE,
     Broadcast,
@@ -392,6 +394,10 @@ class Harness:
                 )
         self.check(out)
         self.all_effects += out
+        if hs._started:
+            # CONSENSUS.md §10.1, after every input: undecided => a timer that can
+            # move this height is armed. This is what the halt at height 28 broke.
+            assert hs.timer_armed(), f"no timer armed at round {hs.round} step {hs.step}"
         return out
 
     def summarize(self, effects: Sequence[Effect]) -> list[Row]:
@@ -408,6 +414,11 @@ class Harness:
                     rows.append((VOTE_NAME[m.type], m.round, self.label(m.block_hash)))
             elif isinstance(e, ScheduleTimeout):
                 assert e.height == self.height
+                if e.step in (PREVOTE_STALL, PRECOMMIT_STALL):
+                    # CONSENSUS.md §10.1 stall timers accompany every prevote and
+                    # precommit step; the paper's tables leave them out and
+                    # test_stall_* checks them on their own.
+                    continue
                 rows.append(("timeout", e.round, e.step, e.delay_ms))
             elif isinstance(e, Decide):
                 rows.append(("decide", e.commit.round, self.label(e.block.hash)))
@@ -422,7 +433,8 @@ class Harness:
         return St(
             round=hs.round,
             step=hs.step,
-            locked=(hs.locked_round, self._label_of(hs.locked_value)),
+            # The lock is on a hash (a restarted validator may not hold the block).
+            locked=(hs.locked_round, self.label(hs.locked_hash) if hs.locked_round >= 0 else None),
             valid=(hs.valid_round, self._label_of(hs.valid_value)),
             decision=self._label_of(hs.decision),
         )
@@ -514,7 +526,9 @@ def signed_state(h: Harness, type_: int, r: int, value: str, ts: int) -> SignSta
     assert h.key is not None
     bh = h.block(value).hash
     sig = h.key.sign(vote_sign_bytes(CHAIN, type_, h.height, r, bh, ts, h.key.address))
-    return SignState(h.height, r, VOTE_STEP[type_], bh, ts, sig)
+    # A non-nil precommit locks (L36-L39), and the engine signs under that lock.
+    lock = (r, bh) if type_ == PRECOMMIT and bh else (-1, b"")
+    return SignState(h.height, r, VOTE_STEP[type_], bh, ts, sig, *lock)
 
 
 # ------------------------------------------------------------------ harness sanity
@@ -1411,16 +1425,22 @@ def test_guard_restart_after_precommit_resends_only_the_identical_precommit() ->
     h0 = Harness()
     ss = signed_state(h0, PRECOMMIT, 0, "A", T_BLOCK + 77)
     h = Harness(sign_state=ss)
+    assert h.block("A").hash == ss.block_hash  # and A now has its label in h
     locked = St(0, PRECOMMIT_STEP, locked=(0, "A"), valid=(0, "A"))
     run(
         h,
         [
-            Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
+            Step(
+                "L21; §10.1: the stored precommit goes out again, and its lock holds",
+                Start(),
+                timeout(0, PROPOSE) + resend_precommit(0, "A"),
+                St(0, PROPOSE, locked=(0, "A")),
+            ),
             Step(
                 "L22-L24: no prevote below the sign state",
                 Prop(0, "A"),
                 NOTHING,
-                St(0, PREVOTE_STEP),
+                St(0, PREVOTE_STEP, locked=(0, "A")),
             ),
             Step(
                 "L34, L36-L40: the stored precommit, as it was",
@@ -1443,65 +1463,85 @@ def test_guard_restart_after_precommit_resends_only_the_identical_precommit() ->
 
 def test_guard_restart_after_precommit_refuses_prevote_and_other_precommit() -> None:
     """Restarted with a SignState at (h, 0, precommit A): neither a round-0 prevote
-    (L59) nor a nil precommit (L44-L45, L63) is signed; round 1 is signed normally."""
+    (L59) nor a nil precommit (L44-L45, L63) is signed; round 1 is signed normally,
+    and still under the lock on A that the sign state carried (§6)."""
     h0 = Harness()
     ss = signed_state(h0, PRECOMMIT, 0, "A", T_BLOCK + 77)
     h = Harness(sign_state=ss)
+    assert h.block("A").hash == ss.block_hash  # and A now has its label in h
+    lk: tuple[int, str | None] = (0, "A")
     run(
         h,
         [
-            Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L57-L60: no signature", Timeout(0, PROPOSE), NOTHING, St(0, PREVOTE_STEP)),
+            Step(
+                "L21; §10.1 re-send",
+                Start(),
+                timeout(0, PROPOSE) + resend_precommit(0, "A"),
+                St(0, PROPOSE, locked=lk),
+            ),
+            Step(
+                "L57-L60: no signature",
+                Timeout(0, PROPOSE),
+                NOTHING,
+                St(0, PREVOTE_STEP, locked=lk),
+            ),
             Step(
                 "L34; L44-L46: no signature",
                 pv((0, 1, 2), 0, None),
                 timeout(0, PREVOTE_STEP),
-                St(0, PRECOMMIT_STEP),
+                St(0, PRECOMMIT_STEP, locked=lk),
             ),
-            Step("L47", pc((0, 1, 2), 0, None), timeout(0, PRECOMMIT_STEP), St(0, PRECOMMIT_STEP)),
-            Step("L65-L67", Timeout(0, PRECOMMIT_STEP), timeout(1, PROPOSE), St(1, PROPOSE)),
+            Step(
+                "L47",
+                pc((0, 1, 2), 0, None),
+                timeout(0, PRECOMMIT_STEP),
+                St(0, PRECOMMIT_STEP, locked=lk),
+            ),
+            Step(
+                "L65-L67",
+                Timeout(0, PRECOMMIT_STEP),
+                timeout(1, PROPOSE),
+                St(1, PROPOSE, locked=lk),
+            ),
             Step(
                 "L57-L60 in round 1: signed",
                 Timeout(1, PROPOSE),
                 prevote(1, None),
-                St(1, PREVOTE_STEP),
+                St(1, PREVOTE_STEP, locked=lk),
             ),
         ],
     )
 
 
 def test_guard_sign_state_of_a_later_round_or_height_blocks_everything_below() -> None:
-    """A SignState at (h, 2, prevote B) forbids every round 0/1 signature and a round 2
-    prevote for anything but B; a round 2 precommit is above it and is signed."""
+    """A SignState at (h, 2, prevote B): the restarted engine begins at round 2 (§10.1),
+    re-sends that prevote, never signs in rounds 0/1 (a late round-0 proposal and polka
+    change nothing), refuses a round 2 prevote for anything but B; a round 2 precommit
+    is above the guard and is signed."""
     h0 = Harness()
     ss = signed_state(h0, PREVOTE, 2, "B", T_BLOCK + 5)
     h = Harness(sign_state=ss)
+    assert h.block("B").hash == ss.block_hash
     run(
         h,
         [
-            Step("L21", Start(), timeout(0, PROPOSE), St(0, PROPOSE)),
-            Step("L22: refused", Prop(0, "A"), NOTHING, St(0, PREVOTE_STEP)),
             Step(
-                "L34, L36: lock, precommit refused",
-                pv((0, 1, 2), 0, "A"),
-                timeout(0, PREVOTE_STEP),
-                St(0, PRECOMMIT_STEP, locked=(0, "A"), valid=(0, "A")),
+                "L21 in round 2; §10.1 re-send",
+                Start(),
+                [*timeout(2, PROPOSE), ("prevote", 2, "B")],
+                St(2, PROPOSE),
             ),
-            Step(
-                "L55 -> round 2",
-                pv((0, 1), 2, "A"),
-                timeout(2, PROPOSE),
-                St(2, PROPOSE, locked=(0, "A"), valid=(0, "A")),
-            ),
+            Step("round 0 is over for us", Prop(0, "A"), NOTHING, St(2, PROPOSE)),
+            Step("and its polka too", pv((0, 1, 2), 0, "A"), NOTHING, St(2, PROPOSE)),
             Step(
                 "L22-L24 wants A: refused (B was signed)",
                 Prop(2, "A"),
                 NOTHING,
-                St(2, PREVOTE_STEP, locked=(0, "A"), valid=(0, "A")),
+                St(2, PREVOTE_STEP),
             ),
             Step(
                 "L34, L36-L41 in round 2: precommit is above the sign state",
-                pv(2, 2, "A"),
+                pv((0, 1, 2), 2, "A"),
                 timeout(2, PREVOTE_STEP) + precommit(2, "A"),
                 St(2, PRECOMMIT_STEP, locked=(2, "A"), valid=(2, "A")),
             ),
@@ -1542,7 +1582,7 @@ def test_guard_proposal_and_votes_of_one_round_in_order() -> None:
     (h, r, prevote) precedes the prevote: steps 1 < 2 < 3 in one round."""
     h = Harness(me=0)
     eff = h.feed(Start())
-    kinds = [type(e).__name__ for e in eff]
+    kinds = [type(e).__name__ for e in eff if not isinstance(e, ScheduleTimeout)]
     assert kinds == ["PersistSignState", "Broadcast", "PersistSignState", "Broadcast"]
     states = [e.state.step for e in eff if isinstance(e, PersistSignState)]
     assert states == [STEP_PROPOSE, STEP_PREVOTE]
@@ -1704,3 +1744,96 @@ def test_every_validator_decides_the_happy_path(me: int) -> None:
     h.feed(pv(others, 0, "new0"))
     h.feed(pc(others[:2], 0, "new0"))
     assert h.state() == St(0, COMMITTED, (0, "new0"), (0, "new0"), "new0")
+
+
+# ------------------------------------------------------------------ liveness (CONSENSUS.md §10.1)
+
+
+def test_stall_timers_move_steps_whose_quorum_never_comes() -> None:
+    """§10.1: a prevote step that never sees 2f+1 prevotes (so L34 never arms
+    OnTimeoutPrevote) precommits nil after stall(r); a precommit step that never sees
+    2f+1 precommits (L47) starts the next round after stall(r)."""
+    h = Harness()
+    h.feed(Start())
+    eff = h.feed(Timeout(0, PROPOSE))
+    stalls = [e for e in eff if isinstance(e, ScheduleTimeout) and e.step == PREVOTE_STALL]
+    assert [(e.round, e.delay_ms) for e in stalls] == [(0, TIMEOUTS.stall(0))]
+    assert h.state() == St(0, PREVOTE_STEP)
+    assert h.summarize(h.feed(Timeout(0, PREVOTE_STALL))) == precommit(0, None)
+    assert h.state() == St(0, PRECOMMIT_STEP)
+    assert h.summarize(h.feed(Timeout(0, PRECOMMIT_STALL))) == timeout(1, PROPOSE)
+    assert h.state() == St(1, PROPOSE)
+    # A stale stall timer of a step we already left does nothing.
+    assert h.summarize(h.feed(Timeout(0, PREVOTE_STALL))) == NOTHING
+    assert TIMEOUTS.stall(1) > TIMEOUTS.stall(0) > TIMEOUTS.propose(0) + TIMEOUTS.prevote(0)
+
+
+def _run_net(hs: list[Harness], max_events: int = 5_000) -> dict[int, str | None]:
+    """Deliver every broadcast to the other harnesses after 10 ms and fire every
+    scheduled timeout at its time, until all decide or the events run out."""
+    import heapq
+
+    heap: list[tuple[int, int, int, Input]] = []
+    seq = 0
+
+    def effects(i: int, at: int, eff: Sequence[Effect]) -> None:
+        nonlocal seq
+        for e in eff:
+            seq += 1
+            if isinstance(e, Broadcast):
+                for j in range(len(hs)):
+                    if j != i:
+                        heapq.heappush(heap, (at + 10, seq, j, Raw((e.msg,))))
+                        seq += 1
+            elif isinstance(e, ScheduleTimeout):
+                heapq.heappush(heap, (at + e.delay_ms, seq, i, Timeout(e.round, e.step)))
+
+    for h in hs:
+        for r in range(8):
+            h.block(f"new{r}")  # so that each judges the others' fresh blocks valid
+    for i, h in enumerate(hs):
+        effects(i, 0, h.feed(Start()))
+    for _ in range(max_events):
+        if not heap or all(h.hs.decision is not None for h in hs):
+            break
+        at, _s, i, inp = heapq.heappop(heap)
+        hs[i].now = NOW + at
+        effects(i, at, hs[i].feed(inp))
+    return {i: h._label_of(h.hs.decision) for i, h in enumerate(hs)}
+
+
+def test_all_validators_restarted_after_signing_in_round_5_decide() -> None:
+    """The halt at height 28 (issue 10): every validator had precommitted nil in round
+    5 and all restarted. Fresh engines at round 0 may sign nothing up to round 5, so no
+    vote ever flowed and no timer was armed: a permanent halt. With §10.1 they begin
+    at round 5, re-send their precommits, and decide."""
+    ss_of = {}
+    for i in range(4):
+        h0 = Harness(me=i)
+        assert h0.key is not None
+        sb = vote_sign_bytes(CHAIN, PRECOMMIT, HEIGHT, 5, b"", T_BLOCK + i, h0.key.address)
+        sig = h0.key.sign(sb)
+        ss_of[i] = SignState(HEIGHT, 5, STEP_PRECOMMIT, b"", T_BLOCK + i, sig)
+    net = [Harness(me=i, sign_state=ss_of[i]) for i in range(4)]
+    decided = _run_net(net)
+    assert all(v is not None for v in decided.values()), decided
+    assert len(set(decided.values())) == 1
+    assert all(h.hs.decided_round >= 6 for h in net)
+
+
+def test_restarted_validators_without_resend_still_move_on_stall_timers() -> None:
+    """Even a validator that may sign nothing in a round (its sign state is a later
+    step) keeps an armed timer in every step, so the round advances (§10.1)."""
+    h0 = Harness()
+    ss = signed_state(h0, PRECOMMIT, 1, "A", T_BLOCK + 3)
+    h = Harness(sign_state=ss)
+    h.block("A")
+    h.feed(Start())
+    assert h.hs.round == 1 and h.hs.timer_armed()
+    h.feed(Timeout(1, PROPOSE))
+    assert h.hs.step == PREVOTE_STEP and h.hs.timer_armed()
+    h.feed(Timeout(1, PREVOTE_STALL))
+    assert h.hs.step == PRECOMMIT_STEP and h.hs.timer_armed()
+    h.feed(Timeout(1, PRECOMMIT_STALL))
+    assert h.hs.round == 2 and h.hs.timer_armed()
+    assert h.state().locked == (1, "A")  # the lock survived the restart

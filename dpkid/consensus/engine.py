@@ -39,6 +39,10 @@ PROPOSE: Final = "propose"
 PREVOTE_STEP: Final = "prevote"
 PRECOMMIT_STEP: Final = "precommit"
 COMMITTED: Final = "committed"
+# Timer steps that are not the paper's: a step that has waited stall(r) for the
+# quorum that would arm L34/L47 moves on as if that timer had fired (§10.1).
+PREVOTE_STALL: Final = "prevote_stall"
+PRECOMMIT_STALL: Final = "precommit_stall"
 
 MAX_ROUND_AHEAD: Final = 64  # messages more rounds ahead than this are dropped
 MAX_FUTURE_MESSAGES: Final = 4096
@@ -64,6 +68,18 @@ class TimeoutConfig:
 
     def precommit(self, r: int) -> int:
         return self.precommit_ms + r * self.precommit_delta_ms
+
+    def stall(self, r: int) -> int:
+        """How long a prevote or precommit step may wait for the quorum that arms
+        the paper's own timer (L34, L47) before it gives up (CONSENSUS.md §10.1).
+        Longer than a propose and a prevote timeout together, so that on a
+        healthy network it never fires first; it grows with the round, like the
+        paper's timeouts, so liveness after GST is kept."""
+        return 2 * (self.propose(r) + self.prevote(r))
+
+    def round_ms(self, r: int) -> int:
+        """An upper bound on one round with every timer expiring (watchdog)."""
+        return self.propose(r) + 2 * self.stall(r) + self.precommit(r)
 
 
 # ------------------------------------------------------------------ effects
@@ -112,6 +128,10 @@ class SignState:
     block_hash: bytes = b""
     timestamp_ms: int = 0
     signature: bytes = b""
+    # The lock (L38-L39) in force when this was signed, so that a restarted
+    # validator keeps it (CONSENSUS.md §6): -1/b"" when not locked.
+    lock_round: int = -1
+    lock_hash: bytes = b""
 
     def hrs(self) -> tuple[int, int, int]:
         return (self.height, self.round, self.step)
@@ -183,7 +203,12 @@ class HeightState:
         self.round = 0
         self.step = PROPOSE
         self.locked_value: Block | None = None
+        self.locked_hash = b""  # the lock is on a hash: after a restart the block may be gone
         self.locked_round = -1
+        if sign_state.height == height and sign_state.lock_round >= 0:
+            # CONSENSUS.md §6: a restarted validator keeps the lock it signed under.
+            self.locked_round = sign_state.lock_round
+            self.locked_hash = sign_state.lock_hash
         self.valid_value: Block | None = None
         self.valid_round = -1
         self.decision: Block | None = None
@@ -201,6 +226,9 @@ class HeightState:
         self._own_votes: dict[tuple[int, int], Vote] = {}
         self._started = False
         self.decided_round = -1
+        # Timers emitted and not yet fired, as (round, step): what the liveness
+        # invariant "not decided => a timer that can move us is armed" reads.
+        self._armed: set[tuple[int, str]] = set()
 
     # ------------------------------------------------------------------ helpers
     def proposer(self, r: int) -> bytes:
@@ -286,7 +314,16 @@ class HeightState:
                 self.chain_id, type_, self.height, self.round, block_hash, ts, self.address
             )
             sig = self.key.sign(sb)
-            self.sign_state = SignState(self.height, self.round, step, block_hash, ts, sig)
+            self.sign_state = SignState(
+                self.height,
+                self.round,
+                step,
+                block_hash,
+                ts,
+                sig,
+                self.locked_round,
+                self.locked_hash,
+            )
             eff.append(PersistSignState(self.sign_state))
             vote = Vote(
                 self.chain_id, type_, self.height, self.round, block_hash, ts, self.address, sig
@@ -305,7 +342,16 @@ class HeightState:
             self.chain_id, self.height, self.round, pol_round, block.hash, self.address
         )
         sig = self.key.sign(sb)
-        self.sign_state = SignState(self.height, self.round, STEP_PROPOSE, block.hash, 0, sig)
+        self.sign_state = SignState(
+            self.height,
+            self.round,
+            STEP_PROPOSE,
+            block.hash,
+            0,
+            sig,
+            self.locked_round,
+            self.locked_hash,
+        )
         eff.append(PersistSignState(self.sign_state))
         prop = Proposal(self.chain_id, self.height, self.round, pol_round, block, self.address, sig)
         eff.append(Broadcast(prop))
@@ -318,9 +364,47 @@ class HeightState:
         eff: list[Effect] = []
         if not self._started:
             self._started = True
-            self._start_round(0, eff)
+            ss = self.sign_state
+            first = 0
+            if ss.height == self.height and ss.round > 0:
+                # CONSENSUS.md §10.1: after a restart, begin at the round of our last
+                # signature. Every lower round is closed to us by the guard (§6), and
+                # if all validators restarted there, nobody could sign there at all.
+                # Skipping rounds is always safe (the paper's L55 does it too).
+                first = ss.round
+            self._start_round(first, eff)
+            self._resend_last_vote(eff)
             self._evaluate(eff)
+        self._arm_if_idle(eff)
         return eff
+
+    def _resend_last_vote(self, eff: list[Effect]) -> None:
+        """§10.1: re-send, unchanged, the vote our sign state holds for this height.
+        The guard forbids signing anything else at that step, so without it our
+        peers would never hear from us in this round."""
+        ss = self.sign_state
+        if (
+            self.key is None
+            or ss.height != self.height
+            or ss.round != self.round
+            or ss.step not in (STEP_PREVOTE, STEP_PRECOMMIT)
+            or self.vals.get(self.address) is None
+        ):
+            return
+        type_ = PREVOTE if ss.step == STEP_PREVOTE else PRECOMMIT
+        vote = Vote(
+            self.chain_id,
+            type_,
+            self.height,
+            ss.round,
+            ss.block_hash,
+            ss.timestamp_ms,
+            self.address,
+            ss.signature,
+        )
+        self._own_votes[(ss.round, type_)] = vote
+        eff.append(Broadcast(vote))
+        self._add_vote(vote, eff, verified=True)
 
     def on_proposal(self, p: Proposal, now_ms: int) -> list[Effect]:
         self.now_ms = now_ms
@@ -338,6 +422,7 @@ class HeightState:
             return eff
         self.proposals[p.round] = p
         self._evaluate(eff, p.round)
+        self._arm_if_idle(eff)  # L55 may have started a round we lead
         return eff
 
     def on_vote(self, vote: Vote, now_ms: int) -> list[Effect]:
@@ -349,25 +434,80 @@ class HeightState:
             return eff
         if self._add_vote(vote, eff, verified=False):
             self._evaluate(eff, vote.round)
+            self._arm_if_idle(eff)  # L55 may have started a round we lead
         return eff
+
+    def _schedule(self, r: int, step: str, delay_ms: int, eff: list[Effect]) -> None:
+        self._armed.add((r, step))
+        eff.append(ScheduleTimeout(self.height, r, step, delay_ms))
+
+    def _enter(self, step: str, eff: list[Effect]) -> None:
+        """Move to the prevote or precommit step, arming its stall timer (§10.1)."""
+        self.step = step
+        if step == PREVOTE_STEP:
+            self._schedule(self.round, PREVOTE_STALL, self.timeouts.stall(self.round), eff)
+        elif step == PRECOMMIT_STEP:
+            self._schedule(self.round, PRECOMMIT_STALL, self.timeouts.stall(self.round), eff)
+
+    def _arm_if_idle(self, eff: list[Effect]) -> None:
+        """A proposer whose own re-proposal (L28) is not yet backed by the polka it
+        cites waits in the propose step with no timer: arm L21's (§10.1)."""
+        if self._started and self.step == PROPOSE and (self.round, PROPOSE) not in self._armed:
+            self._schedule(self.round, PROPOSE, self.timeouts.propose(self.round), eff)
+
+    def timer_armed(self) -> bool:
+        """The liveness invariant (CONSENSUS.md §10.1): undecided, some armed timer
+        will, when it fires, move this height's round or step forward."""
+        if self.step == COMMITTED:
+            return True
+        r = self.round
+        if (r, PRECOMMIT_STEP) in self._armed:
+            return True  # L65 starts the next round from any step
+        if self.step == PROPOSE:
+            return (r, PROPOSE) in self._armed
+        if self.step == PREVOTE_STEP:
+            return (r, PREVOTE_STEP) in self._armed or (r, PREVOTE_STALL) in self._armed
+        return (r, PRECOMMIT_STALL) in self._armed
+
+    def waiting_for(self) -> str:
+        """What this height waits for, in words, for the watchdog and status."""
+        r = self.round
+        if self.step == COMMITTED:
+            return "nothing: decided"
+        if self.step == PROPOSE:
+            if r not in self.proposals:
+                return f"the proposal of round {r} from {self.proposer(r).hex()[:12]}"
+            return f"a polka from round {self.proposals[r].pol_round} behind the re-proposal"
+        table = self.prevotes if self.step == PREVOTE_STEP else self.precommits
+        kind = "prevotes" if self.step == PREVOTE_STEP else "precommits"
+        rv = table.get(r)
+        have = rv.total if rv else 0
+        need = self.vals.total_power * 2 // 3 + 1
+        return f"{kind} of round {r}: {have} of {self.vals.total_power} power, need {need}"
 
     def on_timeout(self, height: int, round_: int, step: str, now_ms: int) -> list[Effect]:
         self.now_ms = now_ms
         eff: list[Effect] = []
-        if height != self.height or round_ != self.round or self.step == COMMITTED:
+        if height != self.height:
+            return eff
+        self._armed.discard((round_, step))
+        if round_ != self.round or self.step == COMMITTED:
             return eff
         if step == PROPOSE and self.step == PROPOSE:
             # L57-L60: OnTimeoutPropose -> prevote nil.
             self._sign_vote(PREVOTE, b"", eff)
-            self.step = PREVOTE_STEP
-        elif step == PREVOTE_STEP and self.step == PREVOTE_STEP:
-            # L61-L64: OnTimeoutPrevote -> precommit nil.
+            self._enter(PREVOTE_STEP, eff)
+        elif step in (PREVOTE_STEP, PREVOTE_STALL) and self.step == PREVOTE_STEP:
+            # L61-L64: OnTimeoutPrevote -> precommit nil. CONSENSUS.md §10.1: the
+            # stall timer does the same when 2f+1 prevotes never came to arm L34.
             self._sign_vote(PRECOMMIT, b"", eff)
-            self.step = PRECOMMIT_STEP
-        elif step == PRECOMMIT_STEP:
-            # L65-L67: OnTimeoutPrecommit -> StartRound(round + 1).
+            self._enter(PRECOMMIT_STEP, eff)
+        elif step == PRECOMMIT_STEP or (step == PRECOMMIT_STALL and self.step == PRECOMMIT_STEP):
+            # L65-L67: OnTimeoutPrecommit -> StartRound(round + 1). §10.1: the stall
+            # timer does the same when 2f+1 precommits never came to arm L47.
             self._start_round(self.round + 1, eff)
         self._evaluate(eff)
+        self._arm_if_idle(eff)
         return eff
 
     # ------------------------------------------------------------------ vote intake
@@ -408,6 +548,10 @@ class HeightState:
         """L11-L21: StartRound(r)."""
         self.round = r
         self.step = PROPOSE
+        # Timers of earlier rounds can no longer move us (on_timeout drops them).
+        for old in sorted(self._armed):
+            if old[0] < r:
+                self._armed.discard(old)
         if (
             self.key is not None
             and self.proposer(r) == self.address
@@ -423,7 +567,7 @@ class HeightState:
             # L21: schedule OnTimeoutPropose(h, r). Also for a proposer that may not
             # sign a proposal here (it signed at or past this step before a restart,
             # CONSENSUS.md §6): it cannot re-send the lost one, so it must time out.
-            eff.append(ScheduleTimeout(self.height, r, PROPOSE, self.timeouts.propose(r)))
+            self._schedule(r, PROPOSE, self.timeouts.propose(r), eff)
         # Our own proposal, if any, is processed by the same rules as anyone's.
 
     def _evaluate(self, eff: list[Effect], touched_round: int | None = None) -> None:
@@ -458,7 +602,7 @@ class HeightState:
                     self._sign_vote(PREVOTE, vid, eff)
                 else:
                     self._sign_vote(PREVOTE, b"", eff)
-                self.step = PREVOTE_STEP
+                self._enter(PREVOTE_STEP, eff)
             else:
                 vr = prop.pol_round
                 pvr = self.prevotes.get(vr)
@@ -472,7 +616,7 @@ class HeightState:
                         self._sign_vote(PREVOTE, vid, eff)
                     else:
                         self._sign_vote(PREVOTE, b"", eff)
-                    self.step = PREVOTE_STEP
+                    self._enter(PREVOTE_STEP, eff)
         if (
             pv is not None
             and self.step == PREVOTE_STEP
@@ -481,7 +625,7 @@ class HeightState:
         ):
             # L34-L35: 2f+1 prevotes for anything -> schedule OnTimeoutPrevote, once.
             self._fired.add(("L34", r))
-            eff.append(ScheduleTimeout(self.height, r, PREVOTE_STEP, self.timeouts.prevote(r)))
+            self._schedule(r, PREVOTE_STEP, self.timeouts.prevote(r), eff)
         if (
             prop is not None
             and pv is not None
@@ -495,9 +639,10 @@ class HeightState:
                 self._fired.add(("L36", r))
                 if self.step == PREVOTE_STEP:
                     self.locked_value = v
+                    self.locked_hash = vid
                     self.locked_round = r
                     self._sign_vote(PRECOMMIT, vid, eff)
-                    self.step = PRECOMMIT_STEP
+                    self._enter(PRECOMMIT_STEP, eff)
                 self.valid_value = v
                 self.valid_round = r
         if (
@@ -507,15 +652,15 @@ class HeightState:
         ):
             # L44-L46: 2f+1 prevotes for nil -> precommit nil.
             self._sign_vote(PRECOMMIT, b"", eff)
-            self.step = PRECOMMIT_STEP
+            self._enter(PRECOMMIT_STEP, eff)
         pc = self.precommits.get(r)
         if pc is not None and self.vals.has_quorum(pc.total) and ("L47", r) not in self._fired:
             # L47-L48: 2f+1 precommits for anything -> schedule OnTimeoutPrecommit, once.
             self._fired.add(("L47", r))
-            eff.append(ScheduleTimeout(self.height, r, PRECOMMIT_STEP, self.timeouts.precommit(r)))
+            self._schedule(r, PRECOMMIT_STEP, self.timeouts.precommit(r), eff)
 
     def _is_locked_on(self, vid: bytes) -> bool:
-        return self.locked_value is not None and self.locked_value.hash == vid
+        return self.locked_round >= 0 and self.locked_hash == vid
 
     def _rule_decide(self, r: int, eff: list[Effect]) -> None:
         """L49-L54: a proposal and 2f+1 precommits for it in any round r decide."""
