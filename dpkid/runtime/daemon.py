@@ -46,6 +46,7 @@ from dpkid.node import (
 from dpkid.runtime.config import Home, genesis_from_json, read_key, read_settings
 from dpkid.runtime.logs import get_logger, quiet_libp2p
 from dpkid.runtime.metrics import Metrics
+from dpkid.runtime.signstate import SIGN_STATE_FILE, SignStateFile
 from dpkid.runtime.store import Store
 from dpkid.state.codes import Code
 from dpkid.state.machine import State
@@ -55,6 +56,13 @@ INPUT_QUEUE: Final = 10_000
 SYNC_PROTOCOL: Final = "/dpkid/sync/1.0.0"
 SYNC_TIMEOUT_S: Final = 10.0
 MAX_SYNC_REPLY_BYTES: Final = 32 * 1024 * 1024
+# The watchdog warns when consensus has not moved for this many rounds' worth of
+# timeouts (every timer expiring): with §10.1's stall timers that means the node
+# is starved or cut off, never that it waits for nothing.
+WATCHDOG_ROUNDS: Final = 3
+WATCHDOG_INTERVAL_S: Final = 1.0
+# Node events that mean the operator must look now.
+LOUD_EVENTS: Final = frozenset({"store_behind_sign_state", "liveness_invariant"})
 
 
 def topics(chain_id: str) -> dict[str, str]:
@@ -111,9 +119,11 @@ class NodeDaemon:
             gossip_interval_ms=s.gossip_interval_ms,
             mempool_max_txs=s.mempool_max_txs,
         )
-        self.core = NodeCore(
-            self.genesis, self.key, cfg, SignatureCache(), self.store.load_sign_state()
-        )
+        self.sign_file = SignStateFile(self.home.path / SIGN_STATE_FILE)
+        if not self.sign_file.exists():
+            # Homes made before the guard had its own file kept it in the store.
+            self.sign_file.save(self.store.load_sign_state())
+        self.core = NodeCore(self.genesis, self.key, cfg, SignatureCache(), self.sign_file.load())
         self._restore()
         self.topics = topics(self.genesis.chain_id)
         self._decoded: OrderedDict[bytes, WireMsg] = OrderedDict()
@@ -299,7 +309,7 @@ class NodeDaemon:
     async def _execute(self, effects: list[NodeEffect]) -> None:
         for e in effects:
             if isinstance(e, PersistSignState):
-                self.store.save_sign_state(e.state)
+                self.sign_file.save(e.state)  # durable before the vote it guards is sent
             elif isinstance(e, PersistBlock):
                 self.store.save_block(e)
                 self._on_block(e)
@@ -311,7 +321,12 @@ class NodeDaemon:
             elif isinstance(e, ServeBlocks):
                 pass  # sync requests arrive on the stream protocol, served by _serve_sync
             elif isinstance(e, NodeEvent):
-                self.log.warning("node_event", kind=e.kind, detail=e.detail)
+                if e.kind in LOUD_EVENTS:
+                    self.log.error("node_event", kind=e.kind, detail=e.detail)
+                    if e.kind == "liveness_invariant":
+                        self.metrics.liveness_violations.inc()
+                else:
+                    self.log.warning("node_event", kind=e.kind, detail=e.detail)
 
     async def _timer(self, t: SetTimer) -> None:
         await trio.sleep(t.delay_ms / 1000)
@@ -375,11 +390,31 @@ class NodeDaemon:
             self.log.info("publish_failed", topic="blocks", error=repr(exc))
 
     async def _metrics_loop(self) -> None:
+        """Metrics, and the watchdog: one warning per stall, naming what we wait for."""
+        warned_at = -1
         while True:
-            self.metrics.round.set(self.core.hs.round)
+            core = self.core
+            self.metrics.round.set(core.hs.round)
             self.metrics.peers.set(len(self.p2p.peers()))
-            self.metrics.mempool.set(len(self.core.mempool))
-            await trio.sleep(1)
+            self.metrics.mempool.set(len(core.mempool))
+            now = now_ms()
+            stalled = core.stalled_ms(now)
+            self.metrics.since_progress.set(stalled / 1000)
+            if (
+                stalled > core.stall_bound_ms(WATCHDOG_ROUNDS)
+                and warned_at != core.last_progress_ms
+            ):
+                warned_at = core.last_progress_ms
+                self.log.warning(
+                    "consensus_stalled",
+                    height=core.height,
+                    round=core.hs.round,
+                    step=core.hs.step,
+                    waiting_for=core.waiting_for(),
+                    stalled_ms=stalled,
+                    peers=len(self.p2p.peers()),
+                )
+            await trio.sleep(WATCHDOG_INTERVAL_S)
 
     # ------------------------------------------------------------------ queries (RPC)
     def status(self) -> dict[str, Any]:
@@ -395,6 +430,16 @@ class NodeDaemon:
             "app_hash": st.app_hash.hex(),
             "time_ms": st.time_ms,
             "round": self.core.hs.round,
+            "step": self.core.hs.step,
+            "waiting_for": self.core.waiting_for(),
+            "last_progress_ms": self.core.last_progress_ms,
+            "since_progress_ms": self.core.stalled_ms(now_ms()),
+            "liveness_violations": self.core.liveness_violations,
+            "sign_state": {
+                "height": self.core.sign_state.height,
+                "round": self.core.sign_state.round,
+                "step": self.core.sign_state.step,
+            },
             "peers": len(self.p2p.peers()) if self.p2p else 0,
             "catching_up": self.catching_up,
             "mempool_txs": len(self.core.mempool),

@@ -20,6 +20,16 @@ class Metrics:
         self.bad_messages = Counter(
             "dpkid_bad_messages_total", "Undecodable or invalid peer messages", registry=r
         )
+        self.liveness_violations = Counter(
+            "dpkid_liveness_violations_total",
+            "Steps after which no consensus timer was armed (CONSENSUS.md §10.1)",
+            registry=r,
+        )
+        self.since_progress = Gauge(
+            "dpkid_seconds_since_progress",
+            "Seconds since the consensus height, round or step last changed",
+            registry=r,
+        )
         self.step_seconds = Histogram(
             "dpkid_step_seconds",
             "Time the node core spends per input, by kind",
