@@ -30,6 +30,7 @@ from dpkid.consensus.engine import (
     EvidenceFound,
     HeightState,
     Host,
+    LockRecord,
     PersistSignState,
     ScheduleTimeout,
     SignState,
@@ -401,6 +402,7 @@ class NodeCore(Host):
         sig_cache: SignatureCache | None = None,
         sign_state: SignState | None = None,
         verify: Callable[[bytes, bytes, bytes], bool] = verify_ed25519,
+        lock: LockRecord | None = None,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -415,6 +417,8 @@ class NodeCore(Host):
         self.vals = validator_set_for(self.state, 1)
         self.priorities: Priorities = carry_priorities(initial_priorities(self.vals), self.vals)
         self.sign_state = sign_state if sign_state is not None else SignState()
+        self.lock = lock  # the persisted lock of the sign state's height (§6)
+        self._started = False
         self.mempool = Mempool(self.chain_id, self.sig_cache, self.config.mempool_max_txs)
         self.evidence_pool: dict[bytes, DuplicateVoteEvidence] = {}
         self.committed_evidence: set[bytes] = set()
@@ -559,6 +563,7 @@ class NodeCore(Host):
             self,
             self.config.timeouts,
             self.last_block_time_ms,
+            self.lock,
         )
 
     @property
@@ -573,6 +578,7 @@ class NodeCore(Host):
     def start(self, now_ms: int) -> list[NodeEffect]:
         self.now_ms = now_ms
         self.last_progress_ms = now_ms
+        self._started = True
         out: list[NodeEffect] = [SetTimer("gossip", 0, 0, "", self.config.gossip_interval_ms)]
         ss = self.sign_state
         if ss.height > self.height:
@@ -807,7 +813,7 @@ class NodeCore(Host):
 
     def _after(self, out: list[NodeEffect]) -> list[NodeEffect]:
         """Checked after every step, in the daemon and the simulator alike."""
-        if not self.timer_armed():
+        if self._started and not self.timer_armed():
             self.liveness_violations += 1
             out.append(
                 NodeEvent(
@@ -871,6 +877,8 @@ class NodeCore(Host):
         for e in effects:
             if isinstance(e, PersistSignState):
                 self.sign_state = e.state
+                if e.lock is not None:
+                    self.lock = e.lock
                 out.append(e)
             elif isinstance(e, Broadcast):
                 m = e.msg

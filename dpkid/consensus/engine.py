@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from msgspec import Struct
+
 from dpkid.consensus.messages import (
     PRECOMMIT,
     PREVOTE,
@@ -90,9 +92,23 @@ class Broadcast:
     msg: Proposal | Vote
 
 
+class LockRecord(Struct, frozen=True, array_like=True):
+    """What a restarted validator needs to act on its lock (CONSENSUS.md §6): the
+    locked block, so it can re-propose it (L16), and the polka that locked it,
+    so others accept that re-proposal (L28). Without them a lock survives a
+    restart only as a hash nobody can build on, and the height can deadlock."""
+
+    block: Block
+    round: int
+    polka: list[Vote]
+
+
 @dataclass(frozen=True)
 class PersistSignState:
     state: SignState
+    # Set when the lock changed: durable before ``state``, and both before the
+    # precommit they guard is sent.
+    lock: LockRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,7 @@ class HeightState:
         host: Host,
         timeouts: TimeoutConfig,
         min_time_ms: int,
+        lock: LockRecord | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.height = height
@@ -209,6 +226,14 @@ class HeightState:
             # CONSENSUS.md §6: a restarted validator keeps the lock it signed under.
             self.locked_round = sign_state.lock_round
             self.locked_hash = sign_state.lock_hash
+        self._restored_lock = (
+            lock
+            if lock is not None
+            and self.locked_round == lock.round
+            and lock.block.hash == self.locked_hash
+            and lock.block.header.height == height
+            else None
+        )
         self.valid_value: Block | None = None
         self.valid_round = -1
         self.decision: Block | None = None
@@ -286,7 +311,9 @@ class HeightState:
                 break
         return max(self.now_ms, floor + 1)
 
-    def _sign_vote(self, type_: int, block_hash: bytes, eff: list[Effect]) -> None:
+    def _sign_vote(
+        self, type_: int, block_hash: bytes, eff: list[Effect], lock: LockRecord | None = None
+    ) -> None:
         if self.key is None or self.vals.get(self.address) is None:
             return
         step = STEP_PREVOTE if type_ == PREVOTE else STEP_PRECOMMIT
@@ -324,7 +351,7 @@ class HeightState:
                 self.locked_round,
                 self.locked_hash,
             )
-            eff.append(PersistSignState(self.sign_state))
+            eff.append(PersistSignState(self.sign_state, lock))
             vote = Vote(
                 self.chain_id, type_, self.height, self.round, block_hash, ts, self.address, sig
             )
@@ -372,6 +399,15 @@ class HeightState:
                 # if all validators restarted there, nobody could sign there at all.
                 # Skipping rounds is always safe (the paper's L55 does it too).
                 first = ss.round
+            lk = self._restored_lock
+            if lk is not None:
+                # The lock's block is also our valid value (locked_round <= valid_round),
+                # and its polka is counted and re-gossiped like any votes (§10).
+                self.locked_value = self.valid_value = lk.block
+                self.valid_round = lk.round
+                for v in lk.polka[: 4 * len(self.vals)]:
+                    if v.type == PREVOTE and v.round == lk.round and v.height == self.height:
+                        self._add_vote(v, eff, verified=False)
             self._start_round(first, eff)
             self._resend_last_vote(eff)
             self._evaluate(eff)
@@ -641,7 +677,8 @@ class HeightState:
                     self.locked_value = v
                     self.locked_hash = vid
                     self.locked_round = r
-                    self._sign_vote(PRECOMMIT, vid, eff)
+                    polka = [pv.voters_by_block[vid][a] for a in sorted(pv.voters_by_block[vid])]
+                    self._sign_vote(PRECOMMIT, vid, eff, LockRecord(v, r, polka))
                     self._enter(PRECOMMIT_STEP, eff)
                 self.valid_value = v
                 self.valid_round = r

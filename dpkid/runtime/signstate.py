@@ -17,10 +17,33 @@ import os
 from pathlib import Path
 from typing import Final
 
-from dpkid.consensus.engine import SignState
+from dpkid import codec
+from dpkid.consensus.engine import LockRecord, SignState
+from dpkid.consensus.messages import MAX_BLOCK_BYTES
 
 SIGN_STATE_FILE: Final = "sign_state.json"
+LOCK_FILE: Final = "lock.msgpack"
 MAX_SIGN_STATE_BYTES: Final = 4096
+MAX_LOCK_BYTES: Final = 2 * MAX_BLOCK_BYTES  # a block plus its polka
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``; durable when this returns."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class SignStateError(RuntimeError):
@@ -85,16 +108,29 @@ class SignStateFile:
 
     def save(self, ss: SignState) -> None:
         """Durable when this returns: the caller sends the signature only after."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        atomic_write(self.path, _to_json(ss))
+
+
+class LockFile:
+    """The locked block and its polka (CONSENSUS.md §6). Written when the lock
+    changes (once per height at most), before the sign state that names it.
+    Losing it costs liveness, never safety: the sign state keeps the lock's hash."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[LockRecord | None, str]:
+        """The record, or None and why not ("" when there is simply no file)."""
         try:
-            os.write(fd, _to_json(ss))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
+            with self.path.open("rb") as f:
+                data = f.read(MAX_LOCK_BYTES + 1)
+        except FileNotFoundError:
+            return None, ""
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            rec: LockRecord = codec.decode(data, LockRecord, max_bytes=MAX_LOCK_BYTES)
+        except codec.DecodeError as exc:
+            return None, f"{self.path} is damaged ({exc}); the lock's block is lost"
+        return rec, ""
+
+    def save(self, rec: LockRecord) -> None:
+        atomic_write(self.path, codec.encode(rec))

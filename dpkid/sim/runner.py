@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from random import Random
 from typing import Any, Literal
 
 from dpkid import codec
-from dpkid.consensus.engine import PersistSignState, SignState, TimeoutConfig
+from dpkid.consensus.engine import LockRecord, PersistSignState, SignState, TimeoutConfig
 from dpkid.consensus.messages import (
     Block,
     Commit,
@@ -48,21 +49,24 @@ from dpkid.node import (
     VoteMsg,
     WireMsg,
 )
-from dpkid.sim.settings import Scenario
+from dpkid.sim.settings import Crash, Scenario, Starvation
 from dpkid.state.codes import Code
 from dpkid.state.devchain import GENESIS_TIME_MS
 from dpkid.state.machine import State
 from dpkid.types import (
     Attestation,
     CertApply,
+    CertRenew,
     DvAttest,
     Endorse,
+    EndorseWithdraw,
     Genesis,
     GenesisAccount,
     GenesisEndorser,
     GenesisValidator,
     OrgIdentity,
     Policy,
+    Revoke,
     Transfer,
     TxBody,
     sign_tx,
@@ -88,8 +92,10 @@ class SimNode:
     epoch: int = 0
     disk_blocks: list[tuple[Block, Commit]] = field(default_factory=list)
     disk_sign_state: SignState = field(default_factory=SignState)
+    disk_lock: LockRecord | None = None
     byz: set[str] = field(default_factory=set)
     skew_ms: int = 0
+    starved_until_ms: int = 0
 
 
 @dataclass
@@ -220,10 +226,46 @@ class Simulation:
         self.domain_counter = 0
         self._workload_carry = 0  # tx_per_s tenths not yet submitted
         self.spki = spki_der_of(subject_key("sim").public_key())
+        # Lifecycle workload: issued certificates (id, owner, endorsers), bounded.
+        self.issued: list[tuple[bytes, bytes, list[bytes], str]] = []
+        self.agent_by_addr = {a.key.address: a for a in [*self.accounts, *self.endorsers]}
+        self.timer_violations = 0
+        self.crashes: list[Crash] = list(self.sc.network.crashes)
+        self.starvations: list[Starvation] = list(self.sc.network.starvations)
+        self.store_loss: dict[int, int] = {}  # index in self.crashes -> blocks lost
+        self._plan_chaos()
         for p in self.sc.network.partitions:
             self.last_fault_end_ms = max(self.last_fault_end_ms, p.heal_ms)
-        for c in self.sc.network.crashes:
+        for c in self.crashes:
             self.last_fault_end_ms = max(self.last_fault_end_ms, c.restart_ms or c.at_ms)
+        for st in self.starvations:
+            self.last_fault_end_ms = max(self.last_fault_end_ms, st.end_ms)
+
+    def _plan_chaos(self) -> None:
+        """Draw the chaos faults from their own stream of the seed, so a scenario
+        without them keeps its random sequence."""
+        ch = self.sc.chaos
+        if not (ch.starve_count or ch.restart_count):
+            return
+        r = Random(f"chaos-{self.sc.seed}")
+        vals = [n.idx for n in self.nodes if n.role == "validator"]
+        for _ in range(ch.starve_count):
+            at = r.randrange(ch.fault_start_ms, ch.fault_end_ms)
+            until = at + r.randint(1, ch.starve_max_ms)
+            self.starvations.append(Starvation(r.choice(vals), at, until))
+        for _ in range(ch.restart_count):
+            at = r.randrange(ch.fault_start_ms, ch.fault_end_ms)
+            who = vals if r.random() < ch.restart_all_share else [r.choice(vals)]
+            for v in who:
+                down = r.randint(1, ch.down_max_ms)
+                if any(
+                    c.node == v and c.at_ms <= at + down and at <= c.restart_ms
+                    for c in self.crashes
+                ):
+                    continue  # one crash of a node at a time
+                self.crashes.append(Crash(v, at, at + down))
+                if r.random() < ch.store_loss_share:
+                    self.store_loss[len(self.crashes) - 1] = r.randint(1, ch.store_loss_max_blocks)
 
     def _verify(self, pk: bytes, msg: bytes, sig: bytes) -> bool:
         if self.sc.sig_check == "real":
@@ -239,7 +281,9 @@ class Simulation:
 
     def _make_core(self, n: SimNode) -> NodeCore:
         cache = self.shared_cache if self.sc.sig_check == "cached" else SignatureCache(200_000)
-        core = NodeCore(self.genesis, n.key, self.config, cache, n.disk_sign_state, self._verify)
+        core = NodeCore(
+            self.genesis, n.key, self.config, cache, n.disk_sign_state, self._verify, n.disk_lock
+        )
         if n.disk_blocks:
             core.restore(n.disk_blocks)
         return core
@@ -296,6 +340,8 @@ class Simulation:
     def _apply_effects(self, n: SimNode, effects: list[NodeEffect]) -> None:
         for e in effects:
             if isinstance(e, PersistSignState):
+                if e.lock is not None:
+                    n.disk_lock = e.lock  # durable before the sign state it belongs to
                 n.disk_sign_state = e.state  # durable before the sends that follow
             elif isinstance(e, PersistBlock):
                 n.disk_blocks.append((e.block, e.commit))
@@ -444,6 +490,8 @@ class Simulation:
             self._violate("policy", f"cert {cert_id.hex()[:16]} issued but not in state")
             return
         self.certs_issued[cert.issued_type] += 1
+        if len(self.issued) < 10_000:
+            self.issued.append((cert_id, cert.owner, list(cert.endorsers), cert.cert_type))
         p = self.policy
         if not cert.dv_power * p.dv_threshold_den > p.dv_threshold_num * cert.total_power:
             self._violate("policy", f"cert {cert_id.hex()[:16]} issued below the DV threshold")
@@ -575,7 +623,30 @@ class Simulation:
                 typ
             ]
             self._submit(agent, CertApply(typ, [dom], self.spki, 30, fee, org))
+        self._lifecycle_tick()
         self._push(self.now_ms + 100, "workload", None)
+
+    def _lifecycle_tick(self) -> None:
+        """The demo's later steps on issued certificates: revoke, renew, withdraw an
+        endorsement (the certificate degrades). Only drawn when enabled."""
+        w = self.sc.workload
+        p = self.policy
+        if w.revoke_share and self.issued and self.rng.random() < w.revoke_share:
+            cid, owner, _e, _t = self.issued.pop(self.rng.randrange(len(self.issued)))
+            agent = self.agent_by_addr.get(owner)
+            if agent is not None:
+                self._submit(agent, Revoke(cid, 4))  # RFC 5280 reason 4: superseded
+        if w.renew_share and self.issued and self.rng.random() < w.renew_share:
+            cid, owner, _e, typ = self.issued[self.rng.randrange(len(self.issued))]
+            agent = self.agent_by_addr.get(owner)
+            fee = {"DV": p.fee_dv, "OV": p.fee_ov, "EV": p.fee_ev}.get(typ, p.fee_ev)
+            if agent is not None:
+                self._submit(agent, CertRenew(cid, 30, fee))
+        if w.withdraw_share and self.issued and self.rng.random() < w.withdraw_share:
+            cid, _o, endorsers, _t = self.issued[self.rng.randrange(len(self.issued))]
+            agent = self.agent_by_addr.get(endorsers[0]) if endorsers else None
+            if agent is not None:
+                self._submit(agent, EndorseWithdraw(cid, "no longer vouches"))
 
     # ------------------------------------------------------------------ run
     def _done(self) -> bool:
@@ -605,10 +676,12 @@ class Simulation:
         for n in self.nodes:
             n.core = self._make_core(n)
             self._push(self.rng.randint(0, 50), "start", n.idx)
-        for c in self.sc.network.crashes:
+        for i, c in enumerate(self.crashes):
             self._push(c.at_ms, "crash", c.node)
             if c.restart_ms:
-                self._push(c.restart_ms, "restart", c.node)
+                self._push(c.restart_ms, "restart", (c.node, self.store_loss.get(i, 0)))
+        for st in self.starvations:
+            self._push(st.start_ms, "starve", (st.node, st.end_ms))
         self._push(self.sc.workload.start_ms, "workload", None)
         max_events = 50_000_000
         while self.heap and self.events_processed < max_events:
@@ -624,7 +697,35 @@ class Simulation:
                 break
         return self._report(self.wall_clock() - wall0)
 
+    def _starved(self, idx: int, kind: str, payload: Any) -> bool:
+        """A starved node handles nothing: its input runs, in order, when it wakes."""
+        n = self.nodes[idx]
+        if n.starved_until_ms > self.now_ms:
+            self._push(n.starved_until_ms, kind, payload)
+            return True
+        return False
+
+    def _count_timer_violations(self, n: SimNode) -> None:
+        if n.core is not None:
+            self.timer_violations += n.core.liveness_violations
+            if n.core.liveness_violations and len(self.violations) < 100:
+                self._violate(
+                    "liveness",
+                    f"{n.name}: {n.core.liveness_violations} steps left no consensus timer"
+                    " armed (CONSENSUS.md §10.1)",
+                )
+            n.core.liveness_violations = 0
+
     def _dispatch(self, kind: str, payload: Any) -> None:
+        if kind in ("msg", "timer"):
+            dst = payload[1] if kind == "msg" else payload[0]
+            if self._starved(dst, kind, payload):
+                return
+        if kind == "starve":
+            idx, until = payload
+            n = self.nodes[idx]
+            n.starved_until_ms = max(n.starved_until_ms, until)
+            return
         if kind == "msg":
             src, dst, msg = payload
             n = self.nodes[dst]
@@ -641,19 +742,66 @@ class Simulation:
                 self._apply_effects(n, n.core.start(self._clock(n)))
         elif kind == "crash":
             n = self.nodes[payload]
+            self._count_timer_violations(n)
             n.alive = False
             n.epoch += 1
             n.core = None  # memory is lost; disk_blocks and disk_sign_state survive
         elif kind == "restart":
-            n = self.nodes[payload]
+            idx, lost = payload if isinstance(payload, tuple) else (payload, 0)
+            n = self.nodes[idx]
+            if lost:
+                # The store lost its last blocks (its WAL); the sign state did not.
+                del n.disk_blocks[max(0, len(n.disk_blocks) - lost) :]
             n.alive = True
             n.core = self._make_core(n)
             self._apply_effects(n, n.core.start(self._clock(n)))
         elif kind == "workload":
             self._workload_tick()
 
+    def _quorum_up(self, t: int) -> bool:
+        """Is a quorum of honest validator power alive, unstarved and connected at t?"""
+        down = {c.node for c in self.crashes if c.at_ms <= t < (c.restart_ms or 10**15)}
+        down |= {s.node for s in self.starvations if s.start_ms <= t < s.end_ms}
+        up = [n for n in self.nodes if n.role == "validator" and n.honest and n.idx not in down]
+        powers = self.sc.powers or [10] * self.sc.validators
+        groups: list[list[int]] = [[n.idx for n in up]]
+        for p in self.sc.network.partitions:
+            if p.start_ms <= t < p.heal_ms:
+                groups = [[i for i in g if i in {n.idx for n in up}] for g in p.groups]
+        return any(3 * sum(powers[i] for i in g) > 2 * self.total_power for g in groups)
+
+    def _check_liveness_bound(self) -> None:
+        """With a quorum up, every height commits within chaos.liveness_bound_ms."""
+        bound = self.sc.chaos.liveness_bound_ms
+        if not bound:
+            return
+        cuts = {0, self.now_ms}
+        for c in self.crashes:
+            cuts |= {c.at_ms, c.restart_ms}
+        for st in self.starvations:
+            cuts |= {st.start_ms, st.end_ms}
+        for p in self.sc.network.partitions:
+            cuts |= {p.start_ms, p.heal_ms}
+        points = sorted(x for x in cuts if 0 <= x <= self.now_ms)
+        segments = [(a, b) for a, b in itertools.pairwise(points) if self._quorum_up(a)]
+        marks = [0, *sorted(t for _b, _a, t in self.decided.values()), self.now_ms]
+        for start, end in itertools.pairwise(marks):
+            up_ms = sum(max(0, min(b, end) - max(a, start)) for a, b in segments)
+            if up_ms > bound:
+                self._violate("liveness", self._bound_msg(end, up_ms))
+                return
+
+    def _bound_msg(self, at_ms: int, up_ms: int) -> str:
+        return (
+            f"no height committed for {up_ms} ms of quorum-up time before {at_ms} ms"
+            f" (bound {self.sc.chaos.liveness_bound_ms} ms)"
+        )
+
     def _report(self, wall_s: float) -> dict[str, Any]:
         sc = self.sc
+        for n in self.nodes:
+            self._count_timer_violations(n)
+        self._check_liveness_bound()
         honest_heights = [
             n.core.state.height for n in self.nodes if n.honest and n.alive and n.core is not None
         ]
@@ -713,7 +861,10 @@ class Simulation:
             "latency_p99_s": pct(99),
             "safety_violations": len(safety),
             "policy_violations": len(policy),
-            "liveness_ok": liveness_ok,
+            "liveness_ok": liveness_ok and not any(
+                v.kind == "liveness" for v in self.violations
+            ),
+            "timer_invariant_violations": self.timer_violations,
             "violations": [f"{v.kind}: {v.detail}" for v in self.violations[:20]],
             "sig_check": sc.sig_check,
             "events": self.events_processed,

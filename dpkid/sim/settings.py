@@ -34,6 +34,38 @@ class Crash:
 
 
 @dataclass
+class Starvation:
+    """Node ``node`` gets no CPU between start_ms and end_ms: it handles no
+    message and no timer; everything queues and runs, in order and late, when
+    it gets the CPU back (a loaded machine, a GC pause, SIGSTOP)."""
+
+    node: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass
+class Chaos:
+    """Faults drawn from the seed, at arbitrary points of the run, in
+    [fault_start_ms, fault_end_ms). All counts are per run."""
+
+    starve_count: int = 0  # periods of CPU starvation of one whole validator
+    starve_max_ms: int = 5_000
+    restart_count: int = 0  # kill (losing memory) and restart one validator
+    restart_all_share: float = 0.0  # share of restarts that take every validator down at once
+    down_max_ms: int = 3_000
+    # Share of restarts whose store lost its last blocks (a lost SQLite WAL);
+    # the sign state is its own file and survives (CONSENSUS.md §6).
+    store_loss_share: float = 0.0
+    store_loss_max_blocks: int = 5
+    fault_start_ms: int = 1_000
+    fault_end_ms: int = 30_000
+    # With a quorum of honest power up, connected and not starved for this long,
+    # some height must commit (0: off). The checker is in the runner.
+    liveness_bound_ms: int = 0
+
+
+@dataclass
 class NetworkSettings:
     latency: str = "uniform"  # "uniform" | "lognormal" | "fixed"
     latency_min_ms: int = 5
@@ -46,6 +78,7 @@ class NetworkSettings:
     reorder_ms: int = 200
     partitions: list[Partition] = field(default_factory=list)
     crashes: list[Crash] = field(default_factory=list)
+    starvations: list[Starvation] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +110,11 @@ class Workload:
     # organisation identity: validators attest ok, only endorsers can tell.
     bogus_org_share: float = 0.0
     accounts: int = 20
+    # The demo's lifecycle transactions, per workload tick, on certificates
+    # issued so far (drawn only when non-zero, so other runs keep their stream).
+    revoke_share: float = 0.0
+    renew_share: float = 0.0
+    withdraw_share: float = 0.0  # an endorser withdraws from an OV/EV cert (it degrades)
 
 
 @dataclass
@@ -99,6 +137,7 @@ class Scenario:
     gossip_interval_ms: int = 500
     liveness_window_ms: int = 60_000  # after the last fault ends, progress must resume within this
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    chaos: Chaos = field(default_factory=Chaos)
     byzantine: ByzantineSettings = field(default_factory=ByzantineSettings)
     workload: Workload = field(default_factory=Workload)
 
@@ -139,9 +178,9 @@ def _build(cls: Any, data: Any, where: str) -> Any:
                 f"{where}: unknown setting {k!r} (known: {', '.join(sorted(known))})"
             )
         sub = _TABLES.get(k)
-        if sub is not None and k in ("network", "byzantine", "workload"):
+        if sub is not None and k in ("network", "byzantine", "workload", "chaos"):
             kwargs[k] = _build(sub, v, f"{where}.{k}")
-        elif k in ("partitions", "crashes"):
+        elif k in ("partitions", "crashes", "starvations"):
             if not isinstance(v, list):
                 raise ScenarioError(f"{where}.{k}: expected an array of tables")
             kwargs[k] = [_build(_TABLES[k], x, f"{where}.{k}[{i}]") for i, x in enumerate(v)]
@@ -164,6 +203,8 @@ _TABLES.update(
     workload=Workload,
     partitions=Partition,
     crashes=Crash,
+    starvations=Starvation,
+    chaos=Chaos,
 )
 
 
@@ -207,6 +248,9 @@ def validate(sc: Scenario) -> None:
         "ev_share",
         "bogus_share",
         "bogus_org_share",
+        "revoke_share",
+        "renew_share",
+        "withdraw_share",
     ):
         if not 0.0 <= getattr(w, name) <= 1.0:
             raise ScenarioError(f"workload.{name} is a share in [0, 1]")
@@ -247,3 +291,21 @@ def validate(sc: Scenario) -> None:
             raise ScenarioError(f"crash names node {c.node}, but there are {n}")
         if c.restart_ms and c.restart_ms <= c.at_ms:
             raise ScenarioError(f"crash of node {c.node}: restart_ms must be after at_ms")
+    for st in net.starvations:
+        if not 0 <= st.node < n:
+            raise ScenarioError(f"starvation names node {st.node}, but there are {n}")
+        if not 0 <= st.start_ms < st.end_ms:
+            raise ScenarioError("starvation: need 0 <= start_ms < end_ms")
+    ch = sc.chaos
+    for name in ("restart_all_share", "store_loss_share"):
+        if not 0.0 <= getattr(ch, name) <= 1.0:
+            raise ScenarioError(f"chaos.{name} is a share in [0, 1]")
+    counts = ("starve_count", "restart_count", "starve_max_ms", "down_max_ms", "liveness_bound_ms")
+    for name in counts:
+        if getattr(ch, name) < 0:
+            raise ScenarioError(f"chaos.{name} cannot be negative")
+    if ch.starve_count or ch.restart_count:
+        if not 0 <= ch.fault_start_ms < ch.fault_end_ms:
+            raise ScenarioError("chaos: need 0 <= fault_start_ms < fault_end_ms")
+        if ch.starve_max_ms < 1 or ch.down_max_ms < 1:
+            raise ScenarioError("chaos: starve_max_ms and down_max_ms must be at least 1")
