@@ -16,7 +16,24 @@ py-libp2p 0.8.1, with every pitfall in ``shared/NOTES-libp2p.md`` handled:
   dial cache before every redial, with exponential backoff (note 10);
 * the pubsub seqno counter starts at ``time.time_ns()`` (note 11);
 * stream frames are our own: a 4-byte big-endian length, a hard cap, read in a
-  loop until complete (note 12).
+  loop until complete (note 12);
+* pubsub writes are serialised per stream, and nothing a remote peer sends can
+  raise out of a handler (``_GuardedPubsub``, ``_read_pubsub_rpc`` and the
+  inbound-stream guard in ``run``; see below and protocol/WIRE.md section 6).
+
+Why the pubsub patch: libp2p 0.8.1 writes RPCs to a peer's pubsub stream from
+several tasks at once. The per-peer sending task (``handle_sending_messages``)
+and the replay paths (``GossipSub.flush_pending_messages`` and
+``send_recent_messages``, run when a peer connects or subscribes) all call
+``Pubsub.write_msg`` on the same stream. A Yamux stream's ``write`` sends an RPC
+as several DATA frames when it is larger than 64 KiB or than the send window,
+and other writers run between those frames, so two RPCs' bytes interleave and
+the receiver reads a garbage varint length ("Message length 23566647927") or
+an undecodable RPC. libp2p lets that ``DecodeError``, and one raised by a
+message with a garbage public key, escape and stop the node. The subclass holds
+a per-stream trio.Lock for the whole of every RPC write, and turns every error
+from one peer's stream or message into: reset that stream, drop the peer from
+pubsub, count it in ``bad_peers()``, log, carry on.
 
 Wire format of the stream protocol (any ``protocol_id`` registered with
 ``set_stream_handler``): the client writes a request frame, the server answers
@@ -44,9 +61,12 @@ import os
 import random
 import struct
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any, Final, NamedTuple
 
 # Importing libp2p costs about 0.7 s, and on import it sets
@@ -66,6 +86,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 __all__ = [
     "FRAME_HEADER_BYTES",
@@ -98,6 +119,9 @@ _U32 = struct.Struct(">I")
 
 TopicValidator = Callable[[str, bytes], bool]
 RequestHandler = Callable[[bytes, str], Awaitable[bytes]]
+# (peer, kind, the exception): called for every bad RPC, message or frame a peer sent.
+BadPeerCallback = Callable[[ID, str, BaseException], None]
+StreamHandler = Callable[[INetStream], Awaitable[None]]
 
 
 class P2PError(Exception):
@@ -172,6 +196,8 @@ class P2PConfig:
     max_inbound_streams: int = 256
     max_outbound_requests: int = 256
     shutdown_timeout_ms: int = 5_000
+    # Peers remembered in bad_peers() (least recently offending forgotten first).
+    bad_peer_table_size: int = 1024
 
     def validate(self) -> None:
         if not 0 <= self.listen_port <= 65535:
@@ -199,6 +225,7 @@ class P2PConfig:
             "peer_check_interval_ms",
             "handler_timeout_ms",
             "shutdown_timeout_ms",
+            "bad_peer_table_size",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -326,7 +353,193 @@ class _BoundedRpcQueue(RpcQueue):
         return item
 
 
+# The release whose write and read paths _GuardedPubsub was written against
+# (pubsub.py write_msg / continuously_read_stream / push_msg, gossipsub.py
+# flush_pending_messages / send_recent_messages, yamux.py YamuxStream.write).
+PATCHED_LIBP2P_VERSION: Final = "0.8.1"
+_MAX_VARINT_BYTES: Final = 10  # a uvarint of up to 64 bits
+# Pubsub.continuously_read_stream looks read_varint_prefixed_bytes_limited up in
+# its module for every inbound RPC; _apply_libp2p_patches puts _read_pubsub_rpc
+# there instead, which falls back on the original for other Pubsub instances.
+_lp_read_rpc_limited: Final = read_varint_prefixed_bytes_limited
+# True only inside a _GuardedPubsub read loop (a task-local flag). Any other
+# Pubsub in the process keeps libp2p's reader and its exceptions.
+_guarded_read: ContextVar[bool] = ContextVar("dpkid_p2p_guarded_read", default=False)
+
+
+async def _read_pubsub_rpc(reader: Any, max_length: int) -> bytes:
+    """Read one varint-prefixed pubsub RPC: the reader of our pubsub read loops.
+
+    libp2p's reader raises MessageTooLarge, which its loop handles itself (a
+    warning and a reset), so the peer is never counted; and a stream that ends
+    inside an RPC looks like a clean end to that loop. Here an over-long varint, a length over
+    ``max_length`` (the body is then never read) and a truncated RPC raise
+    FrameError. FrameError is not a libp2p exception, so libp2p's loop does not
+    catch it and it reaches _GuardedPubsub.stream_handler. A clean end between
+    RPCs raises StreamEOF, on which libp2p's loop ends quietly, as before.
+    """
+    if not _guarded_read.get():
+        return await _lp_read_rpc_limited(reader, max_length)
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    length = 0
+    for i in range(_MAX_VARINT_BYTES):
+        try:
+            b = await reader.read(1)
+        except StreamEOF:
+            b = b""
+        if not b:
+            if i == 0:
+                raise StreamEOF("stream ended between RPCs")
+            raise FrameError("stream ended inside the length prefix of an RPC")
+        length |= (b[0] & 0x7F) << (7 * i)
+        if not b[0] & 0x80:
+            break
+    else:
+        raise FrameError(f"RPC length prefix longer than {_MAX_VARINT_BYTES} bytes")
+    if length > max_length:
+        raise FrameError(f"RPC length {length} exceeds max_inbound_rpc_size {max_length}")
+    body = await _read_exact(reader, length, at_boundary=False)
+    assert body is not None
+    return body
+
+
+class _GuardedPubsub(Pubsub):
+    """libp2p's Pubsub with RPC writes serialised per stream and inbound errors contained.
+
+    * ``write_msg``: every writer of a peer's pubsub stream calls it: the
+      per-peer sending task (pubsub.py ``handle_sending_messages``) and
+      GossipSub's replay paths (``flush_pending_messages``,
+      ``send_recent_messages``), which run in other tasks when a peer connects
+      or subscribes. One Yamux ``write`` sends an RPC as several frames
+      (above 64 KiB or the send window) and yields between them, so without a
+      lock the RPCs of two writers interleave on the wire. The stream's lock is
+      held for the whole RPC. A write that raised or was cancelled part-way may
+      have left half an RPC on the stream: the stream is reset, never written
+      again, and the peer dropped (pubsub opens a fresh stream while the peer
+      stays connected).
+    * ``stream_handler``: libp2p's read loop, run with _read_pubsub_rpc. Any
+      exception out of it (a bad frame, an undecodable RPC, the router failing
+      on a hostile RPC) resets that stream and drops the peer from pubsub; then
+      ``on_bad_peer`` counts and logs it.
+    * ``push_msg`` (a task per received message): an exception out of it, e.g.
+      libp2p's signature check raising on a ``key`` that is not a public key,
+      is counted against the forwarder instead of stopping the pubsub service.
+
+    The only other write, the hello RPC in ``_handle_new_peer``, happens
+    before the stream is in ``peers``, so no other task can write to it yet.
+    """
+
+    def __init__(self, *args: Any, on_bad_peer: BadPeerCallback, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_bad_peer = on_bad_peer
+        # Keyed by the stream object, so entries go away with their streams.
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._broken_streams: weakref.WeakSet[INetStream] = weakref.WeakSet()
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        lock = self._write_locks.get(stream)
+        if lock is None:  # no await since the get: no other task can slip in
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            if stream in self._broken_streams:
+                return False
+            finished = False
+            try:
+                ok = bool(await super().write_msg(stream, rpc_msg))
+                finished = True
+            finally:
+                if not finished:
+                    # Raised or cancelled part-way: the peer may hold half an RPC.
+                    await self._break_stream(stream)
+                    peer_id = stream.muxed_conn.peer_id
+                    if self.peers.get(peer_id) is stream:
+                        self._handle_dead_peer(peer_id)
+            if not ok:
+                # Closed or reset: libp2p has dropped the peer already.
+                await self._break_stream(stream)
+            return ok
+
+    async def _break_stream(self, stream: INetStream) -> None:
+        self._broken_streams.add(stream)
+        await _reset_quietly(stream)
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        token = _guarded_read.set(True)
+        try:
+            await self.continuously_read_stream(stream)
+        except Exception as exc:
+            # Whatever it was, nothing more on this stream can be trusted.
+            await _reset_quietly(stream)
+            await self._drop_peer(peer_id)
+            self._on_bad_peer(peer_id, "pubsub-rpc", exc)
+        finally:
+            _guarded_read.reset(token)
+
+    async def _drop_peer(self, peer_id: ID) -> None:
+        """Forget the peer as libp2p does for an oversized RPC, and reset our stream to it.
+
+        If the peer is still connected, libp2p opens a fresh outbound stream
+        (and the peer, seeing its stream reset, opens a fresh one to us with its
+        subscriptions), so an honest peer recovers within a round trip. The old
+        outbound stream is reset rather than left open and idle on both sides.
+        """
+        outbound = self.peers.get(peer_id)
+        self._handle_dead_peer(peer_id)
+        if outbound is not None:
+            await self._break_stream(outbound)
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as exc:
+            if msg_forwarder == self.my_id:
+                raise  # our own publish: publish()'s caller must see it
+            self._on_bad_peer(msg_forwarder, "pubsub-message", exc)
+
+
+# What _GuardedPubsub overrides or calls, and the reader it replaces. If a libp2p
+# upgrade renames one, the node must not start with the race silently back.
+_PUBSUB_PATCH_POINTS: Final = (
+    "write_msg",
+    "stream_handler",
+    "continuously_read_stream",
+    "push_msg",
+    "_handle_dead_peer",
+    "my_id",
+)
+
+
+def _check_libp2p_patch_points() -> None:
+    missing = [name for name in _PUBSUB_PATCH_POINTS if not hasattr(Pubsub, name)]
+    if not hasattr(_lp_pubsub_mod, "read_varint_prefixed_bytes_limited"):
+        missing.append("read_varint_prefixed_bytes_limited")
+    if missing:
+        raise RuntimeError(
+            f"libp2p.pubsub.pubsub lacks {missing}: re-check _GuardedPubsub in "
+            "dpkid/runtime/p2p.py against this libp2p release"
+        )
+    try:
+        version = metadata.version("libp2p")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    if version != PATCHED_LIBP2P_VERSION:
+        log.warning(
+            "p2p: libp2p %s is installed; _GuardedPubsub was checked against %s "
+            "(its pubsub write paths must still all go through Pubsub.write_msg)",
+            version,
+            PATCHED_LIBP2P_VERSION,
+        )
+
+
 def _apply_libp2p_patches(cfg: P2PConfig) -> None:
+    _check_libp2p_patch_points()
+    setattr(  # noqa: B010 - replaces the reader libp2p's read loop looks up
+        _lp_pubsub_mod, "read_varint_prefixed_bytes_limited", _read_pubsub_rpc
+    )
     cur = _BoundedRpcQueue
     if getattr(_lp_pubsub_mod, "RpcQueue", None) is cur and (
         cur.queue_max_rpcs,
@@ -442,6 +655,37 @@ class _LogLimiter:
         return True
 
 
+class _BadPeers:
+    """How many bad RPCs, messages and frames each remote peer sent; bounded (LRU).
+
+    libp2p's gossipsub scorer is no place for this: its weights are 0 by default
+    and it forgets a peer as soon as pubsub drops it.
+    """
+
+    def __init__(self, max_peers: int) -> None:
+        self.max_peers = max_peers
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def add(self, peer: str) -> int:
+        """Count one more for ``peer``; returns its count."""
+        count = self._counts.pop(peer, 0) + 1
+        self._counts[peer] = count
+        if len(self._counts) > self.max_peers:
+            self._counts.popitem(last=False)
+        return count
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+# What the node does about each kind of bad input from a peer (for the log).
+_BAD_INPUT_ACTION: Final = {
+    "pubsub-rpc": "pubsub stream reset, peer dropped from pubsub",
+    "pubsub-message": "message dropped",
+    "stream-frame": "stream reset",
+}
+
+
 @dataclass
 class _Topic:
     validator: TopicValidator
@@ -469,6 +713,12 @@ class P2PStats:
     requests_served: int = 0
     inbound_streams_refused: int = 0
     streams_opened: int = 0
+    # Inbound pubsub streams reset for a bad frame or an RPC whose handling raised.
+    pubsub_bad_rpcs: int = 0
+    # Received pubsub messages whose handling raised (dropped).
+    pubsub_bad_messages: int = 0
+    # Inbound streams whose libp2p handler raised anyway (caught by the outer guard).
+    inbound_stream_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         d = dict(self.__dict__)
@@ -517,6 +767,7 @@ class P2PNode:
         self._listen_port = config.listen_port
         self._log_limiter = _LogLimiter(interval_s=10.0)
         self._stream_log_limiter = _LogLimiter(interval_s=1.0)
+        self._bad_peers = _BadPeers(config.bad_peer_table_size)
         self.stats = P2PStats()
 
     # ------------------------------------------------------------ properties
@@ -546,6 +797,74 @@ class P2PNode:
         if self._pubsub is None:
             return []
         return sorted(str(p.to_base58()) for p in self._pubsub.peer_topics.get(topic, ()))
+
+    def bad_peers(self) -> dict[str, int]:
+        """Peer id -> bad RPCs, messages and stream frames it sent (bounded, most recent last)."""
+        return self._bad_peers.snapshot()
+
+    def _note_bad_peer(self, peer_id: ID | str, kind: str, exc: BaseException) -> None:
+        """Count bad input from a peer; log its first offence, then at most one per 10 s per kind.
+
+        The caller has already contained it (reset the stream, dropped the message).
+        """
+        peer = peer_id if isinstance(peer_id, str) else str(peer_id.to_base58())
+        count = self._bad_peers.add(peer)
+        if kind == "pubsub-rpc":
+            self.stats.pubsub_bad_rpcs += 1
+        elif kind == "pubsub-message":
+            self.stats.pubsub_bad_messages += 1
+        # A new peer id costs an attacker a handshake, so first offences are
+        # rate-limited too (1/s); repeats by one peer are summarised by count.
+        limiter, key = (
+            (self._stream_log_limiter, "bad-peer-new")
+            if count == 1
+            else (self._log_limiter, f"bad-peer:{kind}")
+        )
+        if not limiter.allow(key):
+            return
+        # A bad frame explains itself; anything else may be a libp2p bug, so keep its traceback.
+        known = isinstance(exc, FrameError) or type(exc).__name__ == "DecodeError"
+        log.warning(
+            "p2p: bad %s from %s: %s: %s; %s (%d from this peer)",
+            kind,
+            peer,
+            type(exc).__name__,
+            exc,
+            _BAD_INPUT_ACTION.get(kind, "contained"),
+            count,
+            exc_info=None if known else exc,
+        )
+
+    def _contain_inbound(self, inner: StreamHandler) -> StreamHandler:
+        """Wrap libp2p's handler of every inbound stream: nothing raised in it may stop the node.
+
+        Behind the specific guards (_GuardedPubsub, _serve_stream) this catches
+        what they do not know about: libp2p's own protocols (identify, ping, ...)
+        and its protocol negotiation. Left alone, an exception there fails the
+        connection's nursery and, through the swarm, the whole host.
+        """
+
+        async def handler(stream: INetStream) -> None:
+            try:
+                await inner(stream)
+            except Exception:
+                self.stats.inbound_stream_errors += 1
+                try:
+                    peer = str(stream.muxed_conn.peer_id.to_base58())
+                    proto = str(stream.get_protocol())
+                except Exception:
+                    peer, proto = "?", "?"
+                self._stream_log(
+                    "inbound",
+                    logging.ERROR,
+                    "p2p: handling an inbound %s stream from %s raised; stream reset",
+                    proto,
+                    peer,
+                    exc_info=True,
+                )
+                await _reset_quietly(stream)
+
+        return handler
 
     def outbound_backlog(self) -> int:
         """Largest number of RPCs queued for any one peer: pace publishing by it."""
@@ -592,16 +911,19 @@ class P2PNode:
             spam_protection_enabled=False,
             eclipse_protection_enabled=cfg.eclipse_protection,
         )
-        pubsub = Pubsub(
+        pubsub = _GuardedPubsub(
             host,
             router,
             strict_signing=True,
             max_inbound_rpc_size=cfg.max_message_bytes,
+            on_bad_peer=self._note_bad_peer,
         )
         # Note 11: the counter starts at time.time() seconds and rises by one per
         # message, so a restarted node would reuse seqnos its peers still remember.
         pubsub.counter = time.time_ns()
         network: Any = host.get_network()
+        # Rule: nothing a remote peer sends may raise out of its handler (WIRE.md section 6).
+        network.set_stream_handler(self._contain_inbound(network.common_stream_handler))
         # We dial persistent peers ourselves (below). libp2p's auto-connector
         # would also dial every address it learns, aiming at 200 connections.
         network.auto_connector.run_background_task = _no_background_task
@@ -908,14 +1230,7 @@ class P2PNode:
                 await self._serve_requests(protocol_id, stream, peer)
             except FrameError as exc:
                 self.stats.frame_errors += 1
-                self._stream_log(
-                    "frame",
-                    logging.ERROR,
-                    "p2p: bad frame on %s from %s: %s; stream reset",
-                    protocol_id,
-                    peer,
-                    exc,
-                )
+                self._note_bad_peer(peer, "stream-frame", FrameError(f"{protocol_id}: {exc}"))
             except trio.TooSlowError:
                 self._stream_log(
                     "write",
