@@ -659,6 +659,10 @@ class NodeCore(Host):
             return self._maybe_sync(peer, height - 1)
         if height == self.height and self.waiting_commit and len(self.future) < MAX_PENDING_FUTURE:
             self.future.append((height, m))
+        if height == self.hs.height and self.waiting_commit and isinstance(m, Vote):
+            # The height just decided: its engine still counts votes, and an
+            # equivocation there is evidence like any other (§7.1).
+            return self._run(self.hs.on_vote(m, self.now_ms))
         if height < self.height and isinstance(m, Vote):
             return self._late_vote(m)
         return []
@@ -682,6 +686,23 @@ class NodeCore(Host):
             len(self.vote_history) > MAX_VOTE_HISTORY or next(iter(self.vote_history))[0] < floor
         ):
             self.vote_history.popitem(last=False)
+
+    def _remember_commit(self, commit: Commit, vals: ValidatorSet) -> None:
+        """A synced height has no engine votes to keep; its commit's precommits
+        (already verified) are what a late conflicting precommit is judged by."""
+        self.history_vals[commit.height] = vals
+        for s in commit.sigs:
+            v = Vote(
+                self.chain_id,
+                PRECOMMIT,
+                commit.height,
+                commit.round,
+                commit.block_hash,
+                s.timestamp_ms,
+                s.validator,
+                s.sig,
+            )
+            self.vote_history.setdefault((v.height, v.round, v.type, v.validator), v)
 
     def _late_vote(self, vote: Vote) -> list[NodeEffect]:
         """A vote for a height we already decided: gossip from a validator that
@@ -944,7 +965,10 @@ class NodeCore(Host):
     def _commit_block(self, block: Block, commit: Commit, synced: bool) -> list[NodeEffect]:
         """Execute a decided block and persist it; the next height starts after
         timeout_commit (or at once when catching up)."""
+        vals = self.vals
         receipts, app_hash = self._apply_decided(block, commit)
+        if synced:
+            self._remember_commit(commit, vals)
         st = self.state
         out: list[NodeEffect] = [
             PersistBlock(

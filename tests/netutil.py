@@ -11,12 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dpkid import codec
 from dpkid.client import RpcClientError, call_sync
+from dpkid.runtime.config import read_key
+from dpkid.types import Transfer, sign_tx
 
 T = TypeVar("T")
 
@@ -146,3 +150,57 @@ class LocalNet:
     def log_text(self, i: int) -> str:
         p = self.root / f"node{i}.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+
+class SignedLoad:
+    """Steady signed transfers from a thread, bounded in count and in time.
+
+    Each account's transactions go to one node, in nonce order; a refused
+    transaction is offered again with the same nonce.
+    """
+
+    def __init__(
+        self,
+        net: LocalNet,
+        rate_per_s: int = 20,
+        max_txs: int = 20_000,
+        max_s: float = 600,
+        skip_nodes: set[int] | None = None,
+    ) -> None:
+        self.net = net
+        self.rate = rate_per_s
+        self.max_txs = max_txs
+        self.max_s = max_s
+        self.nodes = [i for i in range(net.n) if i not in (skip_nodes or set())]
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.accepted = 0
+        self.keys = [read_key(Path(p)) for p in net.info["account_keys"]]
+        self.nonces = [0] * len(self.keys)
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        chain = self.net.info["chain_id"]
+        while (
+            not self.stop_event.is_set()
+            and self.sent < self.max_txs
+            and time.monotonic() < deadline
+        ):
+            i = self.sent % len(self.keys)
+            to = self.keys[(i + 1) % len(self.keys)].address
+            raw = codec.encode(sign_tx(self.keys[i], chain, self.nonces[i], 10, Transfer(to, 1)))
+            node = self.nodes[i % len(self.nodes)]
+            try:
+                self.net.rpc(node, "tx_submit", {"tx": raw.hex()})
+                self.nonces[i] += 1
+                self.accepted += 1
+            except (OSError, ValueError, RpcClientError):
+                pass  # refused, overloaded or restarting: the same nonce goes again
+            self.sent += 1
+            self.stop_event.wait(1 / self.rate)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.t.join(timeout=30)
