@@ -73,6 +73,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.repeat > 1 or args.cpu_burners:
+        from dpkid.soak import run_repeat
+
+        return run_repeat(args.repeat, args.cpu_burners, args.json)
     from dpkid.demo import run_demo
 
     return run_demo(keep=args.keep, as_json=args.json, workdir=args.dir)
@@ -163,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", action="store_true", help="leave the network running afterwards")
     d.add_argument("--json", action="store_true", help="print one JSON object with every step")
     d.add_argument("--dir", default=None, help="work directory (default: a new temporary one)")
+    d.add_argument(
+        "--repeat", type=int, default=1, help="run the demo N times, each as a fresh process"
+    )
+    d.add_argument(
+        "--cpu-burners",
+        type=int,
+        default=0,
+        help="load the machine with K bounded busy loops while repeating",
+    )
     d.set_defaults(func=cmd_demo)
     return p
 
