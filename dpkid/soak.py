@@ -57,7 +57,8 @@ def run_repeat(repeat: int, cpu_burners: int, as_json: bool) -> int:
                 err = "" if ok else (doc.get("error") or p.stderr.strip()[-300:])
             except subprocess.TimeoutExpired:
                 ok, err = False, f"no result within {DEMO_TIMEOUT_S} s"
-            run: dict[str, Any] = {"run": i + 1, "ok": ok, "seconds": round(time.monotonic() - t0, 1)}
+            took_s = round(time.monotonic() - t0, 1)
+            run: dict[str, Any] = {"run": i + 1, "ok": ok, "seconds": took_s}
             if err:
                 run["error"] = str(err)
             runs.append(run)
