@@ -317,7 +317,7 @@ class NodeConfig:
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     max_block_txs: int = 2_000
     max_block_bytes: int = 4 * 1024 * 1024
-    gossip_interval_ms: int = 1_000
+    gossip_interval_ms: int = 500
     tx_batch_max: int = 256
     mempool_max_txs: int = 50_000
 

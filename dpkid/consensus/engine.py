@@ -60,7 +60,7 @@ class TimeoutConfig:
     prevote_delta_ms: int = 250
     precommit_ms: int = 500
     precommit_delta_ms: int = 250
-    commit_ms: int = 200
+    commit_ms: int = 300
 
     def propose(self, r: int) -> int:
         return self.propose_ms + r * self.propose_delta_ms

@@ -10,6 +10,12 @@ import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from dpkid.consensus.engine import TimeoutConfig
+from dpkid.node import NodeConfig
+
+_T = TimeoutConfig()
+_N = NodeConfig()
+
 
 @dataclass
 class Partition:
@@ -131,10 +137,11 @@ class Scenario:
     max_sim_ms: int = 300_000
     block_txs: int = 500
     sig_check: str = "cached"  # "real": every node verifies; "cached": one shared verify-once cache
-    timeout_propose_ms: int = 1_000
-    timeout_delta_ms: int = 500
-    timeout_commit_ms: int = 200
-    gossip_interval_ms: int = 500
+    # Defaults are the daemon's own (TimeoutConfig, NodeConfig): one place each.
+    timeout_propose_ms: int = _T.propose_ms
+    timeout_delta_ms: int = _T.propose_delta_ms
+    timeout_commit_ms: int = _T.commit_ms
+    gossip_interval_ms: int = _N.gossip_interval_ms
     liveness_window_ms: int = 60_000  # after the last fault ends, progress must resume within this
     network: NetworkSettings = field(default_factory=NetworkSettings)
     chaos: Chaos = field(default_factory=Chaos)
