@@ -310,7 +310,14 @@ def test_limits_and_error_codes_match_the_code() -> None:
     text = RPC_MD.read_text(encoding="utf-8")
     rpc = int_constants(RPC_PY)
     methods = int_constants(RPC_METHODS_PY)
-    for name in ("MAX_LINE_BYTES", "MAX_CONNECTIONS", "MAX_BATCH", "MAX_NOTIFY_QUEUE"):
+    for name in (
+        "MAX_LINE_BYTES",
+        "MAX_CONNECTIONS",
+        "MAX_BATCH",
+        "MAX_NOTIFY_QUEUE",
+        "MAX_JSON_DEPTH",
+        "RPC_IDLE_TIMEOUT_MS",
+    ):
         row = re.compile(rf"^\|\s*`{name}`\s*\|\s*{rpc[name]}\b", re.M)
         assert row.search(text), f"limit {name} = {rpc[name]} is not in the table"
     for name in ("MAX_SUBSCRIPTIONS_PER_CONN", "MAX_LIST"):

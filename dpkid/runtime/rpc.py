@@ -32,6 +32,13 @@ MAX_LINE_BYTES: Final = 1 << 20
 MAX_CONNECTIONS: Final = 64
 MAX_BATCH: Final = 100
 MAX_NOTIFY_QUEUE: Final = 256
+# No request of ours nests deeper than a few levels; Python's json would recurse
+# (RecursionError) on ~1000, so the depth is bounded before and after parsing.
+MAX_JSON_DEPTH: Final = 32
+# A connection with no request for this long and no subscription is closed, so
+# idle clients cannot hold every slot.
+RPC_IDLE_TIMEOUT_MS: Final = 30_000
+SEND_TIMEOUT_S: Final = 10
 
 
 class RpcError(Exception):
@@ -54,6 +61,9 @@ class Connection:
     notify_send: trio.MemorySendChannel[bytes]
     closed: bool = False
     dropped_notice: str = ""
+    subscriptions: int = 0  # kept by the subscribe methods; a subscriber is never idle
+    last_active_s: float = 0.0  # trio.current_time() of the last request
+    cancel: trio.CancelScope | None = None  # ends this connection (eviction)
 
     def notify(self, method: str, params: Any) -> bool:
         """Queue a notification; False if the subscriber is too slow (it gets dropped)."""
@@ -67,18 +77,67 @@ class Connection:
         return True
 
 
+def _too_deep(line: bytes, limit: int) -> bool:
+    """Does the JSON text nest brackets deeper than ``limit``? Counted outside
+    strings, in one pass over the bytes, before the parser can recurse."""
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False  # cheap: cannot nest deeper than it has openers
+    depth = 0
+    in_str = False
+    esc = False
+    for c in line:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:  # backslash
+                esc = True
+            elif c == 0x22:  # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 class RpcServer:
-    def __init__(self, methods: dict[str, Handler], log: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        methods: dict[str, Handler],
+        log: Callable[..., None] | None = None,
+        idle_timeout_ms: int = RPC_IDLE_TIMEOUT_MS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.methods = methods
         self.connections = 0
+        self.idle_timeout_ms = idle_timeout_ms
+        self.max_connections = max_connections
+        self.evicted = 0
+        self._open: dict[int, Connection] = {}
         self._log = log or (lambda *a, **k: None)
         self.on_disconnect: list[Callable[[Connection], None]] = []
 
     # ------------------------------------------------------------------ dispatch
     async def handle_line(self, line: bytes, conn: Connection) -> bytes | None:
+        """One request line in, one response line (or None) out. Never raises:
+        remote garbage is a JSON-RPC error, a bug of ours is -32603."""
+        try:
+            return await self._handle_line(line, conn)
+        except Exception as e:  # the last line of defence: the node must survive its clients
+            self._log("rpc_internal_error", error=repr(e)[:200])
+            return _err(None, INTERNAL_ERROR, "internal error")
+
+    async def _handle_line(self, line: bytes, conn: Connection) -> bytes | None:
+        if _too_deep(line, MAX_JSON_DEPTH):
+            return _err(None, PARSE_ERROR, f"parse error: nested deeper than {MAX_JSON_DEPTH}")
         try:
             req = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # ValueError also covers integers past Python's digit limit.
             return _err(None, PARSE_ERROR, "parse error: not JSON")
         if isinstance(req, list):
             if not req:
@@ -139,7 +198,7 @@ class RpcServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
-        sock.listen(MAX_CONNECTIONS)
+        sock.listen(4 * self.max_connections)
         listener = trio.SocketListener(sock)
         task_status.started()
         try:
@@ -184,42 +243,37 @@ class RpcServer:
 
         await trio.serve_listeners(guarded, listeners)
 
+    def _evict_idle(self) -> bool:
+        """Make room: end the longest-idle connection that holds no subscription."""
+        idle = [c for c in self._open.values() if c.subscriptions == 0 and c.cancel is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active_s)
+        assert victim.cancel is not None
+        victim.cancel.cancel()
+        del self._open[id(victim)]
+        self.evicted += 1
+        return True
+
     async def _serve_conn(self, stream: trio.abc.Stream, initial: bytearray | None = None) -> None:
-        if self.connections >= MAX_CONNECTIONS:
-            try:
+        # A new client always gets in while some connection is idle and holds
+        # no subscription: the longest-idle one is closed to make room.
+        if len(self._open) >= self.max_connections and not self._evict_idle():
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(_err(None, SERVER_BUSY, "too many connections"))
-            finally:
-                await stream.aclose()
+            await stream.aclose()
             return
         self.connections += 1
         send, recv = trio.open_memory_channel[bytes](MAX_NOTIFY_QUEUE)
-        conn = Connection(stream, trio.Lock(), send)
+        conn = Connection(stream, trio.Lock(), send, last_active_s=trio.current_time())
+        self._open[id(conn)] = conn
         buf = initial if initial is not None else bytearray()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_notifications, conn, recv)
-                while True:
-                    try:
-                        line = await _read_line(stream, buf, MAX_LINE_BYTES)
-                    except _LineTooLong:
-                        await self._send(
-                            conn,
-                            _err(
-                                None, INVALID_REQUEST, f"request line over {MAX_LINE_BYTES} bytes"
-                            ),
-                        )
-                        break
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        break
-                    if line is None:
-                        break
-                    if not line.strip():
-                        continue
-                    out = await self.handle_line(line, conn)
-                    if out is not None and not await self._send(conn, out):
-                        break
-                nursery.cancel_scope.cancel()
+            with trio.CancelScope() as scope:
+                conn.cancel = scope
+                await self._conn_loop(conn, recv, buf)
         finally:
+            self._open.pop(id(conn), None)
             conn.closed = True
             self.connections -= 1
             for cb in self.on_disconnect:
@@ -227,6 +281,45 @@ class RpcServer:
             send.close()
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.aclose()
+
+    async def _conn_loop(
+        self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes], buf: bytearray
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_notifications, conn, recv)
+            while True:
+                try:
+                    line = await self._read_or_idle(conn, buf)
+                except _Idle:
+                    break
+                except _LineTooLong:
+                    await self._send(
+                        conn,
+                        _err(
+                            None, INVALID_REQUEST, f"request line over {MAX_LINE_BYTES} bytes"
+                        ),
+                    )
+                    break
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if line is None:
+                    break
+                conn.last_active_s = trio.current_time()
+                if not line.strip():
+                    continue
+                out = await self.handle_line(line, conn)
+                if out is not None and not await self._send(conn, out):
+                    break
+            nursery.cancel_scope.cancel()
+
+    async def _read_or_idle(self, conn: Connection, buf: bytearray) -> bytes | None:
+        """The next line; _Idle once the connection was idle too long without a
+        subscription (a subscriber waits for notifications, not requests)."""
+        while True:
+            with trio.move_on_after(self.idle_timeout_ms / 1000):
+                return await _read_line(conn.stream, buf, MAX_LINE_BYTES)
+            if conn.subscriptions == 0:
+                raise _Idle
 
     async def _pump_notifications(
         self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]
@@ -247,7 +340,7 @@ class RpcServer:
     async def _send(self, conn: Connection, data: bytes) -> bool:
         try:
             async with conn.send_lock:
-                with trio.fail_after(10):  # a client that never reads is cut off
+                with trio.fail_after(SEND_TIMEOUT_S):  # a client that never reads is cut off
                     await conn.stream.send_all(data)
             return True
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -256,6 +349,10 @@ class RpcServer:
 
 
 class _LineTooLong(Exception):
+    pass
+
+
+class _Idle(Exception):
     pass
 
 

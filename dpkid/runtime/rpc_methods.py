@@ -82,6 +82,7 @@ class Subscriptions:
             )
         sid = next(self.ids)
         self.subs[sid] = (conn, topic, filt)
+        conn.subscriptions += 1  # a subscriber is never closed as idle
         return sid
 
     def remove(self, conn: Connection, sid: int) -> bool:
@@ -89,6 +90,7 @@ class Subscriptions:
         if s is None or s[0] is not conn:
             return False
         del self.subs[sid]
+        conn.subscriptions -= 1
         return True
 
     def drop_conn(self, conn: Connection) -> None:
