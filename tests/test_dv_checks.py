@@ -29,7 +29,7 @@ from dpkid.crypto import SignatureCache, SigningKey
 from dpkid.devnet.dns_server import DevDnsServer, Zone, write_zone_file
 from dpkid.devnet.http_server import ChallengeHttpServer, ChallengeMap, write_map_file
 from dpkid.keys import spki_der_of
-from dpkid.node import Mempool
+from dpkid.node import Mempool, Verdict
 from dpkid.runtime.cli_node import free_ports
 from dpkid.runtime.dv_checker import (
     FAIL,
@@ -404,10 +404,9 @@ class _FakeDaemon:
         self.genesis = self.chain.genesis
         self.log = get_logger(node=self.key.address.hex()[:8])
 
-    async def submit_tx(self, raw: bytes) -> tuple[Code, str, bytes]:
+    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]:
         if self.reject_next:
-            code = self.reject_next.pop(0)
-            return code, "injected", b""
+            return self.reject_next.pop(0), "injected", b""
         code, why, h = self.core.mempool.add(raw, self.chain.state)
         if code == Code.OK:
             self.submitted.append(raw)

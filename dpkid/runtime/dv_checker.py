@@ -42,6 +42,7 @@ import httpx
 import trio
 
 from dpkid.challenges import MAX_HTTP_BODY_BYTES, Challenge, base_name, challenge_for
+from dpkid.node import Verdict
 from dpkid.state.codes import Code
 from dpkid.types import (
     MAX_ATTESTATIONS_PER_TX,
@@ -388,7 +389,7 @@ class _DaemonLike(Protocol):
     genesis: Any
     log: Any
 
-    async def submit_tx(self, raw: bytes) -> tuple[Code, str, bytes]: ...
+    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]: ...
 
 
 class DvChecker:
@@ -621,7 +622,7 @@ class DvChecker:
                 return
             if code == Code.BAD_NONCE and attempt == 0:
                 continue  # the mempool moved under us: resync the nonce once
-            self.log.warning("dv_attest_rejected", code=Code(code).name, why=why, items=len(items))
+            self.log.warning("dv_attest_rejected", code=code.name, why=why, items=len(items))
             return
 
 

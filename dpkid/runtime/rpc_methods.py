@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any, Final
 from dpkid import codec
 from dpkid.domains import DomainError, validate_domain
 from dpkid.jsonview import to_json
+from dpkid.node import Refusal
 from dpkid.proofs import RecordProof
 from dpkid.runtime.rpc import (
     APP_ERROR_BASE,
     INVALID_PARAMS,
+    RETRY_LATER,
     Connection,
     Handler,
     RpcError,
@@ -218,6 +220,9 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
     async def tx_submit(params: Any, conn: Connection) -> Any:
         raw = hex_param(params, "tx", index=0, max_len=MAX_TX_BYTES + 1)
         code, why, h = await d.submit_tx(raw)
+        if isinstance(code, Refusal):
+            # Not the transaction's fault: the same bytes may be sent again later.
+            raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
         if code != Code.OK:
             raise app_error(code, why)
         return {"hash": h.hex(), "status": why}

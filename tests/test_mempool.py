@@ -1,0 +1,169 @@
+"""The mempool cannot be wedged (issue 10 §4).
+
+60 accounts sending nonces 1-850 while holding back nonce 0 used to fill every
+node's mempool with 50,000 transactions that can never execute, and then every
+valid new transaction from anyone was refused. Now transactions ahead of a
+nonce gap ("future") are bounded per sender and in total, are evicted first,
+and never keep an executable transaction out.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpkid import codec
+from dpkid.crypto import SignatureCache, SigningKey
+from dpkid.node import (
+    FUTURE_SHARE_DEN,
+    MAX_FUTURE_PER_SENDER,
+    MAX_NONCE_GAP,
+    Mempool,
+    Refusal,
+)
+from dpkid.state.codes import Code
+from dpkid.state.devchain import DevChain
+from dpkid.state.machine import State
+from dpkid.types import Transfer, Tx, sign_tx
+
+N_ATTACKERS = 60
+
+
+@cache
+def _chain() -> DevChain:
+    return DevChain.create(n_accounts=N_ATTACKERS + 8)
+
+
+@cache
+def _tx(acct: int, nonce: int) -> bytes:
+    c = _chain()
+    key: SigningKey = c.keys.accounts[acct]
+    to = c.keys.accounts[(acct + 1) % len(c.keys.accounts)].address
+    return codec.encode(sign_tx(key, c.chain_id, nonce, 10, Transfer(to, 1)))
+
+
+def _pool(max_txs: int = 50_000) -> tuple[Mempool, State]:
+    c = _chain()
+    return Mempool(c.chain_id, SignatureCache(), max_txs), c.state
+
+
+def _wedge(mp: Mempool, state: State, nonces: range) -> dict[object, int]:
+    out: dict[object, int] = {}
+    for a in range(N_ATTACKERS):
+        for n in nonces:
+            code, _why, _h = mp.add(_tx(a, n), state)
+            out[code] = out.get(code, 0) + 1
+    return out
+
+
+def test_held_back_nonces_cannot_lock_out_valid_transactions() -> None:
+    mp, state = _pool(2_000)
+    assert mp.max_future == 2_000 // FUTURE_SHARE_DEN
+    got = _wedge(mp, state, range(1, 851))
+    assert Refusal.MEMPOOL_FULL in got  # the future txs hit their bounds
+    assert mp.future_total <= mp.max_future
+    assert len(mp) <= mp.max_future
+    # Every other account's valid transactions still get in.
+    for a in range(N_ATTACKERS, N_ATTACKERS + 8):
+        for n in range(5):
+            code, why, _ = mp.add(_tx(a, n), state)
+            assert code == Code.OK, why
+    reaped = mp.reap(state, 1_000, 1 << 22)
+    assert len(reaped) == 8 * 5  # only executable txs reach a block
+
+
+def test_per_sender_and_gap_bounds() -> None:
+    mp, state = _pool()
+    for n in range(1, MAX_FUTURE_PER_SENDER + 1):
+        assert mp.add(_tx(0, n), state)[0] == Code.OK
+    code, why, _ = mp.add(_tx(0, MAX_FUTURE_PER_SENDER + 1), state)
+    assert code == Refusal.MEMPOOL_FULL and "wait for nonce 0" in why
+    code, _why, _ = mp.add(_tx(1, MAX_NONCE_GAP + 1), state)
+    assert code == Code.BAD_NONCE
+    # Filling the gap makes the whole queue executable: nothing is future any more.
+    assert mp.add(_tx(0, 0), state)[0] == Code.OK
+    assert mp.future_total == 0
+    assert len(mp.reap(state, 1_000, 1 << 22)) == MAX_FUTURE_PER_SENDER + 1
+
+
+def test_a_full_pool_evicts_future_txs_for_executable_ones_only() -> None:
+    mp, state = _pool(40)
+    mp.max_future = 30
+    for a in range(10):
+        for n in range(1, 4):
+            assert mp.add(_tx(a, n), state)[0] == Code.OK  # 30 future txs
+    for a in range(10, 20):
+        assert mp.add(_tx(a, 0), state)[0] == Code.OK  # 10 executable: full
+    assert len(mp) == 40
+    # Another future tx is refused, never by evicting an executable one.
+    assert mp.add(_tx(20, 1), state)[0] == Refusal.MEMPOOL_FULL
+    # An executable tx evicts the future tx furthest ahead.
+    assert mp.add(_tx(20, 0), state)[0] == Code.OK
+    assert len(mp) == 40 and mp.evicted == 1 and mp.future_total == 29
+    # With only executable txs left, the pool is really full: retry later.
+    mp2, _ = _pool(5)
+    for a in range(5):
+        assert mp2.add(_tx(a, 0), state)[0] == Code.OK
+    code, why, _ = mp2.add(_tx(5, 0), state)
+    assert code == Refusal.MEMPOOL_FULL and "try again later" in why
+
+
+def test_old_future_txs_expire_and_committed_nonces_are_dropped() -> None:
+    mp, state = _pool()
+    assert mp.add(_tx(0, 5), state, now_ms=0)[0] == Code.OK
+    assert mp.add(_tx(1, 0), state, now_ms=0)[0] == Code.OK
+    mp.update([], state, now_ms=11 * 60 * 1000)
+    assert len(mp) == 1 and mp.future_total == 0  # the stale future tx is gone
+
+
+@pytest.mark.slow
+def test_the_wedge_at_full_scale() -> None:
+    """The reported pattern at the default pool size of 50,000."""
+    mp, state = _pool()
+    got = _wedge(mp, state, range(1, 851))
+    assert got.get(Code.OK, 0) <= mp.max_future < mp.max_txs
+    for a in range(N_ATTACKERS, N_ATTACKERS + 8):
+        assert mp.add(_tx(a, 0), state)[0] == Code.OK
+
+
+ops = st.lists(
+    st.tuples(st.integers(0, 11), st.integers(0, 20)),
+    max_size=120,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(adds=ops, cap=st.integers(1, 40), fut=st.integers(1, 40))
+def test_invariants_under_random_adds(adds: list[tuple[int, int]], cap: int, fut: int) -> None:
+    mp, state = _pool(cap)
+    mp.max_future = fut
+    for a, n in adds:
+        before_exec = len(mp) - mp.future_total
+        code, _why, _ = mp.add(_tx(a, n), state)
+        assert len(mp) <= cap
+        assert mp.future_total <= max(fut, 0) or code != Code.OK
+        if code == Code.OK or code == Refusal.MEMPOOL_FULL:
+            # Executable txs are never evicted to make room.
+            assert len(mp) - mp.future_total >= before_exec
+        # The counter is exact.
+        fresh = 0
+        for sender, q in mp.by_sender.items():
+            acct = state.account(sender)
+            end = _run_end(q, acct.nonce if acct else 0)
+            fresh += sum(1 for x in q if x > end)
+        assert mp.future_total == fresh
+    runs: dict[bytes, list[int]] = {}
+    for raw in mp.reap(state, 10_000, 1 << 22):
+        tx = codec.decode(raw, Tx)
+        runs.setdefault(tx.pubkey, []).append(tx.nonce)
+    for nonces in runs.values():
+        assert nonces == list(range(len(nonces)))  # per sender: 0, 1, 2, ... without gaps
+
+
+def _run_end(q: dict[int, bytes], n: int) -> int:
+    while n in q:
+        n += 1
+    return n
