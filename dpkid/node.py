@@ -552,7 +552,14 @@ class NodeCore(Host):
 
     def propose_block(self, height: int, round_: int) -> Block:
         txs = self.mempool.reap(self.state, self.config.max_block_txs, self.config.max_block_bytes)
-        ev = [self.evidence_pool[k] for k in sorted(self.evidence_pool)][:MAX_EVIDENCE_PER_BLOCK]
+        # Only evidence that is valid now: evidence against a validator that has
+        # since left the set would make the block invalid for everyone, every
+        # round, and halt the chain (CONSENSUS.md §7.3).
+        ev = [
+            self.evidence_pool[k]
+            for k in sorted(self.evidence_pool)
+            if not self.check_evidence(self.evidence_pool[k])
+        ][:MAX_EVIDENCE_PER_BLOCK]
         if height == 1 or self.last_commit is None:
             time_ms = self.genesis.genesis_time_ms
         else:
@@ -1028,6 +1035,11 @@ class NodeCore(Host):
             k = ev.key()
             self.committed_evidence.add(k)
             self.evidence_pool.pop(k, None)
+        # Pooled evidence can go stale (its validator jailed or too old): drop it.
+        pool = self.evidence_pool
+        stale = [k for k in sorted(pool) if self.check_evidence(pool[k])]
+        for k in stale:
+            del self.evidence_pool[k]
         self.mempool.update(block.txs, self.state, self.now_ms)
         self.last_block_hash = block.hash
         self.last_block_time_ms = block.header.time_ms
