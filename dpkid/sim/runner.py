@@ -249,6 +249,11 @@ class Simulation:
             return
         r = Random(f"chaos-{self.sc.seed}")
         vals = [n.idx for n in self.nodes if n.role == "validator"]
+        # Losing stored blocks is a fault like any other: only one validator (fewer
+        # than a third of 4) may suffer it, and only alone. When more than f lose
+        # blocks they alone held, the guard rightly keeps them from re-deciding
+        # those heights, and no protocol could be live there.
+        unlucky = r.choice(vals)
         for _ in range(ch.starve_count):
             at = r.randrange(ch.fault_start_ms, ch.fault_end_ms)
             until = at + r.randint(1, ch.starve_max_ms)
@@ -264,7 +269,7 @@ class Simulation:
                 ):
                     continue  # one crash of a node at a time
                 self.crashes.append(Crash(v, at, at + down))
-                if r.random() < ch.store_loss_share:
+                if r.random() < ch.store_loss_share and len(who) == 1 and v == unlucky:
                     self.store_loss[len(self.crashes) - 1] = r.randint(1, ch.store_loss_max_blocks)
 
     def _verify(self, pk: bytes, msg: bytes, sig: bytes) -> bool:
