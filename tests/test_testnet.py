@@ -64,6 +64,14 @@ def test_four_validators_commit_agree_and_include_txs(net: LocalNet) -> None:
         got = net.rpc(2, "tx_get", {"hash": h})
         assert got["committed"] and got["code"] == 0
     _assert_same_chain(net, [0, 1, 2, 3], 20)
+    # A client checks the header's hashes from the bytes block_get gives, without
+    # re-encoding JSON views.
+    for h in (1, 2, 20):
+        b = net.rpc(0, "block_get", {"height": h})
+        lc = bytes.fromhex(b["last_commit_bytes"])
+        assert b["header"]["last_commit_hash"] == (sha256(lc).hex() if lc else "")
+        ev = bytes.fromhex(b["evidence_bytes"])
+        assert b["header"]["evidence_hash"] == (sha256(ev).hex() if ev else "")
     st = [net.rpc(i, "status") for i in range(4)]
     assert all(s["chain_id"] == net.info["chain_id"] and s["peers"] >= 2 for s in st)
 

@@ -198,6 +198,12 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
             "last_commit": to_json(block.last_commit),
             "commit": to_json(commit),
             "commit_bytes": codec.encode(commit).hex(),
+            # The bytes a client hashes to check last_commit_hash and evidence_hash,
+            # without re-encoding the JSON views.
+            "last_commit_bytes": (
+                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
+            ),
+            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
         }
 
     async def headers_get(params: Any, conn: Connection) -> Any:
@@ -333,6 +339,12 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
             "header_bytes": codec.encode(block.header).hex(),
             "commit": to_json(commit),
             "commit_bytes": codec.encode(commit).hex(),
+            # The bytes a client hashes to check last_commit_hash and evidence_hash,
+            # without re-encoding the JSON views.
+            "last_commit_bytes": (
+                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
+            ),
+            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
             "present": value is not None,
             "record": to_json(st.get_previous(key)) if value is not None else None,
             "proof": codec.encode(proof).hex(),
