@@ -1,22 +1,22 @@
 """The daemon's libp2p transport: gossipsub topics and a request/response stream protocol.
 
 This module moves bytes and knows nothing about consensus. It runs on trio and
-py-libp2p 0.8.1, with every pitfall in ``shared/NOTES-libp2p.md`` handled:
+py-libp2p 0.8.1, with every pitfall in ``docs/libp2p.md`` handled:
 
 * gossipsub v1.1 (``/meshsub/1.1.0``), spam protection OFF, adaptive gossip OFF,
-  heartbeat 1 s, strict signing ON (note 1, 2, 6, 8);
+  heartbeat 1 s, strict signing ON (libp2p.md §1, 2, 6, 8);
 * the per-peer outbound RpcQueue is replaced by a larger one, bounded in RPCs
-  *and* in bytes, that counts what it drops (note 3);
+  *and* in bytes, that counts what it drops (libp2p.md §3);
 * ``SUBSCRIPTION_CHANNEL_SIZE`` is raised, and each subscription is drained by
-  a task that never blocks into the app's own bounded channel (note 4);
+  a task that never blocks into the app's own bounded channel (libp2p.md §4);
 * ``max_inbound_rpc_size`` and the RpcQueue ``max_message_size`` are one
-  setting, ``P2PConfig.max_message_bytes`` (note 5);
-* ``ConnectionConfig(max_connections_per_peer=1)`` (note 9);
+  setting, ``P2PConfig.max_message_bytes`` (libp2p.md §5);
+* ``ConnectionConfig(max_connections_per_peer=1)`` (libp2p.md §9);
 * one supervisor per persistent peer that unblocks the peer from the negative
-  dial cache before every redial, with exponential backoff (note 10);
-* the pubsub seqno counter starts at ``time.time_ns()`` (note 11);
+  dial cache before every redial, with exponential backoff (libp2p.md §10);
+* the pubsub seqno counter starts at ``time.time_ns()`` (libp2p.md §11);
 * stream frames are our own: a 4-byte big-endian length, a hard cap, read in a
-  loop until complete (note 12);
+  loop until complete (libp2p.md §12);
 * pubsub writes are serialised per stream, and nothing a remote peer sends can
   raise out of a handler (``_GuardedPubsub``, ``_read_pubsub_rpc`` and the
   inbound-stream guard in ``run``; see below and protocol/WIRE.md section 6).
@@ -158,9 +158,9 @@ class P2PConfig:
     persistent_peers: list[str] = field(default_factory=list)
     # One limit for a whole pubsub RPC, set identically on every node: it is
     # both Pubsub(max_inbound_rpc_size) and the RpcQueue max_message_size
-    # (note 5). A publish may carry max_message_bytes - PUBLISH_OVERHEAD_BYTES.
+    # (libp2p.md §5). A publish may carry max_message_bytes - PUBLISH_OVERHEAD_BYTES.
     # Pubsub reads an RPC as one varint-prefixed read, which was measured to
-    # work at 1 and 4 MiB and to fail at 16 MiB (note 12): above
+    # work at 1 and 4 MiB and to fail at 16 MiB (libp2p.md §12): above
     # MAX_TESTED_MESSAGE_BYTES, run() logs a warning. Bulk goes over streams.
     max_message_bytes: int = MAX_TESTED_MESSAGE_BYTES
     heartbeat_interval_s: int = 1
@@ -168,11 +168,11 @@ class P2PConfig:
     mesh_degree: int = 6
     mesh_degree_low: int = 4
     mesh_degree_high: int = 12
-    # libp2p's subscription channel, per topic (note 4; the default 32 drops)
+    # libp2p's subscription channel, per topic (libp2p.md §4; the default 32 drops)
     subscription_channel_size: int = 4096
     # The app's bounded channel that recv() reads; full -> drop and count.
     recv_queue_size: int = 10_000
-    # Per-peer outbound pubsub queue, bounded in RPCs and in bytes (note 3).
+    # Per-peer outbound pubsub queue, bounded in RPCs and in bytes (libp2p.md §3).
     outbound_queue_size: int = 2048
     outbound_queue_max_bytes: int = 64 * 1024 * 1024
     # App-level de-duplication (from, seqno), bounded.
@@ -311,7 +311,7 @@ class _BoundedRpcQueue(RpcQueue):
     """The per-peer outbound pubsub queue, bounded in RPCs and bytes, counting drops.
 
     libp2p constructs ``RpcQueue()`` with no arguments by looking the name up in
-    ``libp2p.pubsub.pubsub`` (note 3), so the settings are class attributes and
+    ``libp2p.pubsub.pubsub`` (libp2p.md §3), so the settings are class attributes and
     apply process-wide. One node per process is the daemon's case; in-process
     tests should give every node the same settings.
     """
@@ -883,9 +883,12 @@ class P2PNode:
         install_libp2p_log_bridge()
         _apply_libp2p_patches(cfg)
         if cfg.max_message_bytes > MAX_TESTED_MESSAGE_BYTES:
-            log.warning(
-                "p2p: max_message_bytes=%d exceeds the %d B measured to work for gossip "
-                "(16 MiB reads failed, note 12); send bulk data over the stream protocol",
+            # Info, not a warning: the daemon's default needs room for a full
+            # block, and a warning on every default start teaches operators to
+            # ignore warnings.
+            log.info(
+                "p2p: max_message_bytes=%d is above the %d B measured to work for gossip"
+                " (docs/libp2p.md §12); bulk data goes over the stream protocol",
                 cfg.max_message_bytes,
                 MAX_TESTED_MESSAGE_BYTES,
             )
@@ -1167,7 +1170,7 @@ class P2PNode:
                             log.debug("p2p: pubsub stream to %s not ready: %s", name, exc)
                 await trio.sleep(cfg.peer_check_interval_ms / 1000)
                 continue
-            network.unblock_peer(pid)  # note 10: skip the 60 s negative cache
+            network.unblock_peer(pid)  # libp2p.md §10: skip the 60 s negative cache
             self.stats.redials += 1
             ok = False
             with trio.move_on_after(cfg.dial_timeout_ms / 1000):
