@@ -47,7 +47,10 @@ PREVOTE_STALL: Final = "prevote_stall"
 PRECOMMIT_STALL: Final = "precommit_stall"
 
 MAX_ROUND_AHEAD: Final = 64  # messages more rounds ahead than this are dropped
-MAX_FUTURE_MESSAGES: Final = 4096
+MAX_EVALUATE_PASSES: Final = 64  # rule passes per input; more is a failed assertion
+MAX_CACHED_PROPOSERS: Final = 1024  # rounds whose proposer is memoised
+MAX_BODIES_PER_HEADER: Final = 4  # validity verdicts kept per header hash
+MAX_REGOSSIP_VOTES: Final = 1024
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class HeightState:
         p = self._proposers.get(r)
         if p is None:
             p = proposer_for(self.priorities, self.vals, r)
-            if len(self._proposers) < 1024:
+            if len(self._proposers) < MAX_CACHED_PROPOSERS:
                 self._proposers[r] = p
         return p
 
@@ -277,7 +280,7 @@ class HeightState:
             if b is block or b == block:
                 return ok
         ok = self.host.valid_block(block)
-        if len(seen) < 4:  # bounded: bodies under one header beyond that are re-checked
+        if len(seen) < MAX_BODIES_PER_HEADER:  # bodies beyond that are re-checked
             seen.append((block, ok))
         return ok
 
@@ -285,7 +288,7 @@ class HeightState:
         """Our signed votes of the current round (for re-gossip after loss)."""
         return [v for (r, _t), v in sorted(self._own_votes.items()) if r == self.round]
 
-    def latest_votes(self, limit: int = 1024) -> list[Vote]:
+    def latest_votes(self, limit: int = MAX_REGOSSIP_VOTES) -> list[Vote]:
         """Votes worth re-gossiping: the current round, the decided round, and
         the polka behind our valid and locked values (others need it to accept
         a re-proposal under L28)."""
@@ -606,10 +609,19 @@ class HeightState:
             self._schedule(r, PROPOSE, self.timeouts.propose(r), eff)
         # Our own proposal, if any, is processed by the same rules as anyone's.
 
+    def _check_invariants(self) -> None:
+        """TIGER_STYLE: the paper's per-height variables stay in their order."""
+        assert -1 <= self.locked_round <= self.round, (self.locked_round, self.round)
+        assert -1 <= self.valid_round <= self.round, (self.valid_round, self.round)
+        # A lock we hold the block of is also our valid value (L36-L43).
+        assert self.locked_value is None or self.locked_round <= self.valid_round
+        assert (self.decision is None) == (self.step != COMMITTED)
+
     def _evaluate(self, eff: list[Effect], touched_round: int | None = None) -> None:
         """Fire every rule whose condition holds, until none does."""
-        for _ in range(64):  # bounded: each pass changes step or round, or stops
+        for _ in range(MAX_EVALUATE_PASSES):
             if self.step == COMMITTED:
+                self._check_invariants()
                 return
             before = (self.round, self.step, self.locked_round, self.valid_round, len(eff))
             if touched_round is not None:
@@ -623,7 +635,11 @@ class HeightState:
             self._rules_current_round(eff)
             after = (self.round, self.step, self.locked_round, self.valid_round, len(eff))
             if after == before:
+                self._check_invariants()
                 return
+        # Each pass moves the step, round, lock or valid value forward or emits an
+        # effect, and there are few of those per input: not converging is a bug.
+        raise AssertionError(f"_evaluate did not converge in {MAX_EVALUATE_PASSES} passes")
 
     def _rules_current_round(self, eff: list[Effect]) -> None:
         r = self.round

@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpkid.crypto import SigningKey
 from dpkid.runtime.config import (
@@ -23,6 +23,9 @@ from dpkid.runtime.config import (
     write_key,
 )
 from dpkid.types import Genesis, GenesisAccount, GenesisEndorser, GenesisValidator, Policy
+
+if TYPE_CHECKING:
+    from dpkid.runtime.store import StoreError
 
 
 def peer_id_of(seed: bytes) -> str:
@@ -148,11 +151,28 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_error(exc: BaseException) -> StoreError | None:
+    """The StoreError that stopped the node, however deep trio's groups nest it."""
+    from dpkid.runtime.store import StoreError
+
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _store_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
 def cmd_start(args: argparse.Namespace) -> int:
+    import sqlite3
+
     import trio
 
     from dpkid.runtime.daemon import NodeDaemon
     from dpkid.runtime.logs import setup_logging
+    from dpkid.runtime.store import as_store_error
 
     home = Path(args.home)
     try:
@@ -160,7 +180,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
         read_key(Home(home).key_file)
         daemon = NodeDaemon(home)
+    except sqlite3.Error as exc:
+        # The store turns its own failures into StoreError; this catches any
+        # path it missed, so a bad store never ends in a traceback.
+        print(f"dpkid start: {as_store_error(Home(home).db_file, 'opening', exc)}", file=sys.stderr)
+        return 2
     except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+        # StoreError (a RuntimeError) lands here: its message is one line that
+        # names the file and the way out.
         print(f"dpkid start: {exc}", file=sys.stderr)
         return 2
 
@@ -170,7 +197,16 @@ def cmd_start(args: argparse.Namespace) -> int:
         finally:
             await daemon.aclose()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        # A block the node applied but could not store (save_block) stops it:
+        # running on with the store behind the node is never safe.
+        err = _store_error(exc)
+        if err is None:
+            raise
+        print(f"dpkid start: stopped: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -32,12 +32,14 @@ from dpkid.node import (
     PersistBlock,
     ProposalMsg,
     ProposalRequest,
+    Refusal,
     Send,
     ServeBlocks,
     SetTimer,
     StatusMsg,
     SyncedBlock,
     TxBatch,
+    Verdict,
     VoteMsg,
     WireMsg,
     decode_msg,
@@ -46,10 +48,8 @@ from dpkid.node import (
 from dpkid.runtime.config import Home, genesis_from_json, read_key, read_settings
 from dpkid.runtime.logs import get_logger, quiet_libp2p
 from dpkid.runtime.metrics import Metrics
-from dpkid.runtime.signstate import SIGN_STATE_FILE, SignStateFile
+from dpkid.runtime.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignStateFile
 from dpkid.runtime.store import Store
-from dpkid.state.codes import Code
-from dpkid.state.machine import State
 from dpkid.types import Receipt
 
 INPUT_QUEUE: Final = 10_000
@@ -123,7 +123,13 @@ class NodeDaemon:
         if not self.sign_file.exists():
             # Homes made before the guard had its own file kept it in the store.
             self.sign_file.save(self.store.load_sign_state())
-        self.core = NodeCore(self.genesis, self.key, cfg, SignatureCache(), self.sign_file.load())
+        self.lock_file = LockFile(self.home.path / LOCK_FILE)
+        lock, why = self.lock_file.load()
+        if why:
+            self.log.warning("lock_unreadable", detail=why)
+        self.core = NodeCore(
+            self.genesis, self.key, cfg, SignatureCache(), self.sign_file.load(), lock=lock
+        )
         self._restore()
         self.topics = topics(self.genesis.chain_id)
         self._decoded: OrderedDict[bytes, WireMsg] = OrderedDict()
@@ -136,24 +142,17 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ restore
     def _restore(self) -> None:
-        h = self.store.height()
-        if h == 0:
+        # resume_point checks the latest block and that the state records decode
+        # to its app hash; a damaged store raises StoreCorrupt (one line), which
+        # `dpkid start` prints instead of running on it.
+        rp = self.store.resume_point()
+        if rp is None:
             if not self.store.has_state():
                 self.store.save_genesis_state(self.core.state)
                 self.store.save_valset(1, [(v.pubkey, v.power) for v in self.core.vals.members])
             return
-        state = State.from_records(self.store.state_records())
-        last = self.store.block(h)
-        info = self.store.block_info(h)
-        prios = self.store.node_priorities()
-        if last is None or info is None or prios is None:
-            raise RuntimeError(f"store is inconsistent at height {h}")
-        if state.height != h or state.app_hash != info[1]:
-            raise RuntimeError(
-                f"stored state (height {state.height}) does not match block {h}'s app hash"
-            )
-        self.core.resume(state, last[0], last[1], tuple(prios))
-        self.log.info("restored", height=h, app_hash=state.app_hash.hex())
+        self.core.resume(rp.state, rp.block, rp.commit, tuple(rp.priorities))
+        self.log.info("restored", height=rp.state.height, app_hash=rp.state.app_hash.hex())
 
     # ------------------------------------------------------------------ run
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -279,13 +278,13 @@ class NodeDaemon:
             size += n
         return encode_msg(BlockResponse(out))
 
-    async def submit_tx(self, raw: bytes) -> tuple[Code, str, bytes]:
+    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]:
         send, recv = trio.open_memory_channel[Any](1)
         try:
             self._in_send.send_nowait(_Input("submit", msg=raw, reply=send))
         except trio.WouldBlock:
-            return Code.TX_TOO_LARGE, "node is overloaded, try again", sha256(raw)
-        result: tuple[Code, str, bytes] = await recv.receive()
+            return Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw)
+        result: tuple[Verdict, str, bytes] = await recv.receive()
         return result
 
     # ------------------------------------------------------------------ the driver
@@ -309,6 +308,8 @@ class NodeDaemon:
     async def _execute(self, effects: list[NodeEffect]) -> None:
         for e in effects:
             if isinstance(e, PersistSignState):
+                if e.lock is not None:
+                    self.lock_file.save(e.lock)  # before the sign state that names it
                 self.sign_file.save(e.state)  # durable before the vote it guards is sent
             elif isinstance(e, PersistBlock):
                 self.store.save_block(e)
