@@ -1,5 +1,5 @@
 import sys
 
-from dpkid.cli import main
+from dpkid.cli.main import main
 
 sys.exit(main())

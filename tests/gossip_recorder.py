@@ -17,10 +17,10 @@ from typing import Any
 
 import trio
 
-from dpkid import codec
-from dpkid.node import ProposalMsg, VoteMsg, decode_msg
-from dpkid.runtime.daemon import topics
-from dpkid.runtime.p2p import P2PConfig, P2PNode
+from dpkid.core import codec
+from dpkid.core.node.wire import ProposalMsg, VoteMsg, decode_msg
+from dpkid.daemon.daemon import topics
+from dpkid.daemon.p2p import P2PConfig, P2PNode
 
 MAX_RECORDS = 1_000_000
 

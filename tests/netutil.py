@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dpkid import codec
-from dpkid.client import RpcClientError, call_sync
-from dpkid.runtime.config import read_key
-from dpkid.types import Transfer, sign_tx
+from dpkid.client.rpc import RpcClientError, call_sync
+from dpkid.core import codec
+from dpkid.core.types import Transfer, sign_tx
+from dpkid.daemon.config import read_key
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from dpkid.runtime.p2p import P2PConfig, P2PError, P2PNode, RequestError
+from dpkid.daemon.p2p import P2PConfig, P2PError, P2PNode, RequestError
 
 TOPIC = "dpkid/test/1"
 PROTO = "/dpkid/test/req/1"

@@ -1,4 +1,4 @@
-"""The `dpkid` role commands (runtime/cli_roles.py) against one real 4-validator testnet.
+"""The `dpkid` role commands (dpkid/cli/roles.py) against one real 4-validator testnet.
 
 Every command runs as its own process (``python -m dpkid ...``), as a user
 would run it. The validators' domain checks ask only a test DNS server and
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dpkid.devnet.dns_server import DevDnsServer, Zone
-from dpkid.devnet.http_server import ChallengeHttpServer, ChallengeMap
+from dpkid.dev.dns_server import DevDnsServer, Zone
+from dpkid.dev.http_server import ChallengeHttpServer, ChallengeMap
 from tests.netutil import LocalNet, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -484,16 +484,16 @@ def test_async_node_client_and_sync_client(tn: Net) -> None:
 
     import trio
 
-    from dpkid.client import (
+    from dpkid.client.rpc import (
         NodeClient,
         RpcClientError,
         SyncClient,
         build_and_submit,
         build_and_submit_async,
     )
-    from dpkid.crypto import SigningKey
-    from dpkid.runtime.config import read_key
-    from dpkid.types import Transfer
+    from dpkid.core.crypto import SigningKey
+    from dpkid.core.types import Transfer
+    from dpkid.daemon.config import read_key
 
     payer = read_key(Path(tn.key("account0")))
     to = SigningKey(secrets.token_bytes(32)).address
@@ -572,7 +572,7 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from dpkid.cli import build_parser
+    from dpkid.cli.main import build_parser
 
     parser = build_parser()
     for cmd in (

@@ -15,7 +15,7 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpkid.runtime.config import ConfigError, NodeSettings, read_settings, settings_to_toml
+from dpkid.daemon.config import ConfigError, NodeSettings, read_settings, settings_to_toml
 
 FIELDS = [f.name for f in fields(NodeSettings)]
 toml_values = st.recursive(
@@ -60,7 +60,7 @@ def test_written_config_reads_back_for_any_moniker(
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ('listen_port = "abc"', 'node.listen_port: expected an integer, got \'abc\''),
+        ('listen_port = "abc"', "node.listen_port: expected an integer, got 'abc'"),
         ("listen_port = 70000", "node.listen_port = 70000: expected a port 0-65535"),
         ('dns_resolver = "8.8.8.8"', "node.dns_resolver = '8.8.8.8': expected HOST:PORT"),
         ('log_level = "loud"', "node.log_level = 'loud': expected one of debug"),
@@ -92,8 +92,8 @@ def test_not_toml_and_unknown_tables(tmp_path: Path) -> None:
 
 def test_defaults_are_the_engines_and_the_nodes() -> None:
     """Every default lives once: the file repeats TimeoutConfig and NodeConfig."""
-    from dpkid.consensus.engine import TimeoutConfig
-    from dpkid.node import NodeConfig
+    from dpkid.core.consensus.engine import TimeoutConfig
+    from dpkid.core.node.core import NodeConfig
     from dpkid.sim.settings import Scenario
 
     s = NodeSettings()

@@ -1,4 +1,4 @@
-"""Step-table tests of the Tendermint round state machine (dpkid/consensus/engine.py).
+"""Step-table tests of the Tendermint round state machine (dpkid/core/consensus/engine.py).
 
 In the style of informalsystems/malachite's core-state-machine tests: every test is
 a table of steps, each an input (start, a proposal, votes, a timeout or a raw
@@ -21,7 +21,7 @@ Whatever a table says, ``Harness.check`` also holds on every step's effects:
 * we never sign two different messages for one (height, round, step), counting
   what the initial sign state says we signed before a restart;
 * every signature we send verifies; every ``Decide`` carries a ``Commit`` that
-  ``dpkid.node.verify_commit`` accepts; every ``EvidenceFound`` holds two
+  ``dpkid.core.node.core.verify_commit`` accepts; every ``EvidenceFound`` holds two
   conflicting, correctly signed and ordered votes.
 
 Validators are indexed by address order. With equal powers and fresh priorities
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
-from dpkid.consensus.engine import (
+from dpkid.core.consensus.engine import (
     COMMITTED,
     MAX_CONFLICTING_PER_VALIDATOR,
     MAX_ROUND_AHEAD,
@@ -56,7 +56,7 @@ from dpkid.consensus.engine import (
     SignState,
     TimeoutConfig,
 )
-from dpkid.consensus.messages import (
+from dpkid.core.consensus.messages import (
     PRECOMMIT,
     PREVOTE,
     STEP_PRECOMMIT,
@@ -72,7 +72,7 @@ from dpkid.consensus.messages import (
     tx_root,
     vote_sign_bytes,
 )
-from dpkid.consensus.valset import (
+from dpkid.core.consensus.valset import (
     Priorities,
     ValidatorInfo,
     ValidatorSet,
@@ -80,10 +80,10 @@ from dpkid.consensus.valset import (
     initial_priorities,
     proposer_for,
 )
-from dpkid.crypto import SigningKey, sha256, verify_ed25519
-from dpkid.node import NodeCore, verify_commit
-from dpkid.state.devchain import dev_genesis
-from dpkid.types import Header
+from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
+from dpkid.core.node.core import NodeCore, verify_commit
+from dpkid.core.types import Header
+from dpkid.dev.devchain import dev_genesis
 
 CHAIN = "dpkid-consensus-test"
 HEIGHT = 5

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpkid.state import ctlog
-from dpkid.state.ctlog import (
+from dpkid.core import merkle as ctlog
+from dpkid.core.merkle import (
     EMPTY_ROOT,
     MerkleLog,
     hash_leaf,

@@ -21,12 +21,11 @@ from typing import Final
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from dpkid import codec
-from dpkid.crypto import SignatureCache, SigningKey, sha256
-from dpkid.keys import sign_with_private_key, spki_der_of
-from dpkid.state.codes import BlockError, Code
-from dpkid.state.devchain import DevChain
-from dpkid.state.machine import (
+from dpkid.core import codec
+from dpkid.core.crypto import SignatureCache, SigningKey, sha256
+from dpkid.core.keys import sign_with_private_key, spki_der_of
+from dpkid.core.state.codes import BlockError, Code
+from dpkid.core.state.machine import (
     APP_TAG,
     GOV_TAG,
     State,
@@ -34,7 +33,7 @@ from dpkid.state.machine import (
     cert_id_for,
     genesis_state,
 )
-from dpkid.types import (
+from dpkid.core.types import (
     AddEndorser,
     Attestation,
     CertApply,
@@ -58,6 +57,7 @@ from dpkid.types import (
     revoke_sign_bytes,
     sign_tx,
 )
+from dpkid.dev.devchain import DevChain
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DAY_MS: Final = 86_400_000

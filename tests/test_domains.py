@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpkid.domains import (
+from dpkid.core.domains import (
     MAX_DOMAIN_LEN,
     MAX_LABEL_LEN,
     DomainError,

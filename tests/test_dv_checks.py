@@ -1,4 +1,4 @@
-"""Domain-validation checks (runtime/dv_checker.py) against loopback servers.
+"""Domain-validation checks (dpkid/daemon/dv_checker.py) against loopback servers.
 
 A test DNS server and a challenge web server run in threads on 127.0.0.1;
 nothing here asks real DNS or the internet. Each outcome of the checks is
@@ -23,15 +23,15 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dpkid import codec
-from dpkid.challenges import Challenge, challenge_for
-from dpkid.crypto import SignatureCache, SigningKey
-from dpkid.devnet.dns_server import DevDnsServer, Zone, write_zone_file
-from dpkid.devnet.http_server import ChallengeHttpServer, ChallengeMap, write_map_file
-from dpkid.keys import spki_der_of
-from dpkid.node import Mempool, Verdict
-from dpkid.runtime.cli_node import free_ports
-from dpkid.runtime.dv_checker import (
+from dpkid.cli.node import free_ports
+from dpkid.core import codec
+from dpkid.core.challenges import Challenge, challenge_for
+from dpkid.core.crypto import SignatureCache, SigningKey
+from dpkid.core.keys import spki_der_of
+from dpkid.core.node.mempool import Mempool, Verdict
+from dpkid.core.state.codes import Code
+from dpkid.core.types import Application, Attestation, CertApply, DvAttest, Receipt, decode_tx
+from dpkid.daemon.dv_checker import (
     FAIL,
     OK,
     UNREACHABLE,
@@ -44,10 +44,10 @@ from dpkid.runtime.dv_checker import (
     make_resolver,
     split_for_tx,
 )
-from dpkid.runtime.logs import get_logger
-from dpkid.state.codes import Code
-from dpkid.state.devchain import DevChain
-from dpkid.types import Application, Attestation, CertApply, DvAttest, Receipt, decode_tx
+from dpkid.daemon.logs import get_logger
+from dpkid.dev.devchain import DevChain
+from dpkid.dev.dns_server import DevDnsServer, Zone, write_zone_file
+from dpkid.dev.http_server import ChallengeHttpServer, ChallengeMap, write_map_file
 
 HTTP_TIMEOUT_S = 2.0
 DNS_TIMEOUT_S = 2.0
@@ -316,8 +316,8 @@ def test_servers_as_processes_reload_their_files(tmp_path: Path) -> None:
             text=True,
         )
         for mod, flag, f in [
-            ("dpkid.devnet.dns_server", "--zone", zone_file),
-            ("dpkid.devnet.http_server", "--map", map_file),
+            ("dpkid.dev.dns_server", "--zone", zone_file),
+            ("dpkid.dev.http_server", "--map", map_file),
         ]
     ]
     try:

@@ -31,16 +31,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dpkid import codec
-from dpkid.challenges import dns_txt_value, key_authorization, token_for
-from dpkid.client import RpcClientError
-from dpkid.crypto import SigningKey, sha256
-from dpkid.devnet.dns_server import DevDnsServer, Zone
-from dpkid.devnet.http_server import ChallengeHttpServer, ChallengeMap
-from dpkid.keys import spki_der_of
-from dpkid.runtime.config import read_key, read_settings, settings_to_toml
-from dpkid.state.machine import APP_TAG, cert_id_for
-from dpkid.types import CertApply, Policy, sign_tx
+from dpkid.client.rpc import RpcClientError
+from dpkid.core import codec
+from dpkid.core.challenges import dns_txt_value, key_authorization, token_for
+from dpkid.core.crypto import SigningKey, sha256
+from dpkid.core.keys import spki_der_of
+from dpkid.core.state.machine import APP_TAG, cert_id_for
+from dpkid.core.types import CertApply, Policy, sign_tx
+from dpkid.daemon.config import read_key, read_settings, settings_to_toml
+from dpkid.dev.dns_server import DevDnsServer, Zone
+from dpkid.dev.http_server import ChallengeHttpServer, ChallengeMap
 from tests.netutil import LocalNet, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Fuzzing the canonical decoder and the transaction intake of ``apply_block``.
 
-For every wire and state type ``T`` in :mod:`dpkid.types`, ``codec.decode(data, T)`` (and
+For every wire and state type ``T`` in :mod:`dpkid.core.types`, ``codec.decode(data, T)`` (and
 ``decode_tx``) on
 
 (a) random bytes,
@@ -29,12 +29,11 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from dpkid import codec, types
-from dpkid.crypto import SigningKey, address_of
-from dpkid.state.codes import PRECHECK_CODES, Code
-from dpkid.state.devchain import DevChain
-from dpkid.state.machine import K_META, RECORD_TYPES, State
-from dpkid.types import (
+from dpkid.core import codec, types
+from dpkid.core.crypto import SigningKey, address_of
+from dpkid.core.state.codes import PRECHECK_CODES, Code
+from dpkid.core.state.machine import K_META, RECORD_TYPES, State
+from dpkid.core.types import (
     MAX_TX_BYTES,
     Attestation,
     CertApply,
@@ -46,6 +45,7 @@ from dpkid.types import (
     encode_tx,
     sign_tx,
 )
+from dpkid.dev.devchain import DevChain
 from tests.test_determinism import SPKI, build_chain
 
 LONG: Final = os.environ.get("DPKID_HYPOTHESIS_PROFILE", "") == "long"
@@ -63,7 +63,7 @@ CHAIN_FUZZ: Final = settings(
     suppress_health_check=_HEALTH,
 )
 
-# Every msgspec Struct defined in dpkid.types, plus the state record types.
+# Every msgspec Struct defined in dpkid.core.types, plus the state record types.
 STRUCT_TYPES: Final[list[type[msgspec.Struct]]] = sorted(
     {
         *(

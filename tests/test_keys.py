@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpkid.keys import (
+from dpkid.core.keys import (
     MAX_SPKI_LEN,
     SigningKey,
     SubjectKeyError,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from dpkid.consensus.messages import PREVOTE, Vote, vote_sign_bytes
-from dpkid.crypto import SigningKey, sha256
-from dpkid.node import EvidenceMsg, NodeCore, NodeEvent, Send, VoteMsg
-from dpkid.sim.cli import load_scenario
+from dpkid.cli.sim import load_scenario
+from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
+from dpkid.core.crypto import SigningKey, sha256
+from dpkid.core.node.core import NodeCore
+from dpkid.core.node.effects import NodeEvent, Send
+from dpkid.core.node.wire import EvidenceMsg, VoteMsg
 from dpkid.sim.runner import Simulation
 from tests.test_sim_sweep import SIMULATIONS
 

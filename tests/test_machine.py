@@ -1,4 +1,4 @@
-"""Rules and rejection codes of the PKI state machine (dpkid/state/machine.py).
+"""Rules and rejection codes of the PKI state machine (dpkid/core/state/machine.py).
 
 Every block these tests commit goes through ``Chain.block``, which checks the
 ledger-wide invariants afterwards (total supply conserved, the certificate log
@@ -17,13 +17,12 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from dpkid import codec
-from dpkid.crypto import SigningKey, sha256
-from dpkid.keys import SigningKey as SubjectPrivateKey
-from dpkid.keys import sign_with_private_key, spki_der_of
-from dpkid.state.codes import PRECHECK_CODES, BlockError, Code, StaleStateError
-from dpkid.state.devchain import DevChain, dev_genesis
-from dpkid.state.machine import (
+from dpkid.core import codec
+from dpkid.core.crypto import SigningKey, sha256
+from dpkid.core.keys import SigningKey as SubjectPrivateKey
+from dpkid.core.keys import sign_with_private_key, spki_der_of
+from dpkid.core.state.codes import PRECHECK_CODES, BlockError, Code, StaleStateError
+from dpkid.core.state.machine import (
     APP_TAG,
     GOV_TAG,
     K_META,
@@ -39,8 +38,8 @@ from dpkid.state.machine import (
     key_domain,
     key_gov,
 )
-from dpkid.state.smt import verify_proof
-from dpkid.types import (
+from dpkid.core.state.smt import verify_proof
+from dpkid.core.types import (
     MAX_TX_BYTES,
     TX_SIGN_TAG,
     Account,
@@ -75,6 +74,7 @@ from dpkid.types import (
     revoke_sign_bytes,
     sign_tx,
 )
+from dpkid.dev.devchain import DevChain, dev_genesis
 
 ZERO_FEE = Policy(min_tx_fee=0)
 DEFAULT = Policy()

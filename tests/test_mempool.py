@@ -15,19 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpkid import codec
-from dpkid.crypto import SignatureCache, SigningKey
-from dpkid.node import (
+from dpkid.core import codec
+from dpkid.core.crypto import SignatureCache, SigningKey
+from dpkid.core.node.mempool import (
     FUTURE_SHARE_DEN,
     MAX_FUTURE_PER_SENDER,
     MAX_NONCE_GAP,
     Mempool,
     Refusal,
 )
-from dpkid.state.codes import Code
-from dpkid.state.devchain import DevChain
-from dpkid.state.machine import State
-from dpkid.types import Transfer, Tx, sign_tx
+from dpkid.core.state.codes import Code
+from dpkid.core.state.machine import State
+from dpkid.core.types import Transfer, Tx, sign_tx
+from dpkid.dev.devchain import DevChain
 
 N_ATTACKERS = 60
 

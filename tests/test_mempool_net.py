@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from dpkid import codec
-from dpkid.client import RpcClientError
-from dpkid.runtime.config import read_key
-from dpkid.runtime.rpc import RETRY_LATER
-from dpkid.types import Transfer, sign_tx
+from dpkid.client.rpc import RpcClientError
+from dpkid.core import codec
+from dpkid.core.types import Transfer, sign_tx
+from dpkid.daemon.config import read_key
+from dpkid.daemon.rpc import RETRY_LATER
 from tests.netutil import LocalNet, wait_for
 
 pytestmark = pytest.mark.slow

@@ -5,20 +5,20 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpkid import codec
-from dpkid.consensus.messages import PREVOTE, Vote, vote_sign_bytes
-from dpkid.crypto import SigningKey
-from dpkid.node import (
+from dpkid.core import codec
+from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
+from dpkid.core.crypto import SigningKey
+from dpkid.core.node.core import NodeCore
+from dpkid.core.node.wire import (
     BlockRequest,
     BlockResponse,
-    NodeCore,
     ProposalRequest,
     StatusMsg,
     TxBatch,
     VoteMsg,
     encode_msg,
 )
-from dpkid.state.devchain import dev_genesis
+from dpkid.dev.devchain import dev_genesis
 
 GENESIS, KEYS = dev_genesis()
 

@@ -1,4 +1,4 @@
-"""The libp2p transport (dpkid.runtime.p2p).
+"""The libp2p transport (dpkid.daemon.p2p).
 
 Fast in-process tests of the framing, and slow multi-process tests: separate
 Python processes (tests/p2p_peer.py) on 127.0.0.1 in a full mesh through
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from dpkid.runtime.p2p import (
+from dpkid.daemon.p2p import (
     FRAME_HEADER_BYTES,
     FrameError,
     P2PConfig,

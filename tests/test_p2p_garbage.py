@@ -1,4 +1,4 @@
-"""Nothing a remote peer sends over libp2p may stop a node (dpkid.runtime.p2p).
+"""Nothing a remote peer sends over libp2p may stop a node (dpkid.daemon.p2p).
 
 Real libp2p hosts on 127.0.0.1, in this process, under trio: P2PNodes, and a
 bare libp2p host that plays the bad peer and writes raw bytes on the pubsub and
@@ -32,8 +32,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.utils.varint import encode_uvarint
 
-import dpkid.runtime.p2p as p2p
-from dpkid.runtime.p2p import P2PConfig, P2PMessage, P2PNode, encode_frame
+import dpkid.daemon.p2p as p2p
+from dpkid.daemon.p2p import P2PConfig, P2PMessage, P2PNode, encode_frame
 
 TOPIC = "dpkid/test/garbage/1"
 SYNC = "/dpkid/sync/1.0.0"

@@ -1,8 +1,13 @@
-"""The pure core does no I/O, reads no clock and uses no global randomness.
+"""The layers are folders, and the folders keep their rules.
 
-Walks the import statements of the core modules, following imports inside
-the dpkid package, and fails if any reaches a forbidden module. Third-party
-libraries (msgspec, PyNaCl, cryptography, idna) are pure computation here.
+* ``dpkid/core/`` is pure: it imports nothing outside ``dpkid/core/`` and no
+  module that does I/O, reads a clock or draws global randomness.
+* ``dpkid/sim/`` is deterministic: it runs the core on a virtual clock and a
+  seeded generator, so neither it nor anything it reaches may import those.
+* No two packages import each other, directly or through others.
+
+Third-party libraries (msgspec, PyNaCl, cryptography, idna) are pure
+computation here.
 """
 
 from __future__ import annotations
@@ -11,32 +16,6 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "dpkid"
-
-CORE_ROOTS = [
-    "dpkid.codec",
-    "dpkid.crypto",
-    "dpkid.types",
-    "dpkid.domains",
-    "dpkid.keys",
-    "dpkid.proofs",
-    "dpkid.state.machine",
-    "dpkid.state.smt",
-    "dpkid.state.ctlog",
-    "dpkid.state.codes",
-    "dpkid.state.devchain",
-    "dpkid.consensus",
-    "dpkid.consensus.messages",
-    "dpkid.consensus.valset",
-    "dpkid.consensus.engine",
-    "dpkid.node",
-    "dpkid.challenges",
-    "dpkid.lightclient",
-    "dpkid.jsonview",
-    "dpkid.vectors",
-    "dpkid.sim",
-    "dpkid.sim.settings",
-    "dpkid.sim.runner",
-]
 
 FORBIDDEN = {
     "time",
@@ -62,9 +41,16 @@ FORBIDDEN = {
     "tempfile",
     "pathlib",
     "io",
+    "structlog",
 }
 # An injected, seeded generator is how randomness may enter the core.
 ALLOWED_FROM = {("random", "Random")}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
 
 
 def _module_file(name: str) -> Path | None:
@@ -76,6 +62,7 @@ def _module_file(name: str) -> Path | None:
 
 
 def _imports(path: Path) -> list[tuple[str, str | None]]:
+    """Every import in the file, including those inside functions."""
     tree = ast.parse(path.read_text())
     out: list[tuple[str, str | None]] = []
     for node in ast.walk(tree):
@@ -86,9 +73,41 @@ def _imports(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
-def test_core_imports_nothing_impure() -> None:
+def _dpkid_target(target: str, name: str | None) -> str:
+    sub = f"{target}.{name}" if name else target
+    return sub if _module_file(sub) else target
+
+
+def _impure(mod: str, imports: list[tuple[str, str | None]]) -> list[str]:
+    return [
+        f"{mod} imports {t}{'.' + n if n else ''}"
+        for t, n in imports
+        if t.split(".")[0] in FORBIDDEN and (t, n) not in ALLOWED_FROM
+    ]
+
+
+def _modules(folder: str) -> list[str]:
+    return sorted(_module_name(p) for p in (PKG / folder).rglob("*.py"))
+
+
+def test_core_imports_only_core_and_nothing_impure() -> None:
+    problems: list[str] = []
+    mods = _modules("core")
+    assert "dpkid.core.state.machine" in mods and "dpkid.core.consensus.engine" in mods
+    for mod in mods:
+        path = _module_file(mod)
+        assert path is not None
+        imps = _imports(path)
+        problems += _impure(mod, imps)
+        for t, n in imps:
+            if t.split(".")[0] == "dpkid" and not _dpkid_target(t, n).startswith("dpkid.core"):
+                problems.append(f"{mod} reaches {_dpkid_target(t, n)}, outside dpkid/core/")
+    assert not problems, "\n".join(problems)
+
+
+def test_simulator_reaches_nothing_impure() -> None:
     seen: set[str] = set()
-    todo = list(CORE_ROOTS)
+    todo = _modules("sim")
     problems: list[str] = []
     while todo:
         mod = todo.pop()
@@ -96,23 +115,75 @@ def test_core_imports_nothing_impure() -> None:
             continue
         seen.add(mod)
         path = _module_file(mod)
-        assert path is not None, f"core module {mod} not found"
-        for target, name in _imports(path):
-            top = target.split(".")[0]
-            if top in FORBIDDEN and (target, name) not in ALLOWED_FROM:
-                problems.append(f"{mod} imports {target}{'.' + name if name else ''}")
-            if top == "dpkid":
-                sub = f"{target}.{name}" if name and _module_file(f"{target}.{name}") else target
-                if sub not in CORE_ROOTS and sub not in ("dpkid",):
-                    problems.append(f"{mod} reaches non-core module {sub}")
-                todo.append(sub)
+        assert path is not None, mod
+        imps = _imports(path)
+        problems += _impure(mod, imps)
+        todo += [_dpkid_target(t, n) for t, n in imps if t.split(".")[0] == "dpkid"]
     assert not problems, "\n".join(problems)
-    assert "dpkid.state.machine" in seen
+    assert "dpkid.core.node.core" in seen
+
+
+def _package_of(mod: str) -> str:
+    """dpkid.core.consensus.engine -> dpkid.core.consensus; a module directly in
+    dpkid.core belongs to dpkid.core."""
+    path = _module_file(mod)
+    assert path is not None, mod
+    return mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PKG.rglob("*.py")):
+        mod = _module_name(path)
+        pkg = _package_of(mod)
+        deps = graph.setdefault(pkg, set())
+        for t, n in _imports(path):
+            if t.split(".")[0] == "dpkid":
+                dep = _package_of(_dpkid_target(t, n))
+                if dep != pkg and dep != "dpkid":
+                    deps.add(dep)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return [*stack[stack.index(d) :], d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycles_between_packages() -> None:
+    graph = package_graph()
+    assert {"dpkid.core", "dpkid.core.consensus", "dpkid.daemon", "dpkid.cli"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_walker_catches_a_clock_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import time\nfrom os import getpid\nfrom random import Random\n")
-    found = _imports(bad)
-    flagged = [t for t, n in found if t.split(".")[0] in FORBIDDEN and (t, n) not in ALLOWED_FROM]
-    assert flagged == ["time", "os"]
+    assert [p.split(" imports ")[1] for p in _impure("bad", _imports(bad))] == ["time", "os.getpid"]

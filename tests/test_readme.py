@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dpkid.runtime.cli_node import free_ports
+from dpkid.cli.node import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -43,8 +43,7 @@ def test_kill_and_restart_under_load_never_crashes_the_restarted_node(net: Local
             # Still alive after the chain moved on by three more heights.
             net.wait_height([0], net.height(0) + 3, timeout_s=60)
             assert net.procs[victim].poll() is None, (
-                f"cycle {cycle}: node{victim} died after restart:\n"
-                + net.log_text(victim)[-3000:]
+                f"cycle {cycle}: node{victim} died after restart:\n" + net.log_text(victim)[-3000:]
             )
             assert "Traceback" not in net.log_text(victim), f"cycle {cycle}: node{victim}"
     finally:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import trio
 
-from dpkid import codec
-from dpkid.runtime.config import read_key
-from dpkid.runtime.daemon import NodeDaemon
-from dpkid.runtime.rpc import MAX_LINE_BYTES
-from dpkid.types import Transfer, sign_tx
+from dpkid.core import codec
+from dpkid.core.types import Transfer, sign_tx
+from dpkid.daemon.config import read_key
+from dpkid.daemon.daemon import NodeDaemon
+from dpkid.daemon.rpc import MAX_LINE_BYTES
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,7 @@ def test_tcp_listener_needs_the_bearer_token_and_metrics_are_served(tmp_path: Pa
     import re
     import urllib.request
 
-    from dpkid.runtime.cli_node import free_ports
+    from dpkid.cli.node import free_ports
 
     info = _make_net(tmp_path)
     home = Path(info["nodes"][0])

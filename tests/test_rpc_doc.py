@@ -1,7 +1,7 @@
 """protocol/RPC.md stays in step with the RPC methods the node registers.
 
 Fast and static: the method table is read from the source of
-``dpkid/runtime/rpc_methods.py`` with ``ast`` (no node is started), and
+``dpkid/daemon/rpc_methods.py`` with ``ast`` (no node is started), and
 RPC.md is parsed as text. Checked:
 
 * every method registered in ``build_rpc`` has a ``### `name` `` section under
@@ -10,7 +10,7 @@ RPC.md is parsed as text. Checked:
   ``param(...)`` / ``hex_param(...)``, and shows at least one example request;
 * every ``json request`` example is valid JSON-RPC 2.0 naming a real method;
 * every ``json ...`` block is valid JSON, and response blocks are well-formed;
-* every rejection code of ``dpkid/state/codes.py`` appears in the application
+* every rejection code of ``dpkid/core/state/codes.py`` appears in the application
   error table with its RPC code ``-33000 - code``; the limits match rpc.py.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RPC_MD = ROOT / "protocol" / "RPC.md"
-RPC_METHODS_PY = ROOT / "dpkid" / "runtime" / "rpc_methods.py"
-RPC_PY = ROOT / "dpkid" / "runtime" / "rpc.py"
-CODES_PY = ROOT / "dpkid" / "state" / "codes.py"
+RPC_METHODS_PY = ROOT / "dpkid" / "daemon" / "rpc_methods.py"
+RPC_PY = ROOT / "dpkid" / "daemon" / "rpc.py"
+CODES_PY = ROOT / "dpkid" / "core" / "state" / "codes.py"
 
 METHODS_HEADING = re.compile(r"^## 7\. Methods\s*$")
 METHOD_HEADING = re.compile(r"^### `([A-Za-z_][A-Za-z0-9_]*)`\s*$")

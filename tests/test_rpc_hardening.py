@@ -18,7 +18,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpkid.runtime.rpc import (
+from dpkid.daemon.rpc import (
     INVALID_REQUEST,
     MAX_JSON_DEPTH,
     PARSE_ERROR,
@@ -82,9 +82,7 @@ GARBAGE = [
 
 @pytest.mark.parametrize("line", GARBAGE, ids=[str(i) for i in range(len(GARBAGE))])
 @pytest.mark.trio
-async def test_garbage_lines_get_an_error_and_the_server_lives(
-    line: bytes, tmp_path: Path
-) -> None:
+async def test_garbage_lines_get_an_error_and_the_server_lives(line: bytes, tmp_path: Path) -> None:
     srv = _server()
     path = tmp_path / "s.sock"
     async with trio.open_nursery() as n:

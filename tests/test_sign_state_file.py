@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpkid.consensus.engine import SignState
-from dpkid.runtime.signstate import SignStateError, SignStateFile
+from dpkid.core.consensus.engine import SignState
+from dpkid.daemon.signstate import SignStateError, SignStateFile
 
 u = st.integers(min_value=0, max_value=2**40)
 

@@ -15,12 +15,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from dpkid.cli import main
-from dpkid.node import PersistBlock
-from dpkid.sim.cli import load_scenario, repro_command
+from dpkid.cli.main import main
+from dpkid.cli.sim import load_scenario, repro_command
+from dpkid.core.node.effects import PersistBlock
+from dpkid.core.types import TxBody
 from dpkid.sim.runner import SimNode, Simulation, run_scenario
 from dpkid.sim.settings import ScenarioError, scenario_from_dict
-from dpkid.types import TxBody
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from dpkid.consensus import engine
-from dpkid.sim.cli import load_scenario, repro_command
+from dpkid.cli.sim import load_scenario, repro_command
+from dpkid.core.consensus import engine
 from dpkid.sim.runner import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent

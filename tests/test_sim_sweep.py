@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from dpkid.sim.cli import load_scenario, repro_command
+from dpkid.cli.sim import load_scenario, repro_command
+from dpkid.core.state.machine import P_JAIL
 from dpkid.sim.runner import Simulation
 from dpkid.sim.settings import Scenario
-from dpkid.state.machine import P_JAIL
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATIONS = ROOT / "simulations"

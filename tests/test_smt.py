@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpkid.state.smt import (
+from dpkid.core.state.smt import (
     EMPTY_HASH,
     SmtProof,
     SparseMerkleTree,
@@ -402,7 +402,7 @@ def test_verify_rejects_wrong_runtime_types() -> None:
 
 
 def test_bench_smoke() -> None:
-    from dpkid.bench_smt import bench_smt
+    from dpkid.dev.bench_smt import bench_smt
 
     figures = bench_smt(300)
     assert figures["n"] == 300.0

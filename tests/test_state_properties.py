@@ -41,13 +41,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from dpkid import codec
-from dpkid.crypto import SigningKey, address_of, sha256
-from dpkid.keys import sign_with_private_key, spki_der_of
-from dpkid.state.codes import PRECHECK_CODES, Code
-from dpkid.state.ctlog import hash_leaf, verify_consistency, verify_inclusion
-from dpkid.state.devchain import DevChain, dev_genesis
-from dpkid.state.machine import (
+from dpkid.core import codec
+from dpkid.core.crypto import SigningKey, address_of, sha256
+from dpkid.core.keys import sign_with_private_key, spki_der_of
+from dpkid.core.merkle import hash_leaf, verify_consistency, verify_inclusion
+from dpkid.core.state.codes import PRECHECK_CODES, Code
+from dpkid.core.state.machine import (
     APP_TAG,
     GOV_TAG,
     K_ENDORSERS,
@@ -71,8 +70,8 @@ from dpkid.state.machine import (
     key_log,
     record_type_for_key,
 )
-from dpkid.state.smt import verify_proof
-from dpkid.types import (
+from dpkid.core.state.smt import verify_proof
+from dpkid.core.types import (
     AddEndorser,
     Attestation,
     CertApply,
@@ -99,6 +98,7 @@ from dpkid.types import (
     revoke_sign_bytes,
     sign_tx,
 )
+from dpkid.dev.devchain import DevChain, dev_genesis
 
 T = TypeVar("T")
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dpkid.crypto import sha256
-from dpkid.keys import spki_der_of
-from dpkid.state.devchain import DevChain
-from dpkid.state.machine import State, apply_block, cert_id_for
-from dpkid.types import (
+from dpkid.core.crypto import sha256
+from dpkid.core.keys import spki_der_of
+from dpkid.core.state.machine import State, apply_block, cert_id_for
+from dpkid.core.types import (
     Attestation,
     CertApply,
     DvAttest,
@@ -19,7 +18,8 @@ from dpkid.types import (
     RemoveEndorser,
     Transfer,
 )
-from dpkid.vectors import subject_key
+from dpkid.dev.devchain import DevChain
+from dpkid.dev.vectors import subject_key
 
 
 def _busy_chain() -> tuple[DevChain, bytes, bytes]:
@@ -53,8 +53,8 @@ def test_restored_state_has_same_hash_log_and_behaviour() -> None:
     v = c.keys.validators
     original = c.state
     c2_state = restored
-    from dpkid import codec
-    from dpkid.types import GovVote, sign_tx
+    from dpkid.core import codec
+    from dpkid.core.types import GovVote, sign_tx
 
     pid = next(k for k, _ in original.items() if k.startswith(b"gov:"))[4:]
 

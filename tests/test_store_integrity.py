@@ -25,16 +25,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from dpkid import codec
-from dpkid.client import call_sync
-from dpkid.consensus.messages import Block
-from dpkid.node import NodeCore, NodeEffect, PersistBlock, SetTimer
-from dpkid.runtime.cli_node import _store_error
-from dpkid.runtime.config import Home
-from dpkid.runtime.store import Store, StoreCorrupt, StoreError
-from dpkid.state.devchain import DevKeys, dev_genesis
-from dpkid.state.machine import State
-from dpkid.types import Account, Transfer, sign_tx
+from dpkid.cli.node import _store_error
+from dpkid.client.rpc import call_sync
+from dpkid.core import codec
+from dpkid.core.consensus.messages import Block
+from dpkid.core.node.core import NodeCore
+from dpkid.core.node.effects import NodeEffect, PersistBlock, SetTimer
+from dpkid.core.state.machine import State
+from dpkid.core.types import Account, Transfer, sign_tx
+from dpkid.daemon.config import Home
+from dpkid.daemon.store import Store, StoreCorrupt, StoreError
+from dpkid.dev.devchain import DevKeys, dev_genesis
 from tests.netutil import LocalNet, wait_for
 
 RANDOM_BYTES = 64 * 1024

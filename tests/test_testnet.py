@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dpkid import codec
-from dpkid.crypto import sha256
-from dpkid.runtime.config import read_key
-from dpkid.types import Transfer, sign_tx
+from dpkid.core import codec
+from dpkid.core.crypto import sha256
+from dpkid.core.types import Transfer, sign_tx
+from dpkid.daemon.config import read_key
 from tests.netutil import LocalNet, wait_for
 
 pytestmark = pytest.mark.slow

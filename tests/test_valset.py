@@ -1,5 +1,5 @@
 """Validator sets: quorum arithmetic in integer power and CometBFT-style weighted
-round-robin proposer selection (dpkid/consensus/valset.py, protocol/CONSENSUS.md §3)."""
+round-robin proposer selection (dpkid/core/consensus/valset.py, protocol/CONSENSUS.md §3)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpkid.consensus.valset import (
+from dpkid.core.consensus.valset import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     Priorities,
@@ -27,7 +27,7 @@ from dpkid.consensus.valset import (
     next_height_priorities,
     proposer_for,
 )
-from dpkid.crypto import SigningKey
+from dpkid.core.crypto import SigningKey
 
 KEYS = [SigningKey.from_label(f"valset-{i}") for i in range(12)]
 

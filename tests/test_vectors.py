@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from dpkid import codec
-from dpkid.crypto import SigningKey, address_of, sha256, verify_ed25519
-from dpkid.state.machine import apply_block, cert_id_for, genesis_state
-from dpkid.state.smt import SparseMerkleTree
-from dpkid.types import Genesis, Header, Receipt, decode_tx, tx_sign_bytes
-from dpkid.vectors import build_vectors
+from dpkid.core import codec
+from dpkid.core.crypto import SigningKey, address_of, sha256, verify_ed25519
+from dpkid.core.state.machine import apply_block, cert_id_for, genesis_state
+from dpkid.core.state.smt import SparseMerkleTree
+from dpkid.core.types import Genesis, Header, Receipt, decode_tx, tx_sign_bytes
+from dpkid.dev.vectors import build_vectors
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 

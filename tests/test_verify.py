@@ -14,17 +14,16 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from dpkid import codec
-from dpkid.client import call_sync
-from dpkid.crypto import sha256
-from dpkid.keys import spki_der_of
-from dpkid.lightclient import VerifyError, judge_certificate
-from dpkid.proofs import make_proof
-from dpkid.runtime.config import genesis_from_json, read_key
-from dpkid.runtime.daemon import NodeDaemon
-from dpkid.state.devchain import DevChain
-from dpkid.state.machine import cert_id_for, key_cert
-from dpkid.types import (
+from dpkid.client.lightclient import VerifyError, judge_certificate
+from dpkid.client.rpc import call_sync
+from dpkid.client.verify import ParsedCert, parsed_from_x509, verify_certificate
+from dpkid.client.x509 import to_pem, to_x509
+from dpkid.core import codec
+from dpkid.core.crypto import sha256
+from dpkid.core.keys import spki_der_of
+from dpkid.core.state.machine import cert_id_for, key_cert
+from dpkid.core.state.proofs import make_proof
+from dpkid.core.types import (
     Attestation,
     CertApply,
     DvAttest,
@@ -35,8 +34,9 @@ from dpkid.types import (
     TxBody,
     sign_tx,
 )
-from dpkid.verify import ParsedCert, parsed_from_x509, verify_certificate
-from dpkid.x509export import to_pem, to_x509
+from dpkid.daemon.config import read_genesis, read_key
+from dpkid.daemon.daemon import NodeDaemon
+from dpkid.dev.devchain import DevChain
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ class World:
         )
         self.info = json.loads(out.stdout)
         self.home = Path(self.info["nodes"][0])
-        self.genesis = genesis_from_json((self.home / "genesis.json").read_text())
+        self.genesis = read_genesis(self.home / "genesis.json")
         self.validator = read_key(self.home / "node_key.json")
         self.account = read_key(Path(self.info["account_keys"][0]))
         self.endorsers = [read_key(Path(p)) for p in self.info["endorser_keys"]]
@@ -179,7 +179,7 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
         assert exp.returncode == 0, exp.stderr
         assert pem_path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
         # The Python API does the same checks as the CLI.
-        from dpkid.client import verify as client_verify
+        from dpkid.client.rpc import verify as client_verify
 
         api = await trio.to_thread.run_sync(
             lambda: client_verify(pem_path, w.home / "genesis.json", home=w.home)
@@ -268,7 +268,7 @@ def test_lying_nodes_are_detected(tmp_path: Path) -> None:
         def too_few_signers(method: str, params: dict[str, Any]) -> Any:
             res = w.rpc(method, params)
             if method == "headers_get":
-                from dpkid.consensus.messages import Commit
+                from dpkid.core.consensus.messages import Commit
 
                 for item in res["headers"]:
                     c = codec.decode(bytes.fromhex(item["commit_bytes"]), Commit)
@@ -311,7 +311,7 @@ def test_expiry_is_judged_at_header_time() -> None:
     c.block()
     cid = cert_id_for(app)
     proof = make_proof(c.state, key_cert(cid))
-    from dpkid.types import Header
+    from dpkid.core.types import Header
 
     now = Header(
         c.chain_id,

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from dpkid.consensus.messages import PREVOTE, Vote, vote_sign_bytes
-from dpkid.crypto import sha256
-from dpkid.node import VoteMsg, encode_msg
-from dpkid.runtime.config import read_key
+from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
+from dpkid.core.crypto import sha256
+from dpkid.core.node.wire import VoteMsg, encode_msg
+from dpkid.daemon.config import read_key
 from tests.netutil import LocalNet, SignedLoad, wait_for
 
 pytestmark = pytest.mark.slow

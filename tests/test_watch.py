@@ -17,12 +17,12 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dpkid import codec
-from dpkid.consensus.messages import Commit, CommitSig
-from dpkid.keys import spki_der_of
-from dpkid.runtime.daemon import NodeDaemon
-from dpkid.types import Revoke
-from dpkid.x509export import to_pem, to_x509
+from dpkid.client.x509 import to_pem, to_x509
+from dpkid.core import codec
+from dpkid.core.consensus.messages import Commit, CommitSig
+from dpkid.core.keys import spki_der_of
+from dpkid.core.types import Revoke
+from dpkid.daemon.daemon import NodeDaemon
 from tests.test_verify import World, _issue, _until, run
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Any, Literal
 
-from dpkid import codec
-from dpkid.consensus.engine import LockRecord, PersistSignState, SignState, TimeoutConfig
-from dpkid.consensus.messages import (
+from dpkid.core import codec
+from dpkid.core.consensus.engine import LockRecord, PersistSignState, SignState, TimeoutConfig
+from dpkid.core.consensus.messages import (
     Block,
     Commit,
     Proposal,
@@ -29,31 +29,23 @@ from dpkid.consensus.messages import (
     tx_root,
     vote_sign_bytes,
 )
-from dpkid.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
-from dpkid.keys import spki_der_of
-from dpkid.node import (
+from dpkid.core.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
+from dpkid.core.keys import spki_der_of
+from dpkid.core.node.core import NodeConfig, NodeCore
+from dpkid.core.node.effects import NodeEffect, NodeEvent, PersistBlock, Send, ServeBlocks, SetTimer
+from dpkid.core.node.wire import (
     BlockResponse,
     EvidenceMsg,
-    NodeConfig,
-    NodeCore,
-    NodeEffect,
-    NodeEvent,
-    PersistBlock,
     ProposalMsg,
-    Send,
-    ServeBlocks,
-    SetTimer,
     StatusMsg,
     SyncedBlock,
     TxBatch,
     VoteMsg,
     WireMsg,
 )
-from dpkid.sim.settings import Crash, Scenario, Starvation
-from dpkid.state.codes import Code
-from dpkid.state.devchain import GENESIS_TIME_MS
-from dpkid.state.machine import State
-from dpkid.types import (
+from dpkid.core.state.codes import Code
+from dpkid.core.state.machine import State
+from dpkid.core.types import (
     Attestation,
     CertApply,
     CertRenew,
@@ -71,7 +63,9 @@ from dpkid.types import (
     TxBody,
     sign_tx,
 )
-from dpkid.vectors import subject_key
+from dpkid.dev.devchain import GENESIS_TIME_MS
+from dpkid.dev.vectors import subject_key
+from dpkid.sim.settings import Crash, Scenario, Starvation
 
 CONSENSUS_MSGS = (ProposalMsg, VoteMsg, EvidenceMsg, TxBatch)
 
@@ -866,9 +860,7 @@ class Simulation:
             "latency_p99_s": pct(99),
             "safety_violations": len(safety),
             "policy_violations": len(policy),
-            "liveness_ok": liveness_ok and not any(
-                v.kind == "liveness" for v in self.violations
-            ),
+            "liveness_ok": liveness_ok and not any(v.kind == "liveness" for v in self.violations),
             "timer_invariant_violations": self.timer_violations,
             "violations": [f"{v.kind}: {v.detail}" for v in self.violations[:20]],
             "sig_check": sc.sig_check,

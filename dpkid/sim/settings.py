@@ -10,8 +10,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from dpkid.consensus.engine import TimeoutConfig
-from dpkid.node import NodeConfig
+from dpkid.core.consensus.engine import TimeoutConfig
+from dpkid.core.node.core import NodeConfig
 
 _T = TimeoutConfig()
 _N = NodeConfig()

@@ -1,0 +1,1 @@
+"""The ``dpkid`` command: one module per command group; ``main`` builds the parser."""

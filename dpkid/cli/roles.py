@@ -1,0 +1,1500 @@
+"""The `dpkid` commands for every user role, talking to a running node's JSON-RPC socket.
+
+  account   new | show | transfer                        (any account holder)
+  cert      apply | status | show | list | renew | revoke (certificate applicants and owners)
+  endorse   list-pending | approve | reject | withdraw | revoke  (registered endorsers)
+  validators, status                                      (anyone)
+
+Output is for people by default and one JSON document with ``--json``. Errors
+are one line on stderr. Exit status: 0 success, 1 the node refused or the
+thing asked about is not valid (also: a wait that ended without success),
+2 usage or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+from dpkid.client.rpc import (
+    ClientTimeout,
+    NodeUnreachable,
+    RpcClientError,
+    SyncClient,
+    TxDropped,
+    app_id_for_tx,
+    build_and_submit,
+)
+from dpkid.core.crypto import SigningKey
+from dpkid.core.domains import DomainError, normalize_domain, validate_domain_list
+from dpkid.core.types import (
+    MAX_DOMAINS_PER_CERT,
+    CertApply,
+    CertRenew,
+    Endorse,
+    EndorserRevoke,
+    EndorseWithdraw,
+    OrgIdentity,
+    Policy,
+    Revoke,
+    Transfer,
+    TxBody,
+    revoke_sign_bytes,
+)
+from dpkid.daemon.config import (
+    GENESIS_FILE,
+    SOCKET_FILE,
+    ConfigError,
+    Home,
+    read_genesis,
+    read_key,
+    read_settings,
+    write_key,
+)
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+DEFAULT_TIMEOUT_S: Final = 120.0
+DEFAULT_SCAN_BLOCKS: Final = 200
+# JSON-RPC codes (dpkid.daemon.rpc / rpc_methods), repeated here so that the CLI
+# does not import the server side (and trio) just to name them.
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+NOT_FOUND: Final = -32004
+# Allowed RFC 5280 reasons (dpkid.core.state.machine.ALLOWED_REASONS / REASON_NAMES).
+REASONS: Final = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+    "privilegeWithdrawn": 9,
+}
+EXIT_HELP: Final = (
+    "exit status: 0 success; 1 the node refused, or the result is not valid/issued; "
+    "2 usage or connection error"
+)
+
+
+# ====================================================================== errors
+
+
+class UsageError(Exception):
+    """Bad input from the user (exit 2)."""
+
+
+class Refused(Exception):
+    """The node refused, or the answer is a negative one (exit 1)."""
+
+
+class TxFailed(Refused):
+    """A committed transaction whose receipt is not OK."""
+
+    def __init__(self, res: dict[str, Any]) -> None:
+        super().__init__(
+            f"transaction {res['hash']} failed at height {res['height']}: "
+            f"{res['code_name']}: {res['log']}"
+        )
+        self.result = res
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Parse errors as one line (plus a pointer to --help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _rpc_error_text(exc: RpcClientError) -> str:
+    msg = exc.message
+    data = exc.data if isinstance(exc.data, dict) else {}
+    if data.get("name"):
+        return f"node refused: {data['name']}: {msg}"
+    for k in ("cert_id", "app_id"):
+        if data.get(k):
+            return f"{msg}: {data[k]}"
+    return msg
+
+
+def _runner(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        prog = getattr(args, "cmd_prog", "dpkid")
+
+        def fail(code: int, text: object) -> int:
+            print(f"{prog}: {_one_line(text)}", file=sys.stderr)
+            return code
+
+        try:
+            return fn(args)
+        except (UsageError, ConfigError) as exc:
+            return fail(EXIT_USAGE, exc)
+        except NodeUnreachable as exc:
+            return fail(EXIT_USAGE, exc)
+        except RpcClientError as exc:
+            bad_input = exc.code in (INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND)
+            return fail(EXIT_USAGE if bad_input else EXIT_REFUSED, _rpc_error_text(exc))
+        except (Refused, ClientTimeout, TxDropped) as exc:
+            return fail(EXIT_REFUSED, exc)
+        except BrokenPipeError:  # `dpkid ... | head`: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_OK
+
+    return run
+
+
+# ====================================================================== context
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    _client: SyncClient | None = None
+    _policy: Policy | None = None
+    _policy_loaded: bool = False
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    def home(self) -> Path | None:
+        h = getattr(self.args, "home", None) or os.environ.get("DPKID_HOME")
+        return Path(h) if h else None
+
+    def client(self) -> SyncClient:
+        if self._client is None:
+            sock = getattr(self.args, "socket", None)
+            home = self.home()
+            if sock:
+                self._client = SyncClient(home, socket_path=sock)
+            else:
+                home = home or Path(".")
+                path = home / SOCKET_FILE
+                h = Home(home)
+                if h.config_file.exists():
+                    with contextlib.suppress(ConfigError):
+                        path = h.socket_path(read_settings(h.config_file))
+                self._client = SyncClient(home, socket_path=str(path))
+        return self._client
+
+    def policy(self) -> Policy | None:
+        """The chain's policy from HOME/genesis.json, when a node home is known."""
+        if not self._policy_loaded:
+            self._policy_loaded = True
+            home = self.home()
+            if home is not None and (home / GENESIS_FILE).exists():
+                try:
+                    g = read_genesis(home / GENESIS_FILE)
+                except (OSError, ConfigError) as exc:
+                    raise UsageError(f"cannot read {home / GENESIS_FILE}: {exc}") from None
+                self._policy = g.policy
+        return self._policy
+
+    def fee(self) -> int:
+        f = getattr(self.args, "fee", None)
+        if f is not None:
+            return int(f)
+        p = self.policy()
+        return p.min_tx_fee if p else Policy().min_tx_fee
+
+    def timeout(self) -> float:
+        return float(getattr(self.args, "timeout", None) or DEFAULT_TIMEOUT_S)
+
+    def say(self, line: str = "") -> None:
+        """A human line; suppressed in --json mode."""
+        if not self.json:
+            print(line, flush=True)
+
+    def emit(self, obj: Any, lines: Sequence[str]) -> None:
+        if self.json:
+            print(json.dumps(obj, indent=2, sort_keys=True))
+        else:
+            for line in lines:
+                print(line)
+
+    # ------------------------------------------------------------------ tx helpers
+    def send(self, key: SigningKey, body: TxBody) -> str:
+        return build_and_submit(self.client(), key, body, self.fee())
+
+    def commit(self, tx_hash: str) -> dict[str, Any]:
+        """Wait for the tx to be committed; raise TxFailed on a failed receipt."""
+        res = self.client().wait_tx(tx_hash, timeout_s=self.timeout())
+        if res["code"] != 0:
+            raise TxFailed(res)
+        return res
+
+
+# ====================================================================== input helpers
+
+
+def _read_account_key(path: str) -> SigningKey:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"key file {p} does not exist")
+    return read_key(p)
+
+
+def _hex_id(text: str, length: int, what: str) -> str:
+    t = text.strip().lower().removeprefix("0x")
+    try:
+        raw = bytes.fromhex(t)
+    except ValueError:
+        raise UsageError(f"{what} must be hex, got {text[:80]!r}") from None
+    if len(raw) != length:
+        raise UsageError(f"{what} must be {2 * length} hex digits, got {len(t)}")
+    return raw.hex()
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return v
+
+
+def _normalize_domains(names: Sequence[str], max_names: int) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        try:
+            d = normalize_domain(n.strip())
+        except DomainError as exc:
+            raise UsageError(f"bad domain {n[:80]!r}: {exc}") from None
+        if d not in out:
+            out.append(d)
+    try:
+        return validate_domain_list(out, max_names)
+    except DomainError as exc:
+        raise UsageError(f"domains: {exc}") from None
+
+
+@dataclass
+class SubjectInput:
+    spki: bytes
+    csr_domains: list[str]
+    csr_org: dict[str, str]
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _vet_spki(spki: bytes, path: str) -> bytes:
+    from dpkid.core.keys import SubjectKeyError, parse_spki
+
+    try:
+        parse_spki(spki)
+    except SubjectKeyError as exc:
+        raise UsageError(f"{path}: subject key not accepted: {exc}") from None
+    return spki
+
+
+def _load_private_key(path: str) -> Any:
+    """A PEM or DER private key (unencrypted); None if the file holds no private key."""
+    from cryptography.hazmat.primitives.serialization import (
+        load_der_private_key,
+        load_pem_private_key,
+    )
+
+    data = _read_bytes(path, "key")
+    loader = load_pem_private_key if b"-----BEGIN" in data else load_der_private_key
+    try:
+        return loader(data, password=None)
+    except TypeError:
+        raise UsageError(
+            f"{path} is an encrypted private key; give an unencrypted key, its public key or a CSR"
+        ) from None
+    except Exception:  # not a private key (or one cryptography cannot read)
+        return None
+
+
+def _load_subject(path: str) -> SubjectInput:
+    """The subject public key of a PEM/DER private key, public key, or CSR."""
+    from cryptography.hazmat.primitives.serialization import (
+        load_der_public_key,
+        load_pem_public_key,
+    )
+
+    from dpkid.core.keys import spki_der_of
+
+    data = _read_bytes(path, "key")
+    if b"CERTIFICATE REQUEST" in data:
+        return _load_csr(path)
+    priv = _load_private_key(path)
+    if priv is not None:
+        return SubjectInput(_vet_spki(spki_der_of(priv), path), [], {})
+    loader = load_pem_public_key if b"-----BEGIN" in data else load_der_public_key
+    try:
+        pub = loader(data)
+    except Exception:
+        raise UsageError(f"{path} holds no readable private or public key") from None
+    return SubjectInput(_vet_spki(spki_der_of(pub), path), [], {})
+
+
+def _load_csr(path: str) -> SubjectInput:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from dpkid.core.keys import spki_der_of
+
+    data = _read_bytes(path, "CSR")
+    try:
+        csr = (
+            x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
+        )
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a readable CSR: {exc}") from None
+    try:
+        ok = csr.is_signature_valid
+        pub = csr.public_key()
+    except Exception as exc:
+        raise UsageError(f"{path}: CSR key is not supported: {exc}") from None
+    if not ok:
+        raise UsageError(f"{path}: the CSR's signature does not verify")
+    names: list[str] = []
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        pass
+    except ValueError as exc:
+        raise UsageError(f"{path}: bad CSR extensions: {exc}") from None
+    org: dict[str, str] = {}
+    for key, oid in (
+        ("name", NameOID.ORGANIZATION_NAME),
+        ("country", NameOID.COUNTRY_NAME),
+        ("state", NameOID.STATE_OR_PROVINCE_NAME),
+        ("locality", NameOID.LOCALITY_NAME),
+    ):
+        attrs = csr.subject.get_attributes_for_oid(oid)
+        if attrs:
+            v = attrs[0].value
+            org[key] = v.decode() if isinstance(v, bytes) else str(v)
+    return SubjectInput(_vet_spki(spki_der_of(pub), path), names, org)
+
+
+def _build_org(
+    args: argparse.Namespace, cert_type: str, csr_org: dict[str, str]
+) -> OrgIdentity | None:
+    given = {
+        "name": args.org_name,
+        "country": args.org_country,
+        "state": args.org_state,
+        "locality": args.org_locality,
+        "registration_id": args.org_registration_id,
+        "jurisdiction": args.org_jurisdiction,
+    }
+    if cert_type == "DV":
+        if any(v is not None for v in given.values()):
+            raise UsageError("a DV certificate names no organization: drop the --org-* options")
+        return None
+    vals = {k: (v if v is not None else csr_org.get(k, "")) for k, v in given.items()}
+    vals = {k: v.strip() for k, v in vals.items()}
+    if not vals["name"]:
+        raise UsageError(f"an {cert_type} application needs --org-name")
+    country = vals["country"].upper()
+    if len(country) != 2 or not country.isascii() or not country.isalpha():
+        raise UsageError(
+            f"an {cert_type} application needs --org-country as two letters (ISO 3166)"
+        )
+    if cert_type == "EV" and (not vals["registration_id"] or not vals["jurisdiction"]):
+        raise UsageError("an EV application needs --org-registration-id and --org-jurisdiction")
+    for k, v in vals.items():
+        if len(v) > 128:
+            raise UsageError(f"--org-{k.replace('_', '-')} is longer than 128 characters")
+    return OrgIdentity(
+        name=vals["name"],
+        country=country,
+        state=vals["state"],
+        locality=vals["locality"],
+        registration_id=vals["registration_id"],
+        jurisdiction=vals["jurisdiction"],
+    )
+
+
+def _fee_for(policy: Policy, cert_type: str) -> int:
+    return {"DV": policy.fee_dv, "OV": policy.fee_ov, "EV": policy.fee_ev}[cert_type]
+
+
+def _k_for(policy: Policy, cert_type: str) -> int:
+    return {"DV": 0, "OV": policy.k_ov, "EV": policy.k_ev}[cert_type]
+
+
+def _escrow(ctx: Ctx, cert_type: str) -> int:
+    if ctx.args.escrow is not None:
+        return int(ctx.args.escrow)
+    p = ctx.policy()
+    if p is None:
+        raise UsageError(
+            "give --escrow: its default, the chain policy's "
+            f"{cert_type} fee, is read from HOME/genesis.json and no --home with one was given"
+        )
+    return _fee_for(p, cert_type)
+
+
+def _days(ctx: Ctx) -> int:
+    if ctx.args.days is not None:
+        return int(ctx.args.days)
+    p = ctx.policy()
+    return p.max_validity_days if p else Policy().max_validity_days
+
+
+# ====================================================================== formatting
+
+
+def _when(ms: int) -> str:
+    t = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]:
+    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    out = []
+    for n, r in enumerate(cells):
+        out.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def _kv(pairs: Sequence[tuple[str, object]]) -> list[str]:
+    w = max((len(k) for k, _ in pairs), default=0)
+    return [f"{k.ljust(w)}  {v}" for k, v in pairs]
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    if isinstance(obj, dict):
+        if not obj and prefix:
+            out.append((prefix, "{}"))
+        for k, v in obj.items():
+            out.extend(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list):
+        if not obj:
+            out.append((prefix, "[]"))
+        elif all(not isinstance(x, (dict, list)) for x in obj):
+            out.append((prefix, ", ".join(str(x) for x in obj)))
+        else:
+            for i, v in enumerate(obj):
+                out.extend(_flatten(v, f"{prefix}[{i}]"))
+    else:
+        out.append((prefix, "-" if obj is None else obj))
+    return out
+
+
+def _app_progress(app: dict[str, Any], powers: dict[str, int], k: int | None) -> str:
+    atts = app.get("attestations", [])
+    ok = [a for a in atts if a["ok"]]
+    total = sum(powers.values())
+    ok_power = sum(powers.get(a["validator"], 0) for a in ok)
+    parts = [f"{app['status']}"]
+    pw = f", ok power {ok_power}/{total}" if total else ""
+    parts.append(f"attestations {len(atts)} ({len(ok)} ok, {len(atts) - len(ok)} failed{pw})")
+    if app["cert_type"] != "DV":
+        ends = app.get("endorsements", [])
+        yes = len([e for e in ends if e["approve"]])
+        need = f" of {k} needed" if k else ""
+        parts.append(f"endorsements {yes} approve{need}, {len(ends) - yes} reject")
+    if app["status"] == "issued" and app.get("cert_id"):
+        parts.append(f"certificate {app['cert_id']}")
+    if app.get("close_reason"):
+        parts.append(f"reason: {app['close_reason']}")
+    return "; ".join(parts)
+
+
+def _challenge_lines(app: dict[str, Any], policy: Policy | None) -> list[str]:
+    ch = app["challenge"]
+    http = list(ch.get("http", []))
+    dns = list(ch.get("dns", []))
+    expires = f", expires {_when(int(app['expires_ms']))}" if app.get("expires_ms") else ""
+    out = [
+        f"application {app['app_id']}",
+        f"  type {app['cert_type']}, status {app['status']}, escrow {app['escrow']}, "
+        f"{app['validity_days']} days{expires}",
+    ]
+    if app.get("org"):
+        org = app["org"]
+        extra = ", ".join(
+            f"{k} {org[k]}"
+            for k in ("state", "locality", "registration_id", "jurisdiction")
+            if org.get(k)
+        )
+        out.append(
+            f"  organization {org['name']} ({org['country']}{', ' + extra if extra else ''})"
+        )
+    out += [
+        "",
+        "Prove control of every name: publish ONE of these for each name (validators check",
+        "them on their own, as soon as the application is on chain; nothing else to submit):",
+    ]
+    for i, d in enumerate(app["domains"]):
+        out.append(f"  {d}")
+        if not d.startswith("*."):
+            url = http.pop(0) if http else ""
+            out.append(f"    http-01  serve URL  {url}")
+            out.append(f"             body       {ch['http_body']}")
+        txt = dns[i] if i < len(dns) else {"name": "?", "value": "?"}
+        note = "  (a wildcard needs dns-01)" if d.startswith("*.") else ""
+        out.append(f'    dns-01   TXT record {txt["name"]}  "{txt["value"]}"{note}')
+    if app["cert_type"] != "DV":
+        k = _k_for(policy, app["cert_type"]) if policy else None
+        who = f"{k} registered endorsers" if k else "the policy's number of registered endorsers"
+        out.append("")
+        out.append(
+            f"{app['cert_type']}: the organization claims also need approval by {who} "
+            f"(dpkid endorse approve {app['app_id']})."
+        )
+    out.append("")
+    if app["status"] == "prepared":
+        out.append("Publish these first, then submit: dpkid cert submit PREPARED.json [--wait]")
+    else:
+        out.append(f"follow progress: dpkid cert status {app['app_id']}")
+    return out
+
+
+# ====================================================================== account
+
+
+def cmd_account_new(ctx: Ctx) -> int:
+    out = Path(ctx.args.out)
+    if out.exists() and not ctx.args.force:
+        raise UsageError(f"{out} exists; use --force to overwrite it")
+    key = SigningKey(secrets.token_bytes(32))
+    try:
+        write_key(out, key, role="account")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    ctx.emit(
+        {"address": key.address.hex(), "public_key": key.public_key.hex(), "key_file": str(out)},
+        _kv(
+            [
+                ("address", key.address.hex()),
+                ("public key", key.public_key.hex()),
+                ("key file", f"{out} (mode 0600: keep it secret)"),
+            ]
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_account_show(ctx: Ctx) -> int:
+    a = ctx.args
+    if bool(a.address) == bool(a.key):
+        raise UsageError("give an ADDRESS or --key KEY.json (one of them)")
+    addr = _read_account_key(a.key).address.hex() if a.key else _hex_id(a.address, 20, "address")
+    acct = ctx.client().account(addr)
+    lines = _kv(
+        [
+            ("address", acct["address"]),
+            ("balance", acct["balance"]),
+            ("nonce", f"{acct['nonce']} (next {acct['next_nonce']})"),
+            ("public key", acct["pubkey"] or "(not on chain yet: the account has not sent a tx)"),
+            ("at height", acct["height"]),
+        ]
+    )
+    if not acct["exists"]:
+        lines.append("(no record on chain: nothing was ever sent to or from this address)")
+    ctx.emit(acct, lines)
+    return EXIT_OK
+
+
+def cmd_account_transfer(ctx: Ctx) -> int:
+    a = ctx.args
+    key = _read_account_key(a.key)
+    to = _hex_id(a.to, 20, "--to address")
+    h = ctx.send(key, Transfer(bytes.fromhex(to), a.amount))
+    out: dict[str, Any] = {
+        "tx_hash": h,
+        "from": key.address.hex(),
+        "to": to,
+        "amount": a.amount,
+        "committed": False,
+    }
+    if not a.wait:
+        ctx.emit(out, [f"submitted transfer of {a.amount} to {to}: tx {h} (not waiting for it)"])
+        return EXIT_OK
+    res = ctx.commit(h)
+    bal = ctx.client().account(key.address)["balance"]
+    out.update(committed=True, height=res["height"], code_name=res["code_name"], balance=bal)
+    ctx.emit(
+        out,
+        [f"transferred {a.amount} to {to} at height {res['height']} (tx {h}); balance now {bal}"],
+    )
+    return EXIT_OK
+
+
+# ====================================================================== cert
+
+
+def _follow(ctx: Ctx, app_id: str, cert_type: str) -> dict[str, Any]:
+    """Show progress until the application closes or --timeout; return the last view."""
+    c = ctx.client()
+    vals = c.validators()
+    powers = {v["address"]: int(v["power"]) for v in vals["validators"]}
+    p = ctx.policy()
+    k = _k_for(p, cert_type) if p else None
+    last: list[str] = [""]
+    view: dict[str, Any] = {}
+
+    def show(app: dict[str, Any]) -> None:
+        view.clear()
+        view.update(app)
+        line = _app_progress(app, powers, k)
+        if line != last[0]:
+            last[0] = line
+            ctx.say(f"  {line}")
+
+    ctx.say(f"waiting up to {ctx.timeout():g} s for application {app_id} ...")
+    try:
+        return c.wait_application(app_id, timeout_s=ctx.timeout(), on_update=show)
+    except ClientTimeout:
+        if ctx.json:
+            print(json.dumps({"app_id": app_id, "status": "timeout", "application": view}))
+        raise ClientTimeout(
+            f"timed out after {ctx.timeout():g} s; application {app_id} is still "
+            f"{view.get('status', 'pending')} (check later: dpkid cert status {app_id})"
+        ) from None
+
+
+def _report_application(ctx: Ctx, tx_hash: str, res: dict[str, Any], what: str) -> int:
+    app_id = app_id_for_tx(tx_hash)
+    c = ctx.client()
+    app = c.application(app_id)
+    out: dict[str, Any] = {
+        "tx_hash": tx_hash,
+        "height": res["height"],
+        "app_id": app_id,
+        "application": app,
+        "challenge": app["challenge"],
+    }
+    if not ctx.json:
+        ctx.say(f"{what} committed at height {res['height']} (tx {tx_hash})")
+        for line in _challenge_lines(app, ctx.policy()):
+            ctx.say(line)
+    if not ctx.args.wait:
+        if ctx.json:
+            ctx.emit(out, [])
+        return EXIT_OK
+    ctx.say("")
+    final = _follow(ctx, app_id, app["cert_type"])
+    out["application"] = final
+    out["status"] = final["status"]
+    if final["status"] == "issued":
+        out["cert_id"] = final["cert_id"]
+        out["certificate"] = c.cert(final["cert_id"])
+        ctx.emit(out, [f"issued: certificate {final['cert_id']}"])
+        return EXIT_OK
+    if ctx.json:
+        ctx.emit(out, [])
+    raise Refused(
+        f"application {app_id} {final['status']}"
+        + (f": {final['close_reason']}" if final.get("close_reason") else "")
+    )
+
+
+def cmd_cert_apply(ctx: Ctx) -> int:
+    a = ctx.args
+    cert_type = a.type.upper()
+    if bool(a.key) == bool(a.csr):
+        raise UsageError("give the subject key as --key KEY.pem or --csr CSR.pem (one of them)")
+    subject = _load_subject(a.key) if a.key else _load_csr(a.csr)
+    p = ctx.policy()
+    max_names = p.max_domains if p else MAX_DOMAINS_PER_CERT
+    names = list(a.domain or [])
+    if not names:
+        if not subject.csr_domains:
+            raise UsageError("give at least one --domain (or a CSR with DNS subjectAltNames)")
+        names = subject.csr_domains
+    domains = _normalize_domains(names, max_names)
+    org = _build_org(a, cert_type, subject.csr_org)
+    escrow = _escrow(ctx, cert_type)
+    days = _days(ctx)
+    key = _read_account_key(a.account)
+    body = CertApply(
+        cert_type=cert_type,
+        domains=domains,
+        spki=subject.spki,
+        validity_days=days,
+        escrow=escrow,
+        org=org,
+    )
+    if a.prepare:
+        if a.wait:
+            raise UsageError("--prepare only signs: use --wait with `dpkid cert submit`")
+        return _prepare(ctx, key, body, cert_type, domains, org)
+    h = ctx.send(key, body)
+    ctx.say(f"submitted {cert_type} application for {', '.join(domains)}: tx {h}")
+    res = ctx.commit(h)
+    return _report_application(ctx, h, res, "application")
+
+
+PREPARED_KIND: Final = "dpkid-prepared-application/v1"
+
+
+def _prepare(
+    ctx: Ctx,
+    key: SigningKey,
+    body: CertApply | CertRenew,
+    cert_type: str,
+    domains: list[str],
+    org: dict[str, Any] | OrgIdentity | None,
+) -> int:
+    """Sign the application now, print its challenge, and save it for `cert submit`.
+
+    The challenge follows from the application id, which is a hash of the
+    signed transaction: so it is known before submission, and the names can be
+    made to answer before any validator looks.
+    """
+    from dpkid.client.rpc import encode_signed_tx
+    from dpkid.core.challenges import Challenge, dns_txt_value, key_authorization, token_for
+    from dpkid.core.crypto import sha256
+    from dpkid.core.jsonview import to_json
+
+    c = ctx.client()
+    chain_id = c.chain_id()
+    nonce = int(c.account(key.address)["next_nonce"])
+    raw = encode_signed_tx(key, chain_id, nonce, ctx.fee(), body)
+    tx_hash = sha256(raw).hex()
+    app_id = app_id_for_tx(tx_hash)
+    token = token_for(bytes.fromhex(app_id), key.public_key)
+    ka = key_authorization(token, key.public_key)
+    challenge = Challenge(token, ka, dns_txt_value(ka), tuple(domains)).as_json()
+    doc: dict[str, Any] = {
+        "kind": PREPARED_KIND,
+        "chain_id": chain_id,
+        "account": key.address.hex(),
+        "nonce": nonce,
+        "tx": raw.hex(),
+        "tx_hash": tx_hash,
+        "app_id": app_id,
+        "cert_type": cert_type,
+        "domains": domains,
+        "org": to_json(org) if org is not None else None,
+        "escrow": body.escrow,
+        "validity_days": body.validity_days,
+        "challenge": challenge,
+    }
+    out = Path(ctx.args.prepare)
+    try:
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    view = {**doc, "status": "prepared"}
+    ctx.emit(
+        {**doc, "file": str(out)},
+        [
+            f"signed, NOT submitted: saved to {out} (nonce {nonce}: send no other transaction "
+            "from this account before submitting it)",
+            *_challenge_lines(view, ctx.policy()),
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_cert_submit(ctx: Ctx) -> int:
+    path = ctx.args.file
+    try:
+        doc = json.loads(_read_bytes(path, "prepared application"))
+        if not isinstance(doc, dict) or doc.get("kind") != PREPARED_KIND:
+            raise ValueError("not a prepared application (dpkid cert apply --prepare)")
+        raw = bytes.fromhex(doc["tx"])
+        app_id = str(doc["app_id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    from dpkid.core.crypto import sha256
+
+    tx_hash = sha256(raw).hex()
+    if app_id_for_tx(tx_hash) != app_id:
+        raise UsageError(f"{path}: the app_id does not match the signed transaction")
+    chain_id = ctx.client().chain_id()
+    if doc.get("chain_id") != chain_id:
+        raise Refused(f"{path} was prepared for chain {doc.get('chain_id')!r}, not {chain_id!r}")
+    try:
+        h = ctx.client().submit(raw)
+    except RpcClientError as exc:
+        data = exc.data if isinstance(exc.data, dict) else {}
+        if data.get("name") == "BAD_NONCE":
+            raise Refused(
+                f"{path} is stale ({exc.message}): the account sent another transaction since;"
+                " prepare it again"
+            ) from None
+        raise
+    ctx.say(f"submitted prepared application {app_id}: tx {h}")
+    res = ctx.commit(h)
+    return _report_application(ctx, h, res, "application")
+
+
+def _find_record(ctx: Ctx, ident: str) -> tuple[str, dict[str, Any]]:
+    """A certificate or (failing that) an application by its id."""
+    rid = _hex_id(ident, 32, "certificate or application id")
+    c = ctx.client()
+    try:
+        return "certificate", c.cert(rid)
+    except RpcClientError as exc:
+        if exc.code != NOT_FOUND:
+            raise
+    try:
+        return "application", c.application(rid)
+    except RpcClientError as exc:
+        if exc.code != NOT_FOUND:
+            raise
+    raise Refused(f"no certificate or application with id {rid}")
+
+
+def _cert_summary(cert: dict[str, Any]) -> list[str]:
+    typ = cert["cert_type"]
+    if cert["issued_type"] != typ:
+        typ += f" (issued as {cert['issued_type']}, degraded)"
+    lines = [
+        f"certificate {cert['cert_id']}: {cert['status_at_head']}",
+        *_kv(
+            [
+                ("  type", typ),
+                ("  domains", ", ".join(cert["domains"])),
+                ("  valid", f"{_when(cert['not_before_ms'])} .. {_when(cert['not_after_ms'])}"),
+                ("  owner", cert["owner"]),
+                ("  endorsers", len(cert["endorsers"])),
+                ("  log index", cert["log_index"]),
+            ]
+        ),
+    ]
+    if cert["org"]:
+        lines.append(f"    organization  {cert['org']['name']} ({cert['org']['country']})")
+    if cert["status"] == "revoked":
+        lines.append(
+            f"    revoked       {_when(cert['revoked_ms'])} at height {cert['revoked_height']}"
+            f" ({cert.get('revocation_reason_name', cert['revocation_reason'])})"
+        )
+    if cert.get("superseded_by"):
+        lines.append(f"    superseded by {cert['superseded_by']}")
+    return lines
+
+
+def cmd_cert_status(ctx: Ctx) -> int:
+    kind, rec = _find_record(ctx, ctx.args.id)
+    if kind == "certificate":
+        status = rec["status_at_head"]
+        lines = _cert_summary(rec)
+        good = status == "valid"
+    else:
+        status = rec["status"]
+        p = ctx.policy()
+        powers = {v["address"]: int(v["power"]) for v in ctx.client().validators()["validators"]}
+        lines = [
+            f"application {rec['app_id']} ({rec['cert_type']}, {', '.join(rec['domains'])})",
+            f"  {_app_progress(rec, powers, _k_for(p, rec['cert_type']) if p else None)}",
+        ]
+        good = status in ("pending", "issued")
+    ctx.emit({"kind": kind, "status": status, "record": rec}, lines)
+    return EXIT_OK if good else EXIT_REFUSED
+
+
+def cmd_cert_show(ctx: Ctx) -> int:
+    kind, rec = _find_record(ctx, ctx.args.id)
+    ctx.emit({"kind": kind, "record": rec}, [kind, *_kv(_flatten(rec))])
+    return EXIT_OK
+
+
+def cmd_cert_list(ctx: Ctx) -> int:
+    dom = _normalize_domains([ctx.args.domain], 1)[0]
+    certs = ctx.client().certs_by_domain(dom)
+    rows = [
+        (
+            c["cert_id"],
+            c["cert_type"],
+            c["status_at_head"],
+            _when(c["not_after_ms"]),
+            ",".join(c["domains"]),
+        )
+        for c in certs
+    ]
+    lines = (
+        _table(rows, ["certificate", "type", "status", "not after", "domains"])
+        if rows
+        else [f"no certificates for {dom}"]
+    )
+    ctx.emit({"domain": dom, "certificates": certs}, lines)
+    return EXIT_OK
+
+
+def _live_cert(ctx: Ctx, ident: str) -> dict[str, Any]:
+    cid = _hex_id(ident, 32, "certificate id")
+    try:
+        cert = ctx.client().cert(cid)
+    except RpcClientError as exc:
+        if exc.code == NOT_FOUND:
+            raise Refused(f"no such certificate: {cid}") from None
+        raise
+    if cert["status"] == "revoked":
+        raise Refused(f"certificate {cid} is already revoked")
+    return cert
+
+
+def cmd_cert_revoke(ctx: Ctx) -> int:
+    from dpkid.core.keys import SubjectKeyError, sign_with_private_key, spki_der_of
+
+    a = ctx.args
+    cert = _live_cert(ctx, a.id)
+    code = REASONS[a.reason]
+    payer = _read_account_key(a.account)
+    key_sig = b""
+    if a.cert_key:
+        priv = _load_private_key(a.cert_key)
+        if priv is None:
+            raise UsageError(f"{a.cert_key} holds no readable private key")
+        if spki_der_of(priv).hex() != cert["spki"]:
+            raise Refused(
+                f"the key in {a.cert_key} is not the key of certificate {cert['cert_id']}"
+            )
+        msg = revoke_sign_bytes(ctx.client().chain_id(), bytes.fromhex(cert["cert_id"]), code)
+        try:
+            key_sig = sign_with_private_key(priv, msg)
+        except SubjectKeyError as exc:
+            raise UsageError(f"{a.cert_key}: {exc}") from None
+    elif payer.address.hex() != cert["owner"]:
+        raise Refused(
+            f"account {payer.address.hex()} does not own certificate {cert['cert_id']}; "
+            "the holder of the certificate key can revoke with --cert-key KEY.pem"
+        )
+    h = ctx.send(payer, Revoke(bytes.fromhex(cert["cert_id"]), code, key_sig))
+    res = ctx.commit(h)
+    ctx.emit(
+        {"tx_hash": h, "height": res["height"], "cert_id": cert["cert_id"], "reason": a.reason},
+        [f"revoked certificate {cert['cert_id']} ({a.reason}) at height {res['height']} (tx {h})"],
+    )
+    return EXIT_OK
+
+
+def cmd_cert_renew(ctx: Ctx) -> int:
+    a = ctx.args
+    cert = _live_cert(ctx, a.id)
+    key = _read_account_key(a.account)
+    if key.address.hex() != cert["owner"]:
+        raise Refused(f"account {key.address.hex()} does not own certificate {cert['cert_id']}")
+    new_spki = _load_subject(a.new_key).spki if a.new_key else b""
+    body = CertRenew(
+        cert_id=bytes.fromhex(cert["cert_id"]),
+        validity_days=_days(ctx),
+        escrow=_escrow(ctx, cert["cert_type"]),
+        new_spki=new_spki,
+    )
+    if a.prepare:
+        if a.wait:
+            raise UsageError("--prepare only signs: use --wait with `dpkid cert submit`")
+        return _prepare(ctx, key, body, cert["cert_type"], list(cert["domains"]), cert["org"])
+    h = ctx.send(key, body)
+    ctx.say(f"submitted renewal of {cert['cert_id']}: tx {h}")
+    res = ctx.commit(h)
+    return _report_application(ctx, h, res, "renewal application")
+
+
+# ====================================================================== endorse
+
+
+def _active_endorser(ctx: Ctx, key: SigningKey) -> dict[str, Any]:
+    addr = key.address.hex()
+    for e in ctx.client().endorsers():
+        if e["address"] == addr:
+            if not e["active"]:
+                raise Refused(f"{addr} ({e['name']}) is no longer an active endorser")
+            return e
+    raise Refused(f"{addr} is not a registered endorser")
+
+
+def _pending_apps(ctx: Ctx, blocks: int) -> Iterator[dict[str, Any]]:
+    """Pending OV/EV applications created in the last ``blocks`` blocks, newest first."""
+    from dpkid.core import codec
+    from dpkid.core.crypto import sha256
+    from dpkid.core.types import decode_tx
+
+    c = ctx.client()
+    head = int(c.status()["height"])
+    seen: set[str] = set()
+    for h in range(head, max(0, head - blocks), -1):
+        try:
+            blk = c.block(h)
+        except RpcClientError as exc:
+            if exc.code == NOT_FOUND:
+                continue
+            raise
+        for raw_hex in blk["txs"]:
+            raw = bytes.fromhex(raw_hex)
+            try:
+                tx = decode_tx(raw)
+            except codec.DecodeError:
+                continue
+            if not isinstance(tx.body, (CertApply, CertRenew)):
+                continue
+            app_id = app_id_for_tx(sha256(raw))
+            if app_id in seen:
+                continue
+            seen.add(app_id)
+            try:
+                app = c.application(app_id)
+            except RpcClientError as exc:
+                if exc.code == NOT_FOUND:  # the tx failed: no application
+                    continue
+                raise
+            if app["status"] == "pending" and app["cert_type"] != "DV":
+                yield app
+
+
+def cmd_endorse_list_pending(ctx: Ctx) -> int:
+    key = _read_account_key(ctx.args.key)
+    me = key.address.hex()
+    _active_endorser(ctx, key)
+    apps = [
+        app
+        for app in _pending_apps(ctx, ctx.args.blocks)
+        if app["applicant"] != me and all(e["endorser"] != me for e in app["endorsements"])
+    ]
+    rows = []
+    for app in apps:
+        org = app.get("org") or {}
+        yes = len([e for e in app["endorsements"] if e["approve"]])
+        rows.append(
+            (
+                app["app_id"],
+                app["cert_type"],
+                f"{org.get('name', '')} ({org.get('country', '')})",
+                ",".join(app["domains"]),
+                f"{yes}/{len(app['endorsements'])}",
+                app["created_height"],
+            )
+        )
+    lines = (
+        _table(rows, ["application", "type", "organization", "domains", "approvals", "height"])
+        if rows
+        else [f"no pending OV/EV applications for {me} in the last {ctx.args.blocks} blocks"]
+    )
+    ctx.emit({"endorser": me, "blocks_scanned": ctx.args.blocks, "applications": apps}, lines)
+    return EXIT_OK
+
+
+def _endorse(ctx: Ctx, approve: bool) -> int:
+    a = ctx.args
+    key = _read_account_key(a.key)
+    app_id = _hex_id(a.app_id, 32, "application id")
+    c = ctx.client()
+    try:
+        app = c.application(app_id)
+    except RpcClientError as exc:
+        if exc.code == NOT_FOUND:
+            raise Refused(f"no such application: {app_id}") from None
+        raise
+    _active_endorser(ctx, key)
+    if app["cert_type"] == "DV":
+        raise Refused(f"application {app_id} is DV: DV applications take no endorsements")
+    if app["status"] != "pending":
+        raise Refused(f"application {app_id} is {app['status']}, not pending")
+    if any(e["endorser"] == key.address.hex() for e in app["endorsements"]):
+        raise Refused(f"{key.address.hex()} has already decided on application {app_id}")
+    h = ctx.send(key, Endorse(bytes.fromhex(app_id), approve, a.reason or ""))
+    res = ctx.commit(h)
+    app = c.application(app_id)
+    verb = "approved" if approve else "rejected"
+    ctx.emit(
+        {"tx_hash": h, "height": res["height"], "app_id": app_id, "application": app},
+        [
+            f"{verb} application {app_id} at height {res['height']} (tx {h})",
+            f"application is now {app['status']}"
+            + (f": certificate {app['cert_id']}" if app["status"] == "issued" else ""),
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_endorse_approve(ctx: Ctx) -> int:
+    return _endorse(ctx, True)
+
+
+def cmd_endorse_reject(ctx: Ctx) -> int:
+    return _endorse(ctx, False)
+
+
+def cmd_endorse_withdraw(ctx: Ctx) -> int:
+    a = ctx.args
+    key = _read_account_key(a.key)
+    cert = _live_cert(ctx, a.cert_id)
+    if key.address.hex() not in cert["endorsers"]:
+        raise Refused(f"{key.address.hex()} does not endorse certificate {cert['cert_id']}")
+    h = ctx.send(key, EndorseWithdraw(bytes.fromhex(cert["cert_id"]), a.reason or ""))
+    res = ctx.commit(h)
+    after = ctx.client().cert(cert["cert_id"])
+    ctx.emit(
+        {"tx_hash": h, "height": res["height"], "certificate": after},
+        [
+            f"withdrew endorsement of {cert['cert_id']} at height {res['height']} (tx {h})",
+            f"certificate is now {after['cert_type']} with {len(after['endorsers'])} endorsers",
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_endorse_revoke(ctx: Ctx) -> int:
+    a = ctx.args
+    key = _read_account_key(a.key)
+    cert = _live_cert(ctx, a.cert_id)
+    _active_endorser(ctx, key)
+    h = ctx.send(key, EndorserRevoke(bytes.fromhex(cert["cert_id"]), REASONS[a.reason]))
+    res = ctx.commit(h)
+    after = ctx.client().cert(cert["cert_id"])
+    state = (
+        "revoked"
+        if after["status"] == "revoked"
+        else f"still valid ({len(after['revoke_votes'])} revocation votes)"
+    )
+    ctx.emit(
+        {"tx_hash": h, "height": res["height"], "certificate": after},
+        [f"voted to revoke {cert['cert_id']} at height {res['height']}; certificate {state}"],
+    )
+    return EXIT_OK
+
+
+# ====================================================================== chain
+
+
+def cmd_validators(ctx: Ctx) -> int:
+    res = ctx.client().validators()
+    rows = [(v["address"], v["power"], v.get("name", ""), v["pubkey"]) for v in res["validators"]]
+    lines = [
+        *_table(rows, ["address", "power", "name", "public key"]),
+        f"{len(rows)} validators, total power {res['total_power']}, at height {res['height']}",
+    ]
+    for ch in res.get("pending_changes", []):
+        lines.append(
+            f"pending: {ch['pubkey']} -> power {ch['power']} at height {ch['effective_height']}"
+        )
+    ctx.emit(res, lines)
+    return EXIT_OK
+
+
+def cmd_status(ctx: Ctx) -> int:
+    st = ctx.client().status()
+    pairs: list[tuple[str, object]] = [
+        ("chain", st["chain_id"]),
+        ("moniker", st.get("moniker", "")),
+        ("height", st["height"]),
+        ("block time", _when(int(st["time_ms"])) if st.get("time_ms") else "-"),
+        ("block hash", st.get("block_hash") or "-"),
+        ("app hash", st.get("app_hash") or "-"),
+        ("validator", st.get("validator_address") or "no (full node)"),
+        ("peers", st.get("peers", 0)),
+        ("catching up", "yes" if st.get("catching_up") else "no"),
+        ("mempool txs", st.get("mempool_txs", 0)),
+        ("node id", st.get("node_id") or "-"),
+    ]
+    ctx.emit(st, _kv(pairs))
+    return EXIT_OK
+
+
+# ====================================================================== parsers
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--home",
+        default=None,
+        help="node home: the socket is HOME/dpkid.sock (or config.toml's rpc_socket), "
+        "and the chain policy (fees, validity) is read from HOME/genesis.json; "
+        "default $DPKID_HOME or the current directory",
+    )
+    g.add_argument("--socket", default=None, help="the node's JSON-RPC socket path")
+    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+
+
+def _tx_opts(p: argparse.ArgumentParser, wait_help: str | None = None) -> None:
+    p.add_argument(
+        "--fee",
+        type=_non_negative,
+        default=None,
+        help="transaction fee (default: the policy minimum, 10 without --home)",
+    )
+    if wait_help:
+        p.add_argument("--wait", action="store_true", help=wait_help)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"give up waiting after S seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def _prepare_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prepare",
+        metavar="PREPARED.json",
+        default=None,
+        help="sign the application and print its challenge WITHOUT submitting it, saving it "
+        "to this file: publish the challenge first, then `dpkid cert submit PREPARED.json` "
+        "(validators check as soon as an application is on chain)",
+    )
+
+
+@contextlib.contextmanager
+def _one_line_errors(sub: Any) -> Iterator[None]:
+    """Parsers added to ``sub`` in this block report parse errors in one line."""
+    old = getattr(sub, "_parser_class", None)
+    if old is not None:
+        sub._parser_class = _OneLineParser
+    try:
+        yield
+    finally:
+        if old is not None:
+            sub._parser_class = old
+
+
+def _leaf(
+    sub: Any, name: str, fn: Callable[[Ctx], int], help: str, description: str = ""
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_runner(lambda args: fn(Ctx(args))), cmd_prog=p.prog)
+    return p
+
+
+def add_parsers(sub: Any) -> None:
+    with _one_line_errors(sub):
+        _add_account(sub)
+        _add_cert(sub)
+        _add_endorse(sub)
+        v = _leaf(sub, "validators", cmd_validators, "list the current validator set")
+        _connection(v)
+        s = _leaf(sub, "status", cmd_status, "show a node's chain, height, peers and sync state")
+        _connection(s)
+
+
+def _group(sub: Any, name: str, help: str) -> Any:
+    g = sub.add_parser(name, help=help, description=help, epilog=EXIT_HELP)
+    return g.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
+
+
+def _add_account(sub: Any) -> None:
+    ss = _group(sub, "account", "create and inspect accounts, send tokens")
+    p = _leaf(ss, "new", cmd_account_new, "create an account key file (mode 0600)")
+    p.add_argument("--out", required=True, metavar="KEY.json", help="where to write the key")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+
+    p = _leaf(ss, "show", cmd_account_show, "show an account's balance and nonce")
+    p.add_argument("address", nargs="?", help="account address (40 hex digits)")
+    p.add_argument("--key", metavar="KEY.json", help="show the account of this key file")
+    _connection(p)
+
+    p = _leaf(ss, "transfer", cmd_account_transfer, "send tokens to another account")
+    p.add_argument("--key", required=True, metavar="KEY.json", help="the sending account's key")
+    p.add_argument("--to", required=True, metavar="ADDRESS", help="recipient address")
+    p.add_argument("--amount", required=True, type=_positive, metavar="N")
+    _tx_opts(p, "wait until the transfer is committed and show the new balance")
+    _connection(p)
+
+
+def _add_cert(sub: Any) -> None:
+    ss = _group(sub, "cert", "apply for, inspect, renew and revoke certificates")
+    p = _leaf(
+        ss,
+        "apply",
+        cmd_cert_apply,
+        "apply for a DV, OV or EV certificate",
+        "Apply for a certificate and print the domain-control challenges to publish.\n"
+        "Domain names may be given in Unicode (U-labels); they are converted to A-labels.\n"
+        "The subject key is read from a PEM (or DER) private or public key, or from a CSR\n"
+        "whose signature is verified; a CSR's DNS subjectAltNames are used when no --domain\n"
+        "is given. The escrow defaults to the policy fee of the type, read from\n"
+        "HOME/genesis.json (so give --escrow when connecting with --socket only).",
+    )
+    p.add_argument(
+        "--type", required=True, type=str.lower, choices=["dv", "ov", "ev"], help="validation level"
+    )
+    p.add_argument(
+        "--domain", action="append", metavar="D", help="a name to certify (repeat for more)"
+    )
+    k = p.add_mutually_exclusive_group()
+    k.add_argument("--key", metavar="KEY.pem", help="subject private or public key (PEM/DER)")
+    k.add_argument("--csr", metavar="CSR.pem", help="a certificate signing request (PEM/DER)")
+    p.add_argument(
+        "--account", required=True, metavar="ACCOUNT_KEY.json", help="the paying applicant"
+    )
+    org = p.add_argument_group("organization (OV and EV only)")
+    for name, what in (
+        ("name", "legal name (required; default: the CSR's O)"),
+        ("country", "ISO 3166 two-letter country (required; default: the CSR's C)"),
+        ("state", "state or province (default: the CSR's ST)"),
+        ("locality", "city (default: the CSR's L)"),
+        ("registration-id", "company registration number (required for EV)"),
+        ("jurisdiction", "registering jurisdiction (required for EV)"),
+    ):
+        org.add_argument(f"--org-{name}", default=None, metavar="TEXT", help=what)
+    p.add_argument("--days", type=_positive, default=None, help="validity (default policy max)")
+    p.add_argument("--escrow", type=_non_negative, default=None, help="escrow (default: type fee)")
+    _prepare_opt(p)
+    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _connection(p)
+
+    p = _leaf(
+        ss,
+        "submit",
+        cmd_cert_submit,
+        "submit an application saved by `cert apply --prepare` / `cert renew --prepare`",
+    )
+    p.add_argument("file", metavar="PREPARED.json")
+    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _connection(p)
+
+    p = _leaf(
+        ss,
+        "status",
+        cmd_cert_status,
+        "a certificate's or application's status (exit 1 unless valid/pending/issued)",
+    )
+    p.add_argument("id", metavar="ID", help="certificate id or application id")
+    _connection(p)
+
+    p = _leaf(ss, "show", cmd_cert_show, "the full record of a certificate or application")
+    p.add_argument("id", metavar="ID", help="certificate id or application id")
+    _connection(p)
+
+    p = _leaf(ss, "list", cmd_cert_list, "certificates for a domain name")
+    p.add_argument("--domain", required=True, metavar="D")
+    _connection(p)
+
+    p = _leaf(
+        ss,
+        "revoke",
+        cmd_cert_revoke,
+        "revoke a certificate (as its owner, or as the holder of its key)",
+        "Revoke a certificate. The owning account revokes with --account alone; whoever\n"
+        "holds the certificate's private key revokes with --cert-key KEY.pem, paying the\n"
+        "fee from --account.",
+    )
+    p.add_argument("id", metavar="ID", help="certificate id")
+    p.add_argument("--reason", required=True, choices=list(REASONS))
+    p.add_argument("--account", required=True, metavar="KEY.json", help="owner or payer account")
+    p.add_argument("--cert-key", metavar="KEY.pem", help="the certificate's private key")
+    _tx_opts(p)
+    _connection(p)
+
+    p = _leaf(
+        ss,
+        "renew",
+        cmd_cert_renew,
+        "renew a certificate (optionally rotating its key); validation runs again",
+    )
+    p.add_argument("id", metavar="ID", help="certificate id")
+    p.add_argument("--account", required=True, metavar="KEY.json", help="the owning account")
+    p.add_argument("--new-key", metavar="KEY.pem", help="new subject key (private, public or CSR)")
+    p.add_argument("--days", type=_positive, default=None)
+    p.add_argument("--escrow", type=_non_negative, default=None)
+    _prepare_opt(p)
+    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _connection(p)
+    _add_cert_export(ss)
+
+
+def _add_cert_export(ss: Any) -> None:
+    from dpkid.cli.verify import cmd_export
+
+    e = ss.add_parser(
+        "export",
+        help="write an issued certificate as an X.509 v3 PEM (checked against a proof)",
+        description="Fetch the certificate record with its Merkle proof, check the proof, and\n"
+        "write it as X.509 v3. With --key (the subject private key) the certificate is\n"
+        "self-signed, proving possession; otherwise it is signed by the chain's public\n"
+        "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("cert_id", help="certificate id (64 hex digits)")
+    e.add_argument("--home", default=None, help="node home (socket HOME/dpkid.sock)")
+    e.add_argument("--socket", dest="rpc", default=None, help="node RPC socket path")
+    e.add_argument("--key", default=None, help="subject private key PEM: self-sign")
+    e.add_argument("--out", default=None, metavar="FILE.pem", help="write here (default stdout)")
+    e.set_defaults(func=cmd_export)
+
+
+def _add_endorse(sub: Any) -> None:
+    ss = _group(sub, "endorse", "endorser duties: vet OV/EV organization claims")
+    p = _leaf(
+        ss,
+        "list-pending",
+        cmd_endorse_list_pending,
+        "pending OV/EV applications this endorser has not decided (scans recent blocks)",
+        "List pending OV/EV applications this endorser has not yet decided.\n"
+        "There is no RPC that lists applications: this scans the transactions of the\n"
+        "last --blocks blocks for applications and renewals, so older ones are missed.",
+    )
+    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    p.add_argument("--blocks", type=_positive, default=DEFAULT_SCAN_BLOCKS, metavar="N")
+    _connection(p)
+
+    for name, fn, helptext in (
+        ("approve", cmd_endorse_approve, "approve an application's organization claims"),
+        ("reject", cmd_endorse_reject, "reject an application's organization claims"),
+    ):
+        p = _leaf(ss, name, fn, helptext)
+        p.add_argument("app_id", metavar="APP_ID")
+        p.add_argument("--key", required=True, metavar="ENDORSER.json")
+        p.add_argument("--reason", required=name == "reject", default=None)
+        _tx_opts(p)
+        _connection(p)
+
+    p = _leaf(
+        ss,
+        "withdraw",
+        cmd_endorse_withdraw,
+        "withdraw this endorser's endorsement of an issued certificate",
+    )
+    p.add_argument("cert_id", metavar="CERT_ID")
+    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    p.add_argument("--reason", default=None)
+    _tx_opts(p)
+    _connection(p)
+
+    p = _leaf(
+        ss,
+        "revoke",
+        cmd_endorse_revoke,
+        "vote to revoke an OV/EV certificate (revoked once the policy quorum votes)",
+    )
+    p.add_argument("cert_id", metavar="CERT_ID")
+    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    p.add_argument("--reason", required=True, choices=list(REASONS))
+    _tx_opts(p)
+    _connection(p)

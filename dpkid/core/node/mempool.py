@@ -1,0 +1,229 @@
+"""Pending transactions: admission, nonce order, eviction, reaping (SPEC §10)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from enum import Enum
+from typing import Final
+
+from dpkid.core import codec
+from dpkid.core.crypto import SignatureCache, address_of, sha256
+from dpkid.core.state.codes import Code
+from dpkid.core.state.machine import State
+from dpkid.core.types import MAX_TX_BYTES, Tx, tx_sign_bytes
+
+# ------------------------------------------------------------------ mempool
+
+
+class Refusal(Enum):
+    """A transaction refused for the node's sake, not its own: retry later.
+    Never a ledger code (SPEC §10); RPC reports it as -32005 (RPC.md §4.2)."""
+
+    MEMPOOL_FULL = "mempool_full"
+    OVERLOADED = "overloaded"
+
+
+Verdict = Code | Refusal
+
+# A sender may queue transactions ahead of its next nonce (they wait for the gap
+# to fill), but only this many, this far ahead, and all senders together only a
+# share of the pool: otherwise held-back nonces fill every node (issue 10 §4).
+MAX_FUTURE_PER_SENDER: Final = 64
+MAX_NONCE_GAP: Final = 256
+FUTURE_SHARE_DEN: Final = 4  # future txs hold at most 1/4 of the pool
+MAX_FUTURE_AGE_MS: Final = 10 * 60 * 1000
+MAX_SEEN_COMMITTED: Final = 100_000
+
+
+class Mempool:
+    """Bounded pool ordered by account nonce; each signature is checked once.
+
+    A tx is admitted after stateless checks (decode, chain id, signature via
+    the cache) and stateful ones against the last committed state (nonce not
+    used yet, fee at least the minimum, balance covers the fee).
+
+    A sender's txs are *executable* while their nonces run on without a gap
+    from the account's next nonce, and *future* after the first gap. Future
+    txs are bounded per sender and in total, evicted first (furthest ahead,
+    then oldest) when an executable tx needs room, and dropped when older than
+    MAX_FUTURE_AGE_MS; they never keep an executable tx out.
+    """
+
+    def __init__(self, chain_id: str, sig_cache: SignatureCache, max_txs: int = 50_000) -> None:
+        self.chain_id = chain_id
+        self.sig_cache = sig_cache
+        self.max_txs = max_txs
+        self.max_future = max(1, max_txs // FUTURE_SHARE_DEN)
+        self.by_hash: dict[bytes, tuple[bytes, Tx, bytes]] = {}  # hash -> (raw, tx, sender)
+        self.by_sender: dict[bytes, dict[int, bytes]] = {}  # sender -> nonce -> hash
+        self.added_ms: dict[bytes, int] = {}  # hash -> admission time
+        self.seen_committed: OrderedDict[bytes, None] = OrderedDict()
+        self.evicted = 0
+        # Future txs per sender, kept current by _refresh, and their sum.
+        self._fut: dict[bytes, int] = {}
+        self.future_total = 0
+
+    def __len__(self) -> int:
+        return len(self.by_hash)
+
+    # ------------------------------------------------------------------ classification
+    def _run_end(self, sender: bytes, next_nonce: int) -> int:
+        """The first nonce after the executable run of ``sender``."""
+        q = self.by_sender.get(sender, {})
+        n = next_nonce
+        while n in q:
+            n += 1
+        return n
+
+    def _refresh(self, sender: bytes, next_nonce: int) -> None:
+        end = self._run_end(sender, next_nonce)
+        n = sum(1 for x in self.by_sender.get(sender, {}) if x > end)
+        self.future_total += n - self._fut.get(sender, 0)
+        if n:
+            self._fut[sender] = n
+        else:
+            self._fut.pop(sender, None)
+
+    def _evict_one_future(self, state: State) -> bool:
+        """Drop the future tx furthest ahead of its sender's run (oldest on ties)."""
+        best: tuple[int, int, bytes] | None = None  # (-distance, added_ms, hash)
+        for sender in sorted(self._fut):
+            acct = state.account(sender)
+            end = self._run_end(sender, acct.nonce if acct else 0)
+            q = self.by_sender[sender]
+            top = max(q)
+            if top > end:
+                h = q[top]
+                cand = (-(top - end), self.added_ms.get(h, 0), h)
+                if best is None or cand < best:
+                    best = cand
+        if best is None:
+            return False
+        sender = self.by_hash[best[2]][2]
+        self._drop(best[2])
+        acct = state.account(sender)
+        self._refresh(sender, acct.nonce if acct else 0)
+        self.evicted += 1
+        return True
+
+    # ------------------------------------------------------------------ admission
+    def add(self, raw: bytes, state: State, now_ms: int = 0) -> tuple[Verdict, str, bytes]:
+        h = sha256(raw)
+        if h in self.by_hash:
+            return Code.OK, "already in mempool", h
+        if h in self.seen_committed:
+            return Code.BAD_NONCE, "transaction already committed", h
+        if len(raw) > MAX_TX_BYTES:
+            return Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}", h
+        try:
+            tx = codec.decode(raw, Tx, max_bytes=MAX_TX_BYTES)
+        except codec.DecodeError as exc:
+            return Code.MALFORMED, f"malformed transaction: {exc}", h
+        if tx.chain_id != self.chain_id:
+            return Code.WRONG_CHAIN_ID, f"chain id {tx.chain_id!r} != {self.chain_id!r}", h
+        if not self.sig_cache.check(h, tx.pubkey, tx_sign_bytes(tx.unsigned()), tx.sig):
+            return Code.BAD_SIGNATURE, "signature does not verify", h
+        sender = address_of(tx.pubkey)
+        acct = state.account(sender)
+        nonce = acct.nonce if acct else 0
+        balance = acct.balance if acct else 0
+        if tx.nonce < nonce:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already used (next is {nonce})", h
+        queue = self.by_sender.get(sender, {})
+        if tx.nonce in queue:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already pending", h
+        if tx.nonce > nonce + MAX_NONCE_GAP:
+            return Code.BAD_NONCE, f"nonce {tx.nonce} too far ahead of {nonce}", h
+        if tx.fee < state.policy.min_tx_fee:
+            return Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {state.policy.min_tx_fee}", h
+        if balance < tx.fee:
+            return Code.CANNOT_PAY_FEE, f"balance {balance} < fee {tx.fee}", h
+        end = self._run_end(sender, nonce)
+        executable = tx.nonce == end
+        if not executable:
+            mine = sum(1 for n in queue if n > end)
+            if mine >= MAX_FUTURE_PER_SENDER:
+                return (
+                    Refusal.MEMPOOL_FULL,
+                    f"{mine} transactions of this sender already wait for nonce {end}",
+                    h,
+                )
+            if self.future_total >= self.max_future:
+                return (
+                    Refusal.MEMPOOL_FULL,
+                    "too many transactions wait for earlier nonces; send nonce "
+                    f"{end} first, or try again later",
+                    h,
+                )
+        if len(self.by_hash) >= self.max_txs and not (executable and self._evict_one_future(state)):
+            return Refusal.MEMPOOL_FULL, "mempool is full, try again later", h
+        self.by_hash[h] = (raw, tx, sender)
+        self.by_sender.setdefault(sender, {})[tx.nonce] = h
+        self.added_ms[h] = now_ms
+        self._refresh(sender, nonce)
+        return Code.OK, "accepted", h
+
+    def reap(self, state: State, max_txs: int, max_bytes: int) -> list[bytes]:
+        """Txs for a block: per sender a run of consecutive nonces from the
+        account's next nonce, senders interleaved in address order."""
+        runs: list[list[bytes]] = []
+        for sender in sorted(self.by_sender):
+            q = self.by_sender[sender]
+            acct = state.account(sender)
+            n = acct.nonce if acct else 0
+            run: list[bytes] = []
+            while n in q and len(run) < max_txs:
+                run.append(self.by_hash[q[n]][0])
+                n += 1
+            if run:
+                runs.append(run)
+        out: list[bytes] = []
+        size = 0
+        i = 0
+        while runs and len(out) < max_txs:
+            run = runs[i % len(runs)]
+            raw = run.pop(0)
+            if size + len(raw) > max_bytes:
+                break
+            out.append(raw)
+            size += len(raw)
+            if not run:
+                runs.pop(i % len(runs))
+            else:
+                i += 1
+        return out
+
+    def update(self, committed: Sequence[bytes], state: State, now_ms: int = 0) -> None:
+        """After a block: drop committed txs, any whose nonce is now used, and
+        future txs that waited longer than MAX_FUTURE_AGE_MS."""
+        for raw in committed:
+            h = sha256(raw)
+            self._drop(h)
+            self.seen_committed[h] = None
+        while len(self.seen_committed) > MAX_SEEN_COMMITTED:
+            self.seen_committed.popitem(last=False)
+        for sender in sorted(self.by_sender):
+            acct = state.account(sender)
+            n = acct.nonce if acct else 0
+            end = self._run_end(sender, n)
+            for nonce in sorted(self.by_sender.get(sender, {})):
+                h = self.by_sender[sender][nonce]
+                stale = nonce > end and now_ms - self.added_ms.get(h, now_ms) > MAX_FUTURE_AGE_MS
+                if nonce < n or stale:
+                    self._drop(h)
+            self._refresh(sender, n)
+        for sender in [x for x in sorted(self._fut) if x not in self.by_sender]:
+            self.future_total -= self._fut.pop(sender)
+
+    def _drop(self, h: bytes) -> None:
+        item = self.by_hash.pop(h, None)
+        self.added_ms.pop(h, None)
+        if item is None:
+            return
+        _, tx, sender = item
+        q = self.by_sender.get(sender)
+        if q is not None:
+            q.pop(tx.nonce, None)
+            if not q:
+                del self.by_sender[sender]

@@ -1,0 +1,1 @@
+"""The PKI state machine (SPEC.md): records, transactions, the sparse Merkle tree."""

@@ -1,0 +1,443 @@
+"""The dpkid daemon: the pure NodeCore driven by trio, libp2p, SQLite and a clock.
+
+One driver task owns the core. Everything else (gossip, sync replies, RPC
+submissions, timers) reaches it through one bounded channel, so the core
+sees one input at a time, and its effects run in the order it returned them:
+a sign state is on disk before the vote it guards is published.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from dpkid.core import codec
+from dpkid.core.consensus.engine import PersistSignState, TimeoutConfig
+from dpkid.core.crypto import SignatureCache, sha256
+from dpkid.core.node.core import NodeConfig, NodeCore
+from dpkid.core.node.effects import NodeEffect, NodeEvent, PersistBlock, Send, ServeBlocks, SetTimer
+from dpkid.core.node.mempool import Refusal, Verdict
+from dpkid.core.node.wire import (
+    BlockRequest,
+    BlockResponse,
+    EvidenceMsg,
+    ProposalMsg,
+    ProposalRequest,
+    StatusMsg,
+    SyncedBlock,
+    TxBatch,
+    VoteMsg,
+    WireMsg,
+    decode_msg,
+    encode_msg,
+)
+from dpkid.core.types import Receipt
+from dpkid.daemon.config import Home, read_genesis, read_key, read_settings
+from dpkid.daemon.logs import get_logger, quiet_libp2p
+from dpkid.daemon.metrics import Metrics
+from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignStateFile
+from dpkid.daemon.store import Store
+
+INPUT_QUEUE: Final = 10_000
+SYNC_PROTOCOL: Final = "/dpkid/sync/1.0.0"
+SYNC_TIMEOUT_S: Final = 10.0
+MAX_SYNC_REPLY_BYTES: Final = 32 * 1024 * 1024
+# The watchdog warns when consensus has not moved for this many rounds' worth of
+# timeouts (every timer expiring): with §10.1's stall timers that means the node
+# is starved or cut off, never that it waits for nothing.
+WATCHDOG_ROUNDS: Final = 3
+WATCHDOG_INTERVAL_S: Final = 1.0
+# Node events that mean the operator must look now.
+LOUD_EVENTS: Final = frozenset({"store_behind_sign_state", "liveness_invariant"})
+
+
+def topics(chain_id: str) -> dict[str, str]:
+    """Gossip topic names, versioned (protocol/WIRE.md)."""
+    return {
+        "txs": f"/dpkid/{chain_id}/txs/v1",
+        "consensus": f"/dpkid/{chain_id}/consensus/v1",
+        "blocks": f"/dpkid/{chain_id}/blocks/v1",
+    }
+
+
+# Which wire messages may travel on which topic; anything else is rejected
+# by the topic validator before libp2p forwards it.
+TOPIC_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "txs": (TxBatch,),
+    "consensus": (ProposalMsg, VoteMsg, EvidenceMsg, StatusMsg),
+    "blocks": (BlockResponse,),
+}
+
+
+@dataclass
+class _Input:
+    kind: str  # "msg" | "timer" | "submit"
+    peer: str = ""
+    msg: Any = None
+    reply: trio.MemorySendChannel[Any] | None = None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeDaemon:
+    def __init__(self, home: Path) -> None:
+        self.home = Home(home)
+        self.settings = read_settings(self.home.config_file)
+        self.key = read_key(self.home.key_file)
+        self.genesis = read_genesis(self.home.genesis_file)
+        self.log = get_logger(node=self.settings.moniker)
+        self.metrics = Metrics()
+        self.store = Store(self.home.db_file)
+        s = self.settings
+        cfg = NodeConfig(
+            timeouts=TimeoutConfig(
+                s.timeout_propose_ms,
+                s.timeout_propose_delta_ms,
+                s.timeout_prevote_ms,
+                s.timeout_prevote_delta_ms,
+                s.timeout_precommit_ms,
+                s.timeout_precommit_delta_ms,
+                s.timeout_commit_ms,
+            ),
+            max_block_txs=s.max_block_txs,
+            gossip_interval_ms=s.gossip_interval_ms,
+            mempool_max_txs=s.mempool_max_txs,
+        )
+        self.sign_file = SignStateFile(self.home.path / SIGN_STATE_FILE)
+        if not self.sign_file.exists():
+            # Homes made before the guard had its own file kept it in the store.
+            self.sign_file.save(self.store.load_sign_state())
+        self.lock_file = LockFile(self.home.path / LOCK_FILE)
+        lock, why = self.lock_file.load()
+        if why:
+            self.log.warning("lock_unreadable", detail=why)
+        self.core = NodeCore(
+            self.genesis, self.key, cfg, SignatureCache(), self.sign_file.load(), lock=lock
+        )
+        self._restore()
+        self.topics = topics(self.genesis.chain_id)
+        self._decoded: OrderedDict[bytes, WireMsg] = OrderedDict()
+        self.catching_up = False
+        self.started_ms = now_ms()
+        self.block_listeners: list[Callable[[PersistBlock], None]] = []
+        self.p2p: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._in_send, self._in_recv = trio.open_memory_channel[_Input](INPUT_QUEUE)
+
+    # ------------------------------------------------------------------ restore
+    def _restore(self) -> None:
+        # resume_point checks the latest block and that the state records decode
+        # to its app hash; a damaged store raises StoreCorrupt (one line), which
+        # `dpkid start` prints instead of running on it.
+        rp = self.store.resume_point()
+        if rp is None:
+            if not self.store.has_state():
+                self.store.save_genesis_state(self.core.state)
+                self.store.save_valset(1, [(v.pubkey, v.power) for v in self.core.vals.members])
+            return
+        self.core.resume(rp.state, rp.block, rp.commit, tuple(rp.priorities))
+        self.log.info("restored", height=rp.state.height, app_hash=rp.state.app_hash.hex())
+
+    # ------------------------------------------------------------------ run
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from dpkid.daemon.p2p import P2PConfig, P2PNode
+        from dpkid.daemon.rpc_methods import build_rpc
+
+        s = self.settings
+        self.p2p = P2PNode(
+            self.key.seed,
+            P2PConfig(
+                listen_host=s.listen_host,
+                listen_port=s.listen_port,
+                persistent_peers=list(s.peers),
+                max_message_bytes=16 * 1024 * 1024,
+                max_frame_bytes=MAX_SYNC_REPLY_BYTES,
+            ),
+        )
+        quiet_libp2p()
+        rpc = build_rpc(self)
+        from dpkid.daemon.dv_checker import DvChecker
+
+        dv = DvChecker(
+            self, fault=s.dv_fault, resume_pending=True
+        )  # domain validation (SPEC §7.3), validators only
+        self.block_listeners.append(dv.on_block)
+        if s.metrics_listen:
+            self.metrics.serve(s.metrics_listen)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.p2p.run)
+            for name, topic in self.topics.items():
+                self.p2p.subscribe(topic, self._validator_for(name))
+            self.p2p.set_stream_handler(SYNC_PROTOCOL, self._serve_sync)
+            nursery.start_soon(self._receive_loop)
+            await nursery.start(rpc.serve_unix, self.home.socket_path(s))
+            if s.rpc_tcp:
+                host, _, port = s.rpc_tcp.rpartition(":")
+                token = (self.home.path / "rpc_token").read_text().strip()
+                await nursery.start(rpc.serve_tcp, host, int(port), token)
+            nursery.start_soon(self._signals, nursery)
+            nursery.start_soon(self._metrics_loop)
+            await nursery.start(dv.run)
+            await self._execute(self.core.start(now_ms()))
+            self.log.info(
+                "started",
+                height=self.core.state.height,
+                peer_id=self.p2p.peer_id,
+                validator=self.core.is_validator,
+            )
+            task_status.started()
+            await self._drive()
+
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            async for sig in sigs:
+                self.log.info("stopping", signal=signal.Signals(sig).name)
+                break
+        # Everything committed is already on disk (one transaction per block).
+        nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        if self.p2p is not None:
+            await self.p2p.aclose()
+        self.store.close()
+
+    # ------------------------------------------------------------------ inputs
+    def _validator_for(self, name: str) -> Callable[[str, bytes], bool]:
+        allowed = TOPIC_TYPES[name]
+
+        def validate(peer: str, data: bytes) -> bool:
+            try:
+                msg = decode_msg(data)
+            except codec.DecodeError:
+                self.metrics.bad_messages.inc()
+                return False
+            if not isinstance(msg, allowed):
+                self.metrics.bad_messages.inc()
+                return False
+            k = sha256(data)
+            self._decoded[k] = msg
+            while len(self._decoded) > 512:
+                self._decoded.popitem(last=False)
+            return True
+
+        return validate
+
+    async def _receive_loop(self) -> None:
+        async for m in self.p2p:
+            topic, peer, data = m.topic, m.from_peer, m.data
+            msg = self._decoded.pop(sha256(data), None)
+            if msg is None:
+                try:
+                    msg = decode_msg(data)
+                except codec.DecodeError:
+                    self.metrics.bad_messages.inc()
+                    continue
+            if topic == self.topics["blocks"]:
+                continue  # for monitors; nodes sync through the stream protocol
+            try:
+                self._in_send.send_nowait(_Input("msg", peer, msg))
+            except trio.WouldBlock:
+                self.metrics.bad_messages.inc()  # overloaded: like gossip loss, re-gossip recovers
+
+    async def _serve_sync(self, data: bytes, peer: str) -> bytes:
+        try:
+            req = decode_msg(data)
+        except codec.DecodeError:
+            return encode_msg(BlockResponse([]))
+        if isinstance(req, ProposalRequest):
+            hs = self.core.hs
+            prop = hs.proposals.get(req.round) if req.height == hs.height else None
+            return encode_msg(ProposalMsg(prop) if prop is not None else BlockResponse([]))
+        if not isinstance(req, BlockRequest):
+            return encode_msg(BlockResponse([]))
+        blocks = self.store.blocks(req.from_height, req.count)
+        out: list[SyncedBlock] = []
+        size = 0
+        for b, c in blocks:
+            n = len(codec.encode(b))
+            if out and size + n > MAX_SYNC_REPLY_BYTES // 4:
+                break
+            out.append(SyncedBlock(b, c))
+            size += n
+        return encode_msg(BlockResponse(out))
+
+    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]:
+        send, recv = trio.open_memory_channel[Any](1)
+        try:
+            self._in_send.send_nowait(_Input("submit", msg=raw, reply=send))
+        except trio.WouldBlock:
+            return Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw)
+        result: tuple[Verdict, str, bytes] = await recv.receive()
+        return result
+
+    # ------------------------------------------------------------------ the driver
+    async def _drive(self) -> None:
+        async for item in self._in_recv:
+            t0 = time.perf_counter()
+            now = now_ms()
+            if item.kind == "msg":
+                effects = self.core.on_decoded(item.peer, item.msg, now)
+            elif item.kind == "timer":
+                effects = self.core.on_timer(item.msg, now)
+            elif item.kind == "submit":
+                code, why, h, effects = self.core.submit_tx(item.msg, now)
+                assert item.reply is not None
+                item.reply.send_nowait((code, why, h))
+            else:
+                continue
+            self.metrics.step_seconds.labels(item.kind).observe(time.perf_counter() - t0)
+            await self._execute(effects)
+
+    async def _execute(self, effects: list[NodeEffect]) -> None:
+        for e in effects:
+            if isinstance(e, PersistSignState):
+                if e.lock is not None:
+                    self.lock_file.save(e.lock)  # before the sign state that names it
+                self.sign_file.save(e.state)  # durable before the vote it guards is sent
+            elif isinstance(e, PersistBlock):
+                self.store.save_block(e)
+                self._on_block(e)
+            elif isinstance(e, SetTimer):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._timer, e)
+            elif isinstance(e, Send):
+                await self._send(e)
+            elif isinstance(e, ServeBlocks):
+                pass  # sync requests arrive on the stream protocol, served by _serve_sync
+            elif isinstance(e, NodeEvent):
+                if e.kind in LOUD_EVENTS:
+                    self.log.error("node_event", kind=e.kind, detail=e.detail)
+                    if e.kind == "liveness_invariant":
+                        self.metrics.liveness_violations.inc()
+                else:
+                    self.log.warning("node_event", kind=e.kind, detail=e.detail)
+
+    async def _timer(self, t: SetTimer) -> None:
+        await trio.sleep(t.delay_ms / 1000)
+        try:
+            self._in_send.send_nowait(_Input("timer", msg=t))
+        except trio.WouldBlock:
+            await self._in_send.send(_Input("timer", msg=t))  # timers must not be lost
+
+    async def _send(self, e: Send) -> None:
+        m = e.msg
+        if e.to is not None:
+            if isinstance(m, (BlockRequest, ProposalRequest)):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._fetch, e.to, m)
+            return
+        topic = self.topics["txs"] if isinstance(m, TxBatch) else self.topics["consensus"]
+        try:
+            await self.p2p.publish(topic, encode_msg(m))
+        except Exception as exc:  # gossip is best effort; re-gossip covers the loss
+            self.log.warning("publish_failed", topic=topic, error=repr(exc))
+
+    async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
+        """Block sync and lost-proposal fetches go over the direct stream protocol."""
+        connected = self.p2p.peers()
+        if peer not in connected and connected:
+            # The gossip originator may not be a direct peer: ask one that is.
+            peer = sorted(connected)[len(self._decoded) % len(connected)]
+        if isinstance(req, BlockRequest):
+            self.catching_up = True
+        try:
+            data = await self.p2p.request(peer, SYNC_PROTOCOL, encode_msg(req), SYNC_TIMEOUT_S)
+            resp = decode_msg(data)
+        except Exception as exc:
+            self.log.info("fetch_failed", peer=peer, request=type(req).__name__, error=repr(exc))
+            return
+        if (isinstance(resp, BlockResponse) and resp.blocks) or isinstance(resp, ProposalMsg):
+            await self._in_send.send(_Input("msg", peer, resp))
+
+    def _on_block(self, e: PersistBlock) -> None:
+        h = e.block.header.height
+        self.metrics.height.set(h)
+        self.metrics.blocks.inc()
+        self.metrics.committed_txs.inc(len(e.block.txs))
+        self.catching_up = self.core.sync_target > self.core.state.height
+        if h % 10 == 0 or e.block.txs:
+            self.log.info(
+                "committed", height=h, txs=len(e.block.txs), app_hash=e.app_hash.hex()[:16]
+            )
+        for cb in self.block_listeners:
+            cb(e)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._publish_block_event, e)
+
+    async def _publish_block_event(self, e: PersistBlock) -> None:
+        """Committed blocks go out on the blocks topic for monitors."""
+        try:
+            await self.p2p.publish(
+                self.topics["blocks"], encode_msg(BlockResponse([SyncedBlock(e.block, e.commit)]))
+            )
+        except Exception as exc:
+            self.log.info("publish_failed", topic="blocks", error=repr(exc))
+
+    async def _metrics_loop(self) -> None:
+        """Metrics, and the watchdog: one warning per stall, naming what we wait for."""
+        warned_at = -1
+        while True:
+            core = self.core
+            self.metrics.round.set(core.hs.round)
+            self.metrics.peers.set(len(self.p2p.peers()))
+            self.metrics.mempool.set(len(core.mempool))
+            now = now_ms()
+            stalled = core.stalled_ms(now)
+            self.metrics.since_progress.set(stalled / 1000)
+            if (
+                stalled > core.stall_bound_ms(WATCHDOG_ROUNDS)
+                and warned_at != core.last_progress_ms
+            ):
+                warned_at = core.last_progress_ms
+                self.log.warning(
+                    "consensus_stalled",
+                    height=core.height,
+                    round=core.hs.round,
+                    step=core.hs.step,
+                    waiting_for=core.waiting_for(),
+                    stalled_ms=stalled,
+                    peers=len(self.p2p.peers()),
+                )
+            await trio.sleep(WATCHDOG_INTERVAL_S)
+
+    # ------------------------------------------------------------------ queries (RPC)
+    def status(self) -> dict[str, Any]:
+        st = self.core.state
+        info = self.store.block_info(st.height)
+        return {
+            "chain_id": self.genesis.chain_id,
+            "node_id": self.p2p.peer_id if self.p2p else "",
+            "moniker": self.settings.moniker,
+            "validator_address": self.key.address.hex() if self.core.is_validator else None,
+            "height": st.height,
+            "block_hash": info[0].hex() if info else "",
+            "app_hash": st.app_hash.hex(),
+            "time_ms": st.time_ms,
+            "round": self.core.hs.round,
+            "step": self.core.hs.step,
+            "waiting_for": self.core.waiting_for(),
+            "last_progress_ms": self.core.last_progress_ms,
+            "since_progress_ms": self.core.stalled_ms(now_ms()),
+            "liveness_violations": self.core.liveness_violations,
+            "sign_state": {
+                "height": self.core.sign_state.height,
+                "round": self.core.sign_state.round,
+                "step": self.core.sign_state.step,
+            },
+            "peers": len(self.p2p.peers()) if self.p2p else 0,
+            "catching_up": self.catching_up,
+            "mempool_txs": len(self.core.mempool),
+        }
+
+    def receipts(self, height: int) -> list[Receipt]:
+        return self.store.receipts(height)

@@ -1,0 +1,454 @@
+"""The node's JSON-RPC methods (protocol/RPC.md)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Final
+
+from dpkid.core import codec
+from dpkid.core.domains import DomainError, validate_domain
+from dpkid.core.jsonview import to_json
+from dpkid.core.node.mempool import Refusal
+from dpkid.core.state.codes import Code
+from dpkid.core.state.machine import (
+    K_META,
+    REASON_NAMES,
+    cert_status,
+    key_account,
+    key_cert,
+    key_domain,
+)
+from dpkid.core.state.proofs import RecordProof
+from dpkid.core.types import MAX_TX_BYTES, Certificate, Event
+from dpkid.daemon.rpc import (
+    APP_ERROR_BASE,
+    INVALID_PARAMS,
+    RETRY_LATER,
+    Connection,
+    Handler,
+    RpcError,
+    RpcServer,
+    hex_param,
+    param,
+)
+
+if TYPE_CHECKING:
+    from dpkid.core.node.effects import PersistBlock
+    from dpkid.daemon.daemon import NodeDaemon
+
+NOT_FOUND: Final = -32004
+NOT_READY: Final = -32005
+MAX_SUBSCRIPTIONS_PER_CONN: Final = 32
+MAX_LIST: Final = 500
+SUB_TOPICS: Final = ("blocks", "certs", "applications")
+
+
+def app_error(code: Code, message: str) -> RpcError:
+    return RpcError(APP_ERROR_BASE - int(code), message, {"code": int(code), "name": code.name})
+
+
+def code_name(code: int) -> str:
+    return Code(code).name if code in Code._value2member_map_ else str(code)
+
+
+def cert_view(cert: Certificate, time_ms: int) -> dict[str, Any]:
+    v: dict[str, Any] = to_json(cert)
+    v["status_at_head"] = cert_status(cert, time_ms)
+    if cert.status == "revoked":
+        v["revocation_reason_name"] = REASON_NAMES.get(cert.revocation_reason, "unknown")
+    return v
+
+
+def domain_watch_matches(watched: str, cert_domains: list[str]) -> bool:
+    """A watch on example.com sees example.com, its subdomains and wildcards under it."""
+    for d in cert_domains:
+        base = d[2:] if d.startswith("*.") else d
+        if base == watched or base.endswith("." + watched):
+            return True
+    return False
+
+
+class Subscriptions:
+    """Per-connection subscriptions, fed from committed blocks."""
+
+    def __init__(self, d: NodeDaemon) -> None:
+        self.d = d
+        self.ids = itertools.count(1)
+        self.subs: dict[int, tuple[Connection, str, dict[str, Any]]] = {}
+
+    def add(self, conn: Connection, topic: str, filt: dict[str, Any]) -> int:
+        mine = [s for s in self.subs.values() if s[0] is conn]
+        if len(mine) >= MAX_SUBSCRIPTIONS_PER_CONN:
+            raise RpcError(
+                INVALID_PARAMS, f"at most {MAX_SUBSCRIPTIONS_PER_CONN} subscriptions per connection"
+            )
+        sid = next(self.ids)
+        self.subs[sid] = (conn, topic, filt)
+        conn.subscriptions += 1  # a subscriber is never closed as idle
+        return sid
+
+    def remove(self, conn: Connection, sid: int) -> bool:
+        s = self.subs.get(sid)
+        if s is None or s[0] is not conn:
+            return False
+        del self.subs[sid]
+        conn.subscriptions -= 1
+        return True
+
+    def drop_conn(self, conn: Connection) -> None:
+        for sid in [k for k, v in self.subs.items() if v[0] is conn]:
+            del self.subs[sid]
+
+    def on_block(self, e: PersistBlock) -> None:
+        if not self.subs:
+            return
+        st = self.d.core.state
+        h = e.block.header.height
+        block_ev = {
+            "height": h,
+            "hash": e.block.hash.hex(),
+            "time_ms": e.block.header.time_ms,
+            "txs": len(e.block.txs),
+            "app_hash": e.app_hash.hex(),
+        }
+        events: list[Event] = list(e.events)
+        # Records as this block left them (several blocks may be applied at once).
+        written = dict(e.writes)
+        for r in e.receipts:
+            events.extend(r.events)
+        cert_evs: list[dict[str, Any]] = []
+        app_evs: list[dict[str, Any]] = []
+        for ev in events:
+            if ev.kind in ("cert_issued", "cert_revoked", "cert_degraded"):
+                cert = written.get(key_cert(ev.ref)) or st.certificate(ev.ref)
+                if cert is not None:
+                    cert_evs.append(
+                        {
+                            "event": ev.kind.removeprefix("cert_"),
+                            "height": h,
+                            "detail": ev.detail,
+                            "certificate": cert_view(cert, st.time_ms),
+                        }
+                    )
+            if ev.kind.startswith("app_") or ev.kind in ("attested", "endorsed", "attest_conflict"):
+                app_evs.append(
+                    {"event": ev.kind, "height": h, "app_id": ev.ref.hex(), "detail": ev.detail}
+                )
+            if ev.kind == "cert_issued":
+                cert = written.get(key_cert(ev.ref)) or st.certificate(ev.ref)
+                if cert is not None:
+                    app_evs.append(
+                        {
+                            "event": "issued",
+                            "height": h,
+                            "app_id": cert.app_id.hex(),
+                            "cert_id": cert.cert_id.hex(),
+                            "detail": "",
+                        }
+                    )
+        for sid, (conn, topic, filt) in list(self.subs.items()):
+            items: list[dict[str, Any]]
+            if topic == "blocks":
+                items = [block_ev]
+            elif topic == "certs":
+                dom = filt.get("domain")
+                items = [
+                    c
+                    for c in cert_evs
+                    if not dom or domain_watch_matches(dom, c["certificate"]["domains"])
+                ]
+            else:
+                aid = filt.get("app_id")
+                items = [a for a in app_evs if not aid or a["app_id"] == aid]
+            for item in items:
+                if not conn.notify(
+                    "subscription", {"subscription": sid, "topic": topic, "event": item}
+                ):
+                    # A subscriber that cannot keep up is dropped, never waited for.
+                    self.subs.pop(sid, None)
+                    conn.dropped_notice = f"subscription {sid} dropped: client too slow"
+                    break
+
+
+def build_rpc(d: NodeDaemon) -> RpcServer:
+    subs = Subscriptions(d)
+    d.block_listeners.append(subs.on_block)
+
+    def state_now() -> Any:
+        return d.core.state
+
+    async def status(params: Any, conn: Connection) -> Any:
+        return d.status()
+
+    async def block_get(params: Any, conn: Connection) -> Any:
+        h = param(params, "height", int, 0, default=d.core.state.height)
+        if h < 1 or h > d.core.state.height:
+            raise RpcError(NOT_FOUND, f"no block at height {h} (latest is {d.core.state.height})")
+        got = d.store.block(h)
+        if got is None:
+            raise RpcError(NOT_FOUND, f"block {h} is not stored")
+        block, commit = got
+        return {
+            "height": h,
+            "hash": block.hash.hex(),
+            "header": to_json(block.header),
+            "header_bytes": codec.encode(block.header).hex(),
+            "txs": [t.hex() for t in block.txs],
+            "evidence": to_json(block.evidence),
+            "last_commit": to_json(block.last_commit),
+            "commit": to_json(commit),
+            "commit_bytes": codec.encode(commit).hex(),
+            # The bytes a client hashes to check last_commit_hash and evidence_hash,
+            # without re-encoding the JSON views.
+            "last_commit_bytes": (
+                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
+            ),
+            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
+        }
+
+    async def headers_get(params: Any, conn: Connection) -> Any:
+        """Headers with their commits, for light clients walking the chain."""
+        start = param(params, "from", int, 0, default=1)
+        count = max(1, min(param(params, "count", int, 1, default=100), 100))
+        if start < 1 or start > 2**62:
+            raise RpcError(INVALID_PARAMS, "from must be between 1 and 2**62")
+        out = []
+        for block, commit in d.store.blocks(start, count):
+            out.append(
+                {
+                    "height": block.header.height,
+                    "header_bytes": codec.encode(block.header).hex(),
+                    "commit_bytes": codec.encode(commit).hex(),
+                }
+            )
+        return {"latest": d.core.state.height, "headers": out}
+
+    async def tx_submit(params: Any, conn: Connection) -> Any:
+        raw = hex_param(params, "tx", index=0, max_len=MAX_TX_BYTES + 1)
+        code, why, h = await d.submit_tx(raw)
+        if isinstance(code, Refusal):
+            # Not the transaction's fault: the same bytes may be sent again later.
+            raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
+        if code != Code.OK:
+            raise app_error(code, why)
+        return {"hash": h.hex(), "status": why}
+
+    async def tx_get(params: Any, conn: Connection) -> Any:
+        h = hex_param(params, "hash", 32)
+        loc = d.store.tx_location(h)
+        if loc is None:
+            return {"hash": h.hex(), "committed": False, "pending": h in d.core.mempool.by_hash}
+        height, idx, receipt = loc
+        return {
+            "hash": h.hex(),
+            "committed": True,
+            "height": height,
+            "index": idx,
+            "code": receipt.code,
+            "code_name": code_name(receipt.code),
+            "log": receipt.log,
+            "receipt": to_json(receipt),
+        }
+
+    async def account_get(params: Any, conn: Connection) -> Any:
+        addr = hex_param(params, "address", 20)
+        st = state_now()
+        a = st.account(addr)
+        pending = len(d.core.mempool.by_sender.get(addr, {}))
+        return {
+            "address": addr.hex(),
+            "exists": a is not None,
+            "balance": a.balance if a else 0,
+            "nonce": a.nonce if a else 0,
+            "next_nonce": (a.nonce if a else 0) + pending,
+            "pubkey": a.pubkey.hex() if a else "",
+            "height": st.height,
+        }
+
+    async def cert_get(params: Any, conn: Connection) -> Any:
+        cid = hex_param(params, "cert_id", 32)
+        st = state_now()
+        cert = st.certificate(cid)
+        if cert is None:
+            raise RpcError(NOT_FOUND, "no such certificate", {"cert_id": cid.hex()})
+        return {
+            "height": st.height,
+            "time_ms": st.time_ms,
+            "certificate": cert_view(cert, st.time_ms),
+        }
+
+    async def certs_by_domain(params: Any, conn: Connection) -> Any:
+        dom = param(params, "domain", str)
+        try:
+            dom = validate_domain(dom)
+        except DomainError as exc:
+            raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+        st = state_now()
+        certs = st.certs_by_domain(dom)[-MAX_LIST:]
+        return {
+            "height": st.height,
+            "domain": dom,
+            "certificates": [cert_view(c, st.time_ms) for c in certs],
+        }
+
+    async def application_get(params: Any, conn: Connection) -> Any:
+        aid = hex_param(params, "app_id", 32)
+        st = state_now()
+        app = st.application(aid)
+        if app is None:
+            raise RpcError(NOT_FOUND, "no such application", {"app_id": aid.hex()})
+        from dpkid.core.challenges import challenge_for
+
+        v = to_json(app)
+        v["challenge"] = challenge_for(app).as_json()
+        return {"height": st.height, "application": v}
+
+    async def cert_proof(params: Any, conn: Connection) -> Any:
+        """A proof against the latest header's app hash, with that header and its commit."""
+        if isinstance(params, dict) and "domain" in params:
+            dom = param(params, "domain", str)
+            try:
+                key = key_domain(validate_domain(dom))
+            except DomainError as exc:
+                raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+        elif isinstance(params, dict) and "address" in params:
+            key = key_account(hex_param(params, "address", 20))
+        else:
+            key = key_cert(hex_param(params, "cert_id", 32))
+        return record_proof(key)
+
+    def record_proof(key: bytes) -> dict[str, Any]:
+        st = state_now()
+        try:
+            prev_h, root, value, path = st.prove_previous(key)
+        except ValueError:
+            raise RpcError(NOT_READY, "no proof yet: retry after the next block") from None
+        header_h = prev_h + 1
+        got = d.store.block(header_h)
+        if got is None:
+            raise RpcError(NOT_READY, "header not stored yet")
+        block, commit = got
+        if block.header.app_hash != root:
+            raise RpcError(NOT_READY, "state moved on; retry")
+        proof = RecordProof(key, value is not None, value or b"", path)
+        return {
+            "height": header_h,
+            "state_height": prev_h,
+            "app_hash": root.hex(),
+            "header": to_json(block.header),
+            "header_bytes": codec.encode(block.header).hex(),
+            "commit": to_json(commit),
+            "commit_bytes": codec.encode(commit).hex(),
+            # The bytes a client hashes to check last_commit_hash and evidence_hash,
+            # without re-encoding the JSON views.
+            "last_commit_bytes": (
+                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
+            ),
+            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
+            "present": value is not None,
+            "record": to_json(st.get_previous(key)) if value is not None else None,
+            "proof": codec.encode(proof).hex(),
+        }
+
+    async def log_checkpoint(params: Any, conn: Connection) -> Any:
+        """The certificate log's size and root, proven through the meta record."""
+        out = record_proof(K_META)
+        meta = d.core.state.get_previous(K_META)
+        out["log_size"] = meta.log_size
+        out["log_root"] = meta.log_root.hex()
+        return out
+
+    async def log_proof(params: Any, conn: Connection) -> Any:
+        log = d.core.state.log
+        if isinstance(params, dict) and "old_size" in params:
+            old = param(params, "old_size", int)
+            new = param(params, "new_size", int, default=log.size)
+            if not 0 <= old <= new <= log.size:
+                raise RpcError(INVALID_PARAMS, f"need 0 <= old_size <= new_size <= {log.size}")
+            return {
+                "old_size": old,
+                "new_size": new,
+                "old_root": log.root(old).hex(),
+                "new_root": log.root(new).hex(),
+                "proof": [x.hex() for x in log.consistency_proof(old, new)],
+            }
+        index = param(params, "index", int, 0)
+        size = param(params, "size", int, 1, default=log.size)
+        if not 0 <= index < size <= log.size:
+            raise RpcError(INVALID_PARAMS, f"need 0 <= index < size <= {log.size}")
+        entry = d.core.state.log_entry(index)
+        return {
+            "index": index,
+            "size": size,
+            "root": log.root(size).hex(),
+            "leaf": codec.encode(entry).hex(),
+            "entry": to_json(entry),
+            "proof": [x.hex() for x in log.inclusion_proof(index, size)],
+        }
+
+    async def endorsers_list(params: Any, conn: Connection) -> Any:
+        st = state_now()
+        return {"height": st.height, "endorsers": to_json(st.endorsers.endorsers)}
+
+    async def validators_at(params: Any, conn: Connection) -> Any:
+        """The set that signed commits at ``height``; a light client checks its
+        hash against the header's validators_hash."""
+        h = param(params, "height", int)
+        if h < 1 or h > d.core.state.height + 1:
+            raise RpcError(NOT_FOUND, f"no validator set known for height {h}")
+        vals = d.store.valset_at(h)
+        if vals is None:
+            raise RpcError(NOT_FOUND, f"no validator set stored for height {h}")
+        return {"height": h, "validators": [{"pubkey": pk.hex(), "power": p} for pk, p in vals]}
+
+    async def validators_list(params: Any, conn: Connection) -> Any:
+        st = state_now()
+        vals = to_json(st.validators.validators)
+        total = sum(v.power for v in st.validators.validators)
+        return {
+            "height": st.height,
+            "total_power": total,
+            "validators": vals,
+            "pending_changes": to_json(st.pending_validator_changes.changes),
+        }
+
+    async def subscribe(params: Any, conn: Connection) -> Any:
+        topic = param(params, "topic", str)
+        if topic not in SUB_TOPICS:
+            raise RpcError(INVALID_PARAMS, f"topic must be one of {list(SUB_TOPICS)}")
+        filt: dict[str, Any] = {}
+        if isinstance(params, dict) and params.get("domain"):
+            try:
+                filt["domain"] = validate_domain(param(params, "domain", str))
+            except DomainError as exc:
+                raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+        if isinstance(params, dict) and params.get("app_id"):
+            filt["app_id"] = hex_param(params, "app_id", 32).hex()
+        return {"subscription": subs.add(conn, topic, filt), "topic": topic}
+
+    async def unsubscribe(params: Any, conn: Connection) -> Any:
+        sid = param(params, "subscription", int)
+        return {"unsubscribed": subs.remove(conn, sid)}
+
+    methods: dict[str, Handler] = {
+        "status": status,
+        "block_get": block_get,
+        "headers_get": headers_get,
+        "tx_submit": tx_submit,
+        "tx_get": tx_get,
+        "account_get": account_get,
+        "cert_get": cert_get,
+        "certs_by_domain": certs_by_domain,
+        "application_get": application_get,
+        "cert_proof": cert_proof,
+        "log_checkpoint": log_checkpoint,
+        "log_proof": log_proof,
+        "endorsers_list": endorsers_list,
+        "validators_list": validators_list,
+        "validators_at": validators_at,
+        "subscribe": subscribe,
+        "unsubscribe": unsubscribe,
+    }
+    server = RpcServer(methods, log=lambda ev, **kw: d.log.warning(ev, **kw))
+    server.on_disconnect.append(subs.drop_conn)
+    return server

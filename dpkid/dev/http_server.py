@@ -1,0 +1,350 @@
+"""A challenge web server on 127.0.0.1 for tests and the demo (stdlib only).
+
+It serves `/.well-known/dpki-challenge/<token>` per Host header from a
+thread-safe `ChallengeMap`, and can misbehave on purpose, per host, to test
+how validators cope with hostile responders:
+
+    ""            serve the map (404 for anything not in it)
+    "wrong_body"  200 with a body that is not the key authorization
+    "oversized"   200 with a body far larger than any key authorization
+    "garbage"     bytes that are not HTTP at all, then close
+    "slowloris"   a status line, then one byte every half second (for up to a minute)
+    "redirect"    302 to `arg` for any path not in the map (e.g. off-domain)
+    "status"      answer with the status code in `arg` (e.g. "500")
+
+In-process::
+
+    m = ChallengeMap()
+    m.set("example.test", token, key_authorization)
+    with ChallengeHttpServer(m) as srv:   # srv.port is NodeSettings.http_port
+        ...
+
+As a process, re-reading the map file whenever it changes::
+
+    python -m dpkid.dev.http_server --port 8080 --map map.json
+
+    {"example.test": {"paths": {"/.well-known/dpki-challenge/TOKEN": "BODY"},
+                      "behaviour": "", "arg": ""}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from dpkid.core.challenges import HTTP_PATH_PREFIX, MAX_HTTP_BODY_BYTES
+from dpkid.dev.jsonfile import (
+    read_json_object,
+    run_until_signal,
+    watch_json_file,
+    write_json_atomic,
+)
+
+BEHAVIOURS: Final = ("", "wrong_body", "oversized", "garbage", "slowloris", "redirect", "status")
+OVERSIZED_BYTES: Final = 64 * MAX_HTTP_BODY_BYTES
+SLOWLORIS_INTERVAL_S: Final = 0.5
+SLOWLORIS_MAX_S: Final = 60.0
+GARBAGE: Final = bytes(range(256)) * 4 + b"\r\n\r\n\x00\x00"
+
+
+class MapError(ValueError):
+    pass
+
+
+def norm_host(host: str) -> str:
+    h = host.strip().lower()
+    if h.startswith("["):  # [v6]:port
+        h = h[1 : h.find("]")] if "]" in h else h
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+class _Host:
+    __slots__ = ("arg", "behaviour", "paths")
+
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}
+        self.behaviour = ""
+        self.arg = ""
+
+
+class ChallengeMap:
+    """Host -> path -> body, plus a behaviour per host; safe from any thread."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _Host] = {}
+        if data:
+            self.replace(data)
+
+    def set(self, host: str, token: str, body: str) -> None:
+        self.set_path(host, HTTP_PATH_PREFIX + token, body)
+
+    def set_path(self, host: str, path: str, body: str) -> None:
+        if not path.startswith("/"):
+            raise MapError("a path starts with /")
+        with self._lock:
+            self._host(host).paths[path] = body
+
+    def set_behaviour(self, host: str, behaviour: str, arg: str = "") -> None:
+        if behaviour not in BEHAVIOURS:
+            raise MapError(f"behaviour must be one of {BEHAVIOURS}")
+        with self._lock:
+            h = self._host(host)
+            h.behaviour, h.arg = behaviour, arg
+
+    def remove(self, host: str) -> None:
+        with self._lock:
+            self._hosts.pop(norm_host(host), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._hosts.clear()
+
+    def replace(self, data: Mapping[str, Any]) -> None:
+        new = ChallengeMap._parse(data)
+        with self._lock:
+            self._hosts = new
+
+    def lookup(self, host: str, path: str) -> tuple[str, str, str | None]:
+        """(behaviour, arg, body or None) for one request."""
+        with self._lock:
+            h = self._hosts.get(norm_host(host))
+            if h is None:
+                return "", "", None
+            return h.behaviour, h.arg, h.paths.get(path)
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                n: {"paths": dict(h.paths), "behaviour": h.behaviour, "arg": h.arg}
+                for n, h in sorted(self._hosts.items())
+            }
+
+    def _host(self, host: str) -> _Host:
+        n = norm_host(host)
+        h = self._hosts.get(n)
+        if h is None:
+            h = self._hosts[n] = _Host()
+        return h
+
+    @staticmethod
+    def _parse(data: Mapping[str, Any]) -> dict[str, _Host]:
+        if not isinstance(data, Mapping):
+            raise MapError("a challenge map is a JSON object of hosts")
+        out: dict[str, _Host] = {}
+        for name, spec in data.items():
+            if not isinstance(spec, Mapping):
+                raise MapError(f"{name}: expected an object")
+            unknown = set(spec) - {"paths", "behaviour", "arg"}
+            if unknown:
+                raise MapError(f"{name}: unknown keys {sorted(unknown)}")
+            h = _Host()
+            paths = spec.get("paths", {})
+            if not isinstance(paths, Mapping):
+                raise MapError(f"{name}: paths is an object of path -> body")
+            h.paths = {str(p): str(b) for p, b in paths.items()}
+            h.behaviour = str(spec.get("behaviour", ""))
+            h.arg = str(spec.get("arg", ""))
+            if h.behaviour not in BEHAVIOURS:
+                raise MapError(f"{name}: behaviour must be one of {BEHAVIOURS}")
+            out[norm_host(str(name))] = h
+        return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+    timeout = 15  # an idle client is dropped
+    server_version = "dpkid-devnet"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        host = self.headers.get("Host", "")
+        path = self.path.split("?", 1)[0]
+        behaviour, arg, body = self.server.challenges.lookup(host, path)
+        if behaviour == "garbage":
+            self.wfile.write(GARBAGE)
+            self.close_connection = True
+            return
+        if behaviour == "slowloris":
+            self._slowloris()
+            return
+        if behaviour == "wrong_body":
+            self._reply(200, "this is not the key authorization")
+            return
+        if behaviour == "oversized":
+            self._reply(200, "A" * OVERSIZED_BYTES)
+            return
+        if behaviour == "status":
+            self._reply(int(arg or 500), "")
+            return
+        if behaviour == "redirect" and body is None:
+            self.send_response(302)
+            self.send_header("Location", arg)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if body is None:
+            self._reply(404, "no such challenge\n")
+            return
+        self._reply(200, body)
+
+    def _reply(self, code: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _slowloris(self) -> None:
+        self.close_connection = True
+        stop = self.server.stopping
+        try:
+            self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            self.wfile.flush()
+            end = time.monotonic() + SLOWLORIS_MAX_S
+            while time.monotonic() < end and not stop.is_set():
+                if stop.wait(SLOWLORIS_INTERVAL_S):
+                    break
+                self.wfile.write(b"X")
+                self.wfile.flush()
+        except OSError:
+            pass  # the client gave up, as it should
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # many validators connect at once; 5 (the default) drops SYNs
+
+    def __init__(self, addr: tuple[str, int], challenges: ChallengeMap, verbose: bool) -> None:
+        super().__init__(addr, _Handler)
+        self.challenges = challenges
+        self.verbose = verbose
+        self.stopping = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-response are expected here (that is the point).
+        if self.verbose:
+            super().handle_error(request, client_address)
+
+
+class ChallengeHttpServer:
+    """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread."""
+
+    def __init__(
+        self,
+        challenges: ChallengeMap | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.challenges = challenges if challenges is not None else ChallengeMap()
+        self.host = host
+        self.want_port = port
+        self.verbose = verbose
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    def start(self) -> ChallengeHttpServer:
+        srv = _Server((self.host, self.want_port), self.challenges, self.verbose)
+        self._server = srv
+        self.port = int(srv.server_address[1])
+        self._thread = threading.Thread(target=srv.serve_forever, name="challenge-http")
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        srv = self._server
+        if srv is None:
+            return
+        srv.stopping.set()
+        with contextlib.suppress(Exception):
+            srv.shutdown()
+            srv.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> ChallengeHttpServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------ map files
+
+
+def write_map_file(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a challenge map file atomically."""
+    ChallengeMap._parse(data)
+    write_json_atomic(path, data)
+
+
+def read_map_file(path: Path) -> dict[str, Any]:
+    return read_json_object(path, MapError, "a challenge map is a JSON object of hosts")
+
+
+def watch_map_file(
+    challenges: ChallengeMap, path: Path, stop: threading.Event, interval_s: float = 0.1
+) -> Iterator[str]:
+    def load() -> str:
+        challenges.replace(read_map_file(path))
+        return f"loaded {path}: {len(challenges.to_json())} hosts"
+
+    return watch_json_file(path, stop, load, MapError, "map", interval_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m dpkid.dev.http_server",
+        description="http-01 challenge server on loopback; reloads its map file",
+    )
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    ap.add_argument("--map", required=True, help="JSON map file, re-read when it changes")
+    ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    args = ap.parse_args(argv)
+    if not ipaddress.ip_address(args.host).is_loopback:
+        print("http_server: refusing to listen outside loopback", file=sys.stderr)
+        return 2
+    path = Path(args.map)
+    challenges = ChallengeMap()
+    if path.exists():
+        try:
+            challenges.replace(read_map_file(path))
+        except MapError as exc:
+            print(f"http_server: {exc}", file=sys.stderr)
+            return 2
+    server = ChallengeHttpServer(challenges, args.host, args.port, verbose=args.verbose).start()
+    print(f"listening {server.host}:{server.port}", flush=True)
+    run_until_signal(lambda stop: watch_map_file(challenges, path, stop), server.stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Golden vectors: fixed inputs and the exact bytes, hashes and roots they give.
+
+``build_vectors()`` derives them from label keys (Ed25519 signing is
+deterministic), so regenerating gives the same files. The tests do not
+regenerate: they read the JSON and recompute each output from its input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from dpkid.core import codec
+from dpkid.core.crypto import SigningKey, address_of, sha256
+from dpkid.core.keys import spki_der_of
+from dpkid.core.state.machine import cert_id_for
+from dpkid.core.state.smt import SparseMerkleTree
+from dpkid.core.types import (
+    AddEndorser,
+    Attestation,
+    CertApply,
+    CertRenew,
+    DvAttest,
+    Endorse,
+    EndorserRevoke,
+    EndorseWithdraw,
+    GovPropose,
+    GovVote,
+    OrgIdentity,
+    RemoveEndorser,
+    Revoke,
+    SetValidator,
+    Transfer,
+    TxBody,
+    UnsignedTx,
+    sign_tx,
+    tx_sign_bytes,
+)
+from dpkid.dev.devchain import DevChain, dev_genesis
+
+VECTOR_CHAIN_ID = "dpkid-vectors"
+
+
+def subject_key(label: str) -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.from_private_bytes(sha256(b"subject/" + label.encode()))
+
+
+def p256_subject_key(label: str) -> ec.EllipticCurvePrivateKey:
+    scalar = int.from_bytes(sha256(b"p256/" + label.encode()), "big") % (2**255)
+    return ec.derive_private_key(scalar, ec.SECP256R1())
+
+
+def _tx_vector(name: str, key: SigningKey, nonce: int, fee: int, body: TxBody) -> dict[str, Any]:
+    tx = sign_tx(key, VECTOR_CHAIN_ID, nonce, fee, body)
+    raw = codec.encode(tx)
+    utx = UnsignedTx(tx.chain_id, tx.pubkey, tx.nonce, tx.fee, tx.body)
+    return {
+        "name": name,
+        "signer_seed": key.seed.hex(),
+        "signer_pubkey": key.public_key.hex(),
+        "signer_address": address_of(key.public_key).hex(),
+        "sign_bytes": tx_sign_bytes(utx).hex(),
+        "signature": tx.sig.hex(),
+        "tx": raw.hex(),
+        "tx_hash": sha256(raw).hex(),
+    }
+
+
+def encoding_vectors() -> dict[str, Any]:
+    k = SigningKey.from_label("vector-signer")
+    other = SigningKey.from_label("vector-other")
+    h = sha256(b"vector-app")
+    spki = spki_der_of(subject_key("a").public_key())
+    org = OrgIdentity("Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH")
+    bodies: list[tuple[str, TxBody]] = [
+        ("transfer", Transfer(other.address, 12_345)),
+        ("cert_apply_dv", CertApply("DV", ["example.com", "www.example.com"], spki, 90, 1_000)),
+        ("cert_apply_ev", CertApply("EV", ["bank.example"], spki, 30, 20_000, org)),
+        ("cert_apply_wildcard", CertApply("DV", ["*.example.org"], spki, 7, 1_000)),
+        ("cert_renew_rotate", CertRenew(h, 90, 1_000, spki_der_of(subject_key("b").public_key()))),
+        (
+            "dv_attest",
+            DvAttest(
+                [
+                    Attestation(h, True, "http-01"),
+                    Attestation(sha256(h), False, "dns-01", "NXDOMAIN"),
+                ]
+            ),
+        ),
+        ("endorse", Endorse(h, True, "documents checked")),
+        ("endorse_withdraw", EndorseWithdraw(h, "registration lapsed")),
+        ("revoke", Revoke(h, 1)),
+        ("endorser_revoke", EndorserRevoke(h, 9)),
+        ("gov_add_endorser", GovPropose(AddEndorser(other.public_key, "New Endorser"))),
+        ("gov_remove_endorser", GovPropose(RemoveEndorser(other.address, True), "caught")),
+        ("gov_set_validator", GovPropose(SetValidator(other.public_key, 5))),
+        ("gov_vote", GovVote(h, True)),
+    ]
+    return {
+        "description": "Transaction encodings: decode 'tx' to Tx; its sign-bytes, signature and "
+        "sha256 hash must match. Keys are Ed25519 seeds (RFC 8032, deterministic).",
+        "chain_id": VECTOR_CHAIN_ID,
+        "address_vectors": [
+            {"pubkey": x.public_key.hex(), "address": x.address.hex()} for x in (k, other)
+        ],
+        "ids": {
+            "app_id_for_tx_hash": {
+                "tx_hash": h.hex(),
+                "app_id": sha256(b"dpkid/app/v1\x00" + h).hex(),
+                "cert_id": cert_id_for(sha256(b"dpkid/app/v1\x00" + h)).hex(),
+            }
+        },
+        "txs": [_tx_vector(n, k, i, 10, b) for i, (n, b) in enumerate(bodies)],
+    }
+
+
+def smt_vectors() -> dict[str, Any]:
+    cases = []
+    items: list[tuple[bytes, bytes]] = []
+    for i in range(5):
+        key = f"key-{i}".encode()
+        val = f"value-{i}".encode()
+        items.append((key, val))
+        tree = SparseMerkleTree().update([(sha256(k), sha256(v)) for k, v in items])
+        cases.append(
+            {
+                "items": [[k.hex(), v.hex()] for k, v in items],
+                "root": tree.root_hash.hex(),
+            }
+        )
+    return {
+        "description": "Sparse Merkle tree roots over sha256(key) -> sha256(value).",
+        "empty_root": bytes(32).hex(),
+        "cases": cases,
+    }
+
+
+def chain_vectors() -> dict[str, Any]:
+    """A short chain through every kind of transaction, from genesis."""
+    genesis, keys = dev_genesis(chain_id=VECTOR_CHAIN_ID)
+    c = DevChain(genesis, keys)
+    v, e, a = keys.validators, keys.endorsers, keys.accounts
+    spki = spki_der_of(subject_key("dv").public_key())
+    spki_ev = spki_der_of(p256_subject_key("ev").public_key())
+    org = OrgIdentity("Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH")
+
+    c.tx(a[0], Transfer(a[1].address, 5_000))
+    r_dv = c.tx(a[0], CertApply("DV", ["example.com", "www.example.com"], spki, 90, 1_000))
+    r_ev = c.tx(a[1], CertApply("EV", ["bank.example"], spki_ev, 30, 20_000, org))
+    c.tx(a[2], CertApply("DV", ["nobody.example"], spki, 90, 1_000))
+    c.raw(b"\x93garbage")
+    c.block()
+    app_dv = sha256(b"dpkid/app/v1\x00" + sha256(r_dv))
+    app_ev = sha256(b"dpkid/app/v1\x00" + sha256(r_ev))
+    app_bad = sha256(b"dpkid/app/v1\x00" + sha256(c.blocks[-1][1][3]))
+    for val in v[:3]:
+        c.tx(
+            val,
+            DvAttest([Attestation(app_dv, True, "http-01"), Attestation(app_ev, True, "dns-01")]),
+        )
+    for val in v[1:4]:
+        c.tx(val, DvAttest([Attestation(app_bad, False, "http-01", "404")]))
+    for end in e[:3]:
+        c.tx(end, Endorse(app_ev, True, "verified"))
+    c.block()
+    cert_dv = cert_id_for(app_dv)
+    cert_ev = cert_id_for(app_ev)
+    c.tx(e[0], EndorseWithdraw(cert_ev, "withdrawn"))
+    c.tx(a[0], Revoke(cert_dv, 5))
+    c.tx(v[0], GovPropose(SetValidator(SigningKey.from_label("validator-new").public_key, 10)))
+    c.block()
+    blocks = []
+    for (header, txs), receipts in zip(c.blocks, c.receipts, strict=True):
+        blocks.append(
+            {
+                "header": codec.encode(header).hex(),
+                "txs": [t.hex() for t in txs],
+                "receipt_codes": [r.code for r in receipts],
+                "receipts": [codec.encode(r).hex() for r in receipts],
+            }
+        )
+    # Re-run to record the app hash after each block.
+    c2 = DevChain(genesis, keys)
+    hashes = [c2.state.app_hash.hex()]
+    from dpkid.core.state.machine import apply_block
+
+    st = c2.state
+    for header, txs in c.blocks:
+        st, _, app_hash = apply_block(st, header, txs)
+        hashes.append(app_hash.hex())
+    return {
+        "description": "Apply each block (header and tx bytes) in order from the genesis; the app "
+        "hash after genesis and after each block, and every receipt, must match.",
+        "genesis": codec.encode(genesis).hex(),
+        "blocks": blocks,
+        "app_hashes": hashes,
+        "final_log_size": st.log.size,
+        "final_log_root": st.log.root().hex(),
+    }
+
+
+def build_vectors() -> dict[str, dict[str, Any]]:
+    return {
+        "encoding.json": encoding_vectors(),
+        "smt.json": smt_vectors(),
+        "chain.json": chain_vectors(),
+    }
