@@ -2,6 +2,13 @@
 CLI, and a trio one for async programs. Both speak newline-delimited JSON-RPC
 2.0 (protocol/RPC.md).
 
+The protocol is written once, without I/O (h11 style): :class:`JsonRpcFraming`
+turns requests into bytes and received bytes into messages, and
+:class:`ClientProtocol` holds the typed API (which method and parameters each
+helper sends, how each reply is read, the wait loops, transaction building) as
+generators that yield the I/O they need (:class:`Call`, :class:`Sleep`,
+:data:`CLOCK`). The clients only carry those effects out.
+
 Low level: ``call_sync`` and ``RpcClient``. High level, with typed helpers,
 wait loops and transaction building: ``SyncClient`` and ``NodeClient``.
 """
@@ -12,9 +19,20 @@ import itertools
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeAlias,
+    TypeVar,
+    overload,
+)
 
 from dpkid.core.crypto import SigningKey
 from dpkid.core.types import TxBody, encode_tx, sign_tx
@@ -24,6 +42,10 @@ if TYPE_CHECKING:  # trio is imported where used: the blocking CLI never needs i
 
 SOCKET_NAME = "dpkid.sock"
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+RECV_BYTES = 65536
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class RpcClientError(Exception):
@@ -41,6 +63,59 @@ def socket_for(home: Path, socket_path: str | None = None) -> Path:
     return Path(socket_path) if socket_path else home / SOCKET_NAME
 
 
+# ====================================================================== framing (sans I/O)
+
+
+class JsonRpcFraming:
+    """One connection's newline-delimited JSON-RPC 2.0, without the socket:
+    :meth:`request` gives the bytes to send, :meth:`receive_data` takes what
+    arrived, :meth:`next_message` hands out each complete message."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._ids = itertools.count(1)
+
+    def request(self, method: str, params: Any = None) -> tuple[int, bytes]:
+        """(request id, the line to send)."""
+        rid = next(self._ids)
+        req = {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "method": method,
+            "params": params if params is not None else {},
+        }
+        return rid, json.dumps(req).encode() + b"\n"
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the connection; empty means the node closed it."""
+        if not data:
+            raise OSError("node closed the connection")
+        self._buf += data
+        if len(self._buf) > MAX_REPLY_BYTES:
+            raise OSError("reply too large")
+
+    def next_message(self) -> dict[str, Any] | None:
+        """The next complete message, or None until more data arrives."""
+        i = self._buf.find(b"\n")
+        if i < 0:
+            return None
+        line = bytes(self._buf[:i])
+        del self._buf[: i + 1]
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+
+def is_notification(msg: dict[str, Any]) -> bool:
+    return "id" not in msg and "method" in msg
+
+
+def reply_result(msg: dict[str, Any]) -> Any:
+    """A reply's result; an error reply raises :class:`RpcClientError`."""
+    if "error" in msg:
+        raise RpcClientError(msg["error"])
+    return msg["result"]
+
+
 def call_sync(
     home: Path,
     method: str,
@@ -49,28 +124,15 @@ def call_sync(
     timeout_s: float = 30.0,
 ) -> Any:
     path = socket_for(home, socket_path)
+    conn = JsonRpcFraming()
+    _, line = conn.request(method, params)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(str(path))
-        req = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": method,
-            "params": params if params is not None else {},
-        }
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = bytearray()
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise OSError("node closed the connection")
-            buf += chunk
-            if len(buf) > MAX_REPLY_BYTES:
-                raise OSError("reply too large")
-    resp = json.loads(buf[: buf.index(b"\n")])
-    if "error" in resp:
-        raise RpcClientError(resp["error"])
-    return resp["result"]
+        s.sendall(line)
+        while (msg := conn.next_message()) is None:
+            conn.receive_data(s.recv(RECV_BYTES))
+    return reply_result(msg)
 
 
 class RpcClient:
@@ -81,10 +143,8 @@ class RpcClient:
         import trio
 
         self._stream = stream
-        self._buf = bytearray()
-        self._ids = itertools.count(1)
+        self._conn = JsonRpcFraming()
         self._lock = trio.Lock()
-        self._pending: dict[int, Any] = {}
         self.notifications: list[dict[str, Any]] = []
 
     @classmethod
@@ -99,40 +159,22 @@ class RpcClient:
         await self._stream.aclose()
 
     async def _read_msg(self) -> dict[str, Any]:
-        while b"\n" not in self._buf:
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                raise OSError("node closed the connection")
-            self._buf += chunk
-            if len(self._buf) > MAX_REPLY_BYTES:
-                raise OSError("reply too large")
-        i = self._buf.index(b"\n")
-        line = bytes(self._buf[:i])
-        del self._buf[: i + 1]
-        msg: dict[str, Any] = json.loads(line)
+        while (msg := self._conn.next_message()) is None:
+            self._conn.receive_data(await self._stream.receive_some(RECV_BYTES))
         return msg
 
     async def call(self, method: str, params: Any = None) -> Any:
         async with self._lock:
-            rid = next(self._ids)
-            req = {
-                "jsonrpc": "2.0",
-                "id": rid,
-                "method": method,
-                "params": params if params is not None else {},
-            }
-            await self._stream.send_all(json.dumps(req).encode() + b"\n")
+            rid, line = self._conn.request(method, params)
+            await self._stream.send_all(line)
             while True:
                 msg = await self._read_msg()
-                if "id" not in msg and "method" in msg:
+                if is_notification(msg):
                     if len(self.notifications) < 10_000:
                         self.notifications.append(msg)
                     continue
-                if msg.get("id") != rid:
-                    continue
-                if "error" in msg:
-                    raise RpcClientError(msg["error"])
-                return msg["result"]
+                if msg.get("id") == rid:
+                    return reply_result(msg)
 
     async def next_notification(self) -> dict[str, Any]:
         if self.notifications:
@@ -140,17 +182,17 @@ class RpcClient:
         async with self._lock:
             while True:
                 msg = await self._read_msg()
-                if "id" not in msg and "method" in msg:
+                if is_notification(msg):
                     return msg
 
 
 # ====================================================================== typed helpers
 #
 # ``SyncClient`` (blocking, one short connection per call through ``call_sync``)
-# and ``NodeClient`` (trio, one connection) offer the same helpers. Results are
-# the JSON-RPC result objects of protocol/RPC.md, unwrapped where a method
-# returns a single record (``application``, ``cert``, ``certs_by_domain``,
-# ``endorsers``).
+# and ``NodeClient`` (trio, one connection) offer the same helpers, those of
+# ``ClientProtocol``. Results are the JSON-RPC result objects of protocol/RPC.md,
+# unwrapped where a method returns a single record (``application``, ``cert``,
+# ``certs_by_domain``, ``endorsers``).
 
 DEFAULT_POLL_S = 0.25
 # A submitted transaction that is neither committed nor in the node's mempool
@@ -224,7 +266,240 @@ def _tx_gone(res: dict[str, Any]) -> bool:
     return not res.get("committed") and not res.get("pending")
 
 
-class SyncClient:
+def _fee(fee: int | None) -> int:
+    from dpkid.core.types import Policy
+
+    return Policy().min_tx_fee if fee is None else fee
+
+
+# ---------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True)
+class Call:
+    """Send one JSON-RPC request; the reply's result is sent back."""
+
+    method: str
+    params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait this long; None is sent back."""
+
+    seconds: float
+
+
+class Clock:
+    """Read the transport's monotonic clock; the time (seconds) is sent back."""
+
+
+CLOCK = Clock()
+
+Effect: TypeAlias = Call | Sleep | Clock
+# An operation: yields effects, gets each one's outcome sent back, returns its result.
+Op: TypeAlias = Generator[Effect, Any, T]
+
+
+@dataclass(frozen=True)
+class _Done(Generic[T]):
+    value: T
+
+
+def _advance(op: Op[T], outcome: Any) -> Effect | _Done[T]:
+    """Resume ``op`` with the outcome of its last effect: its next effect, or its result."""
+    try:
+        return op.send(outcome)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+class ClientProtocol:
+    """The node's typed client API, without I/O: each method is an operation
+    (see :data:`Op`) that a transport runs. It remembers the chain id."""
+
+    def __init__(self) -> None:
+        self._chain_id: str | None = None
+
+    # ------------------------------------------------------------------ reads
+    def status(self) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("status")
+        self._chain_id = res["chain_id"]
+        return res
+
+    def chain_id(self) -> Op[str]:
+        if self._chain_id is None:
+            yield from self.status()
+        assert self._chain_id is not None
+        return self._chain_id
+
+    def account(self, address: bytes | str) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call(
+            "account_get", {"address": _hex_arg(address, 20, "address")}
+        )
+        return res
+
+    def block(self, height: int | None = None) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("block_get", {} if height is None else {"height": height})
+        return res
+
+    def tx(self, tx_hash: bytes | str) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("tx_get", {"hash": _hex_arg(tx_hash, 32, "tx hash")})
+        return res
+
+    def application(self, app_id: bytes | str) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call(
+            "application_get", {"app_id": _hex_arg(app_id, 32, "application id")}
+        )
+        app: dict[str, Any] = res["application"]
+        return app
+
+    def cert(self, cert_id: bytes | str) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("cert_get", {"cert_id": _hex_arg(cert_id, 32, "cert id")})
+        cert: dict[str, Any] = res["certificate"]
+        return cert
+
+    def certs_by_domain(self, domain: str) -> Op[list[dict[str, Any]]]:
+        res: dict[str, Any] = yield Call("certs_by_domain", {"domain": domain})
+        certs: list[dict[str, Any]] = res["certificates"]
+        return certs
+
+    def validators(self) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("validators_list")
+        return res
+
+    def endorsers(self) -> Op[list[dict[str, Any]]]:
+        res: dict[str, Any] = yield Call("endorsers_list")
+        endorsers: list[dict[str, Any]] = res["endorsers"]
+        return endorsers
+
+    def proof(
+        self,
+        cert_id: bytes | str | None = None,
+        domain: str | None = None,
+        address: bytes | str | None = None,
+    ) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("cert_proof", _proof_params(cert_id, domain, address))
+        return res
+
+    def log_checkpoint(self) -> Op[dict[str, Any]]:
+        res: dict[str, Any] = yield Call("log_checkpoint")
+        return res
+
+    # ------------------------------------------------------------------ writes
+    def submit(self, raw: bytes) -> Op[str]:
+        """Submit a signed transaction; returns its hash (hex). Rejections raise."""
+        res: dict[str, Any] = yield Call("tx_submit", {"tx": raw.hex()})
+        return str(res["hash"])
+
+    def build_and_submit(self, key: SigningKey, body: TxBody, fee: int | None = None) -> Op[str]:
+        """Sign ``body`` with the account's next nonce (committed + pending) and the
+        node's chain id, submit it, and return the transaction hash (hex)."""
+        nonce = int((yield from self.account(key.address))["next_nonce"])
+        raw = encode_signed_tx(key, (yield from self.chain_id()), nonce, _fee(fee), body)
+        return (yield from self.submit(raw))
+
+    # ------------------------------------------------------------------ waits
+    def wait_tx(
+        self, tx_hash: bytes | str, timeout_s: float = 60.0, interval_s: float = DEFAULT_POLL_S
+    ) -> Op[dict[str, Any]]:
+        """Poll ``tx_get`` until the transaction is committed; returns that result."""
+        deadline: float = (yield CLOCK) + timeout_s
+        gone_since: float | None = None
+        while True:
+            res = yield from self.tx(tx_hash)
+            if res.get("committed"):
+                return res
+            now: float = yield CLOCK
+            if _tx_gone(res):
+                gone_since = now if gone_since is None else gone_since
+                if now - gone_since >= TX_GONE_GRACE_S:
+                    raise TxDropped(f"transaction {res['hash']} left the mempool uncommitted")
+            else:
+                gone_since = None
+            if now >= deadline:
+                raise ClientTimeout(f"transaction not committed after {timeout_s:g} s")
+            yield Sleep(min(interval_s, max(0.0, deadline - now)))
+
+    def wait_application(
+        self,
+        app_id: bytes | str,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+        timeout_s: float = 600.0,
+        interval_s: float = DEFAULT_POLL_S,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Op[dict[str, Any]]:
+        """Poll ``application_get`` until ``until(app)`` (default: no longer pending).
+
+        ``on_update`` sees the first view and every view that differs from the one before.
+        """
+        cond = until or (lambda app: app["status"] != "pending")
+        deadline: float = (yield CLOCK) + timeout_s
+        last: dict[str, Any] | None = None
+        while True:
+            app = yield from self.application(app_id)
+            if on_update is not None and app != last:
+                on_update(app)
+            last = app
+            if cond(app):
+                return app
+            now: float = yield CLOCK
+            if now >= deadline:
+                raise ClientTimeout(f"application still {app['status']} after {timeout_s:g} s")
+            yield Sleep(min(interval_s, max(0.0, deadline - now)))
+
+
+# ---------------------------------------------------------------------- the clients
+
+
+class _Endpoint(Generic[P, T]):
+    """A :class:`ClientProtocol` operation as a method of a client: blocking on a
+    :class:`SyncClient`, a coroutine on a :class:`NodeClient`."""
+
+    def __init__(self, op: Callable[Concatenate[ClientProtocol, P], Op[T]]) -> None:
+        self.op = op
+        self.__doc__ = op.__doc__
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, client: SyncClient, owner: type[Any] | None = None) -> Callable[P, T]: ...
+    @overload
+    def __get__(
+        self, client: NodeClient, owner: type[Any] | None = None
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def __get__(
+        self, client: SyncClient | NodeClient | None, owner: type[Any] | None = None
+    ) -> Self | Callable[P, T] | Callable[P, Coroutine[Any, Any, T]]:
+        if client is None:
+            return self
+        return client.bind(self.op)
+
+
+class _ClientApi:
+    """The helpers both clients offer, each written once in :class:`ClientProtocol`."""
+
+    protocol: ClientProtocol
+
+    status = _Endpoint(ClientProtocol.status)
+    chain_id = _Endpoint(ClientProtocol.chain_id)
+    account = _Endpoint(ClientProtocol.account)
+    block = _Endpoint(ClientProtocol.block)
+    tx = _Endpoint(ClientProtocol.tx)
+    application = _Endpoint(ClientProtocol.application)
+    cert = _Endpoint(ClientProtocol.cert)
+    certs_by_domain = _Endpoint(ClientProtocol.certs_by_domain)
+    validators = _Endpoint(ClientProtocol.validators)
+    endorsers = _Endpoint(ClientProtocol.endorsers)
+    proof = _Endpoint(ClientProtocol.proof)
+    log_checkpoint = _Endpoint(ClientProtocol.log_checkpoint)
+    submit = _Endpoint(ClientProtocol.submit)
+    build_and_submit = _Endpoint(ClientProtocol.build_and_submit)
+    wait_tx = _Endpoint(ClientProtocol.wait_tx)
+    wait_application = _Endpoint(ClientProtocol.wait_application)
+
+
+class SyncClient(_ClientApi):
     """Blocking client for scripts and the CLI, built on :func:`call_sync`.
 
     Connection failures raise :class:`NodeUnreachable` (an OSError); JSON-RPC
@@ -237,7 +512,7 @@ class SyncClient:
         self.home = home or Path(".")
         self.socket = socket_for(self.home, socket_path)
         self.timeout_s = timeout_s
-        self._chain_id: str | None = None
+        self.protocol = ClientProtocol()
 
     def call(self, method: str, params: Any = None) -> Any:
         try:
@@ -251,154 +526,28 @@ class SyncClient:
         except ValueError as exc:  # a reply that is not JSON
             raise NodeUnreachable(self.socket, f"bad reply: {exc}") from None
 
-    # ------------------------------------------------------------------ reads
-    def status(self) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("status")
-        self._chain_id = res["chain_id"]
-        return res
+    def run(self, op: Op[T]) -> T:
+        """Carry out a :class:`ClientProtocol` operation, blocking."""
+        step = _advance(op, None)
+        while not isinstance(step, _Done):
+            step = _advance(op, self._perform(step))
+        return step.value
 
-    def chain_id(self) -> str:
-        if self._chain_id is None:
-            self.status()
-        assert self._chain_id is not None
-        return self._chain_id
+    def _perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Call):
+            return self.call(effect.method, effect.params)
+        if isinstance(effect, Sleep):
+            return time.sleep(effect.seconds)
+        return time.monotonic()
 
-    def account(self, address: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = self.call(
-            "account_get", {"address": _hex_arg(address, 20, "address")}
-        )
-        return res
+    def bind(self, op: Callable[Concatenate[ClientProtocol, P], Op[T]]) -> Callable[P, T]:
+        def method(*args: P.args, **kwargs: P.kwargs) -> T:
+            return self.run(op(self.protocol, *args, **kwargs))
 
-    def block(self, height: int | None = None) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("block_get", {} if height is None else {"height": height})
-        return res
-
-    def tx(self, tx_hash: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("tx_get", {"hash": _hex_arg(tx_hash, 32, "tx hash")})
-        return res
-
-    def application(self, app_id: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = self.call(
-            "application_get", {"app_id": _hex_arg(app_id, 32, "application id")}
-        )["application"]
-        return res
-
-    def cert(self, cert_id: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("cert_get", {"cert_id": _hex_arg(cert_id, 32, "cert id")})[
-            "certificate"
-        ]
-        return res
-
-    def certs_by_domain(self, domain: str) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = self.call("certs_by_domain", {"domain": domain})["certificates"]
-        return res
-
-    def validators(self) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("validators_list")
-        return res
-
-    def endorsers(self) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = self.call("endorsers_list")["endorsers"]
-        return res
-
-    def proof(
-        self,
-        cert_id: bytes | str | None = None,
-        domain: str | None = None,
-        address: bytes | str | None = None,
-    ) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("cert_proof", _proof_params(cert_id, domain, address))
-        return res
-
-    def log_checkpoint(self) -> dict[str, Any]:
-        res: dict[str, Any] = self.call("log_checkpoint")
-        return res
-
-    # ------------------------------------------------------------------ writes
-    def submit(self, raw: bytes) -> str:
-        """Submit a signed transaction; returns its hash (hex). Rejections raise."""
-        res: dict[str, Any] = self.call("tx_submit", {"tx": raw.hex()})
-        return str(res["hash"])
-
-    def build_and_submit(self, key: SigningKey, body: TxBody, fee: int | None = None) -> str:
-        return build_and_submit(self, key, body, fee)
-
-    # ------------------------------------------------------------------ waits
-    def wait_tx(
-        self, tx_hash: bytes | str, timeout_s: float = 60.0, interval_s: float = DEFAULT_POLL_S
-    ) -> dict[str, Any]:
-        """Poll ``tx_get`` until the transaction is committed; returns that result."""
-        deadline = time.monotonic() + timeout_s
-        gone_since: float | None = None
-        while True:
-            res = self.tx(tx_hash)
-            if res.get("committed"):
-                return res
-            now = time.monotonic()
-            if _tx_gone(res):
-                gone_since = now if gone_since is None else gone_since
-                if now - gone_since >= TX_GONE_GRACE_S:
-                    raise TxDropped(f"transaction {res['hash']} left the mempool uncommitted")
-            else:
-                gone_since = None
-            if now >= deadline:
-                raise ClientTimeout(f"transaction not committed after {timeout_s:g} s")
-            time.sleep(min(interval_s, max(0.0, deadline - now)))
-
-    def wait_application(
-        self,
-        app_id: bytes | str,
-        until: Callable[[dict[str, Any]], bool] | None = None,
-        timeout_s: float = 600.0,
-        interval_s: float = DEFAULT_POLL_S,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Poll ``application_get`` until ``until(app)`` (default: no longer pending).
-
-        ``on_update`` sees the first view and every view that differs from the one before.
-        """
-        cond = until or (lambda app: app["status"] != "pending")
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] | None = None
-        while True:
-            app = self.application(app_id)
-            if on_update is not None and app != last:
-                on_update(app)
-            last = app
-            if cond(app):
-                return app
-            now = time.monotonic()
-            if now >= deadline:
-                raise ClientTimeout(f"application still {app['status']} after {timeout_s:g} s")
-            time.sleep(min(interval_s, max(0.0, deadline - now)))
+        return method
 
 
-def build_and_submit(
-    client: SyncClient, key: SigningKey, body: TxBody, fee: int | None = None
-) -> str:
-    """Sign ``body`` with the account's next nonce (committed + pending) and the
-    node's chain id, submit it, and return the transaction hash (hex)."""
-    nonce = int(client.account(key.address)["next_nonce"])
-    raw = encode_signed_tx(key, client.chain_id(), nonce, _fee(fee), body)
-    return client.submit(raw)
-
-
-async def build_and_submit_async(
-    client: NodeClient, key: SigningKey, body: TxBody, fee: int | None = None
-) -> str:
-    """The trio twin of :func:`build_and_submit`."""
-    nonce = int((await client.account(key.address))["next_nonce"])
-    raw = encode_signed_tx(key, await client.chain_id(), nonce, _fee(fee), body)
-    return await client.submit(raw)
-
-
-def _fee(fee: int | None) -> int:
-    from dpkid.core.types import Policy
-
-    return Policy().min_tx_fee if fee is None else fee
-
-
-class NodeClient:
+class NodeClient(_ClientApi):
     """Async (trio) typed client over one :class:`RpcClient` connection.
 
     Use as ``async with await NodeClient.connect(home) as c: ...``.
@@ -406,7 +555,7 @@ class NodeClient:
 
     def __init__(self, rpc: RpcClient) -> None:
         self.rpc = rpc
-        self._chain_id: str | None = None
+        self.protocol = ClientProtocol()
 
     @classmethod
     async def connect(cls, home: Path | None = None, socket_path: str | None = None) -> NodeClient:
@@ -424,130 +573,44 @@ class NodeClient:
     async def call(self, method: str, params: Any = None) -> Any:
         return await self.rpc.call(method, params)
 
-    # ------------------------------------------------------------------ reads
-    async def status(self) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call("status")
-        self._chain_id = res["chain_id"]
-        return res
+    async def run(self, op: Op[T]) -> T:
+        """Carry out a :class:`ClientProtocol` operation on trio."""
+        step = _advance(op, None)
+        while not isinstance(step, _Done):
+            step = _advance(op, await self._perform(step))
+        return step.value
 
-    async def chain_id(self) -> str:
-        if self._chain_id is None:
-            await self.status()
-        assert self._chain_id is not None
-        return self._chain_id
-
-    async def account(self, address: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call(
-            "account_get", {"address": _hex_arg(address, 20, "address")}
-        )
-        return res
-
-    async def block(self, height: int | None = None) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call(
-            "block_get", {} if height is None else {"height": height}
-        )
-        return res
-
-    async def tx(self, tx_hash: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call("tx_get", {"hash": _hex_arg(tx_hash, 32, "tx hash")})
-        return res
-
-    async def application(self, app_id: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = (
-            await self.call("application_get", {"app_id": _hex_arg(app_id, 32, "application id")})
-        )["application"]
-        return res
-
-    async def cert(self, cert_id: bytes | str) -> dict[str, Any]:
-        res: dict[str, Any] = (
-            await self.call("cert_get", {"cert_id": _hex_arg(cert_id, 32, "cert id")})
-        )["certificate"]
-        return res
-
-    async def certs_by_domain(self, domain: str) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = (await self.call("certs_by_domain", {"domain": domain}))[
-            "certificates"
-        ]
-        return res
-
-    async def validators(self) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call("validators_list")
-        return res
-
-    async def endorsers(self) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = (await self.call("endorsers_list"))["endorsers"]
-        return res
-
-    async def proof(
-        self,
-        cert_id: bytes | str | None = None,
-        domain: str | None = None,
-        address: bytes | str | None = None,
-    ) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call("cert_proof", _proof_params(cert_id, domain, address))
-        return res
-
-    async def log_checkpoint(self) -> dict[str, Any]:
-        res: dict[str, Any] = await self.call("log_checkpoint")
-        return res
-
-    # ------------------------------------------------------------------ writes
-    async def submit(self, raw: bytes) -> str:
-        res: dict[str, Any] = await self.call("tx_submit", {"tx": raw.hex()})
-        return str(res["hash"])
-
-    async def build_and_submit(self, key: SigningKey, body: TxBody, fee: int | None = None) -> str:
-        return await build_and_submit_async(self, key, body, fee)
-
-    # ------------------------------------------------------------------ waits
-    async def wait_tx(
-        self, tx_hash: bytes | str, timeout_s: float = 60.0, interval_s: float = DEFAULT_POLL_S
-    ) -> dict[str, Any]:
-        """Poll ``tx_get`` until the transaction is committed; returns that result."""
+    async def _perform(self, effect: Effect) -> Any:
         import trio
 
-        deadline = trio.current_time() + timeout_s
-        gone_since: float | None = None
-        while True:
-            res = await self.tx(tx_hash)
-            if res.get("committed"):
-                return res
-            now = trio.current_time()
-            if _tx_gone(res):
-                gone_since = now if gone_since is None else gone_since
-                if now - gone_since >= TX_GONE_GRACE_S:
-                    raise TxDropped(f"transaction {res['hash']} left the mempool uncommitted")
-            else:
-                gone_since = None
-            if now >= deadline:
-                raise ClientTimeout(f"transaction not committed after {timeout_s:g} s")
-            await trio.sleep(min(interval_s, max(0.0, deadline - now)))
+        if isinstance(effect, Call):
+            return await self.call(effect.method, effect.params)
+        if isinstance(effect, Sleep):
+            return await trio.sleep(effect.seconds)
+        return trio.current_time()
 
-    async def wait_application(
-        self,
-        app_id: bytes | str,
-        until: Callable[[dict[str, Any]], bool] | None = None,
-        timeout_s: float = 600.0,
-        interval_s: float = DEFAULT_POLL_S,
-        on_update: Callable[[dict[str, Any]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Poll ``application_get`` until ``until(app)`` (default: no longer pending)."""
-        import trio
+    def bind(
+        self, op: Callable[Concatenate[ClientProtocol, P], Op[T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        async def method(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self.run(op(self.protocol, *args, **kwargs))
 
-        cond = until or (lambda app: app["status"] != "pending")
-        deadline = trio.current_time() + timeout_s
-        last: dict[str, Any] | None = None
-        while True:
-            app = await self.application(app_id)
-            if on_update is not None and app != last:
-                on_update(app)
-            last = app
-            if cond(app):
-                return app
-            now = trio.current_time()
-            if now >= deadline:
-                raise ClientTimeout(f"application still {app['status']} after {timeout_s:g} s")
-            await trio.sleep(min(interval_s, max(0.0, deadline - now)))
+        return method
+
+
+def build_and_submit(
+    client: SyncClient, key: SigningKey, body: TxBody, fee: int | None = None
+) -> str:
+    """Sign ``body`` with the account's next nonce (committed + pending) and the
+    node's chain id, submit it, and return the transaction hash (hex)."""
+    return client.build_and_submit(key, body, fee)
+
+
+async def build_and_submit_async(
+    client: NodeClient, key: SigningKey, body: TxBody, fee: int | None = None
+) -> str:
+    """The trio twin of :func:`build_and_submit`."""
+    return await client.build_and_submit(key, body, fee)
 
 
 def verify(
