@@ -25,15 +25,12 @@ The zone file is a JSON object of names::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import sys
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from dnslib import (  # type: ignore[import-untyped]
     QTYPE,
@@ -45,12 +42,7 @@ from dnslib import (  # type: ignore[import-untyped]
 )
 from dnslib.server import DNSServer  # type: ignore[import-untyped]
 
-from dpkid.dev.jsonfile import (
-    read_json_object,
-    run_until_signal,
-    watch_json_file,
-    write_json_atomic,
-)
+from dpkid.dev.jsonfile import JsonTable, LoopbackServer, serve_file_main
 
 MODES: Final = ("", "drop", "servfail")
 RECORD_TYPES: Final = ("A", "TXT")
@@ -77,14 +69,15 @@ class _Entry:
         self.mode: str = ""
 
 
-class Zone:
+class Zone(JsonTable[_Entry]):
     """Names -> A and TXT records, safe to read and change from any thread."""
 
-    def __init__(self, records: Mapping[str, Any] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._names: dict[str, _Entry] = {}
-        if records:
-            self.replace(records)
+    error = ZoneError
+    shape = "a zone is a JSON object of names"
+    kind = "zone"
+    noun = "names"
+    keys = frozenset({*RECORD_TYPES, "mode"})
+    norm = staticmethod(norm_name)
 
     # ---------------------------------------------------------------- edits
     def set_a(self, name: str, ips: list[str]) -> None:
@@ -112,70 +105,38 @@ class Zone:
         with self._lock:
             self._entry(name).mode = mode
 
-    def remove(self, name: str) -> None:
-        with self._lock:
-            self._names.pop(norm_name(name), None)
+    def _new_entry(self) -> _Entry:
+        return _Entry()
 
-    def clear(self) -> None:
-        with self._lock:
-            self._names.clear()
-
-    def replace(self, records: Mapping[str, Any]) -> None:
-        """Swap in a whole zone (the JSON form) at once; invalid input changes nothing."""
-        new = Zone._parse(records)
-        with self._lock:
-            self._names = new
-
-    def _entry(self, name: str) -> _Entry:
-        n = norm_name(name)
-        e = self._names.get(n)
-        if e is None:
-            e = self._names[n] = _Entry()
+    @classmethod
+    def _parse_entry(cls, name: str, spec: Mapping[str, Any]) -> _Entry:
+        e = _Entry()
+        a = spec.get("A", [])
+        txt = spec.get("TXT", [])
+        if not isinstance(a, list) or not isinstance(txt, list):
+            raise ZoneError(f"{name}: A and TXT are lists of strings")
+        try:
+            e.a = [str(ipaddress.IPv4Address(str(ip))) for ip in a]
+        except ValueError as exc:
+            raise ZoneError(f"{name}: {exc}") from None
+        e.txt = [str(v) for v in txt]
+        if any(len(v.encode()) > MAX_TXT_LEN for v in e.txt):
+            raise ZoneError(f"{name}: TXT value longer than {MAX_TXT_LEN} bytes")
+        e.mode = str(spec.get("mode", ""))
+        if e.mode not in MODES:
+            raise ZoneError(f"{name}: mode must be one of {MODES}")
         return e
 
-    @staticmethod
-    def _parse(records: Mapping[str, Any]) -> dict[str, _Entry]:
-        if not isinstance(records, Mapping):
-            raise ZoneError("a zone is a JSON object of names")
-        out: dict[str, _Entry] = {}
-        for name, spec in records.items():
-            if not isinstance(spec, Mapping):
-                raise ZoneError(f"{name}: expected an object")
-            unknown = set(spec) - {*RECORD_TYPES, "mode"}
-            if unknown:
-                raise ZoneError(f"{name}: unknown keys {sorted(unknown)}")
-            e = _Entry()
-            a = spec.get("A", [])
-            txt = spec.get("TXT", [])
-            if not isinstance(a, list) or not isinstance(txt, list):
-                raise ZoneError(f"{name}: A and TXT are lists of strings")
-            try:
-                e.a = [str(ipaddress.IPv4Address(str(ip))) for ip in a]
-            except ValueError as exc:
-                raise ZoneError(f"{name}: {exc}") from None
-            e.txt = [str(v) for v in txt]
-            if any(len(v.encode()) > MAX_TXT_LEN for v in e.txt):
-                raise ZoneError(f"{name}: TXT value longer than {MAX_TXT_LEN} bytes")
-            e.mode = str(spec.get("mode", ""))
-            if e.mode not in MODES:
-                raise ZoneError(f"{name}: mode must be one of {MODES}")
-            out[norm_name(str(name))] = e
-        return out
-
     # ---------------------------------------------------------------- reads
-    def to_json(self) -> dict[str, Any]:
-        with self._lock:
-            out: dict[str, Any] = {}
-            for n, e in sorted(self._names.items()):
-                d: dict[str, Any] = {}
-                if e.a:
-                    d["A"] = list(e.a)
-                if e.txt:
-                    d["TXT"] = list(e.txt)
-                if e.mode:
-                    d["mode"] = e.mode
-                out[n] = d
-            return out
+    def _entry_json(self, entry: _Entry) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if entry.a:
+            d["A"] = list(entry.a)
+        if entry.txt:
+            d["TXT"] = list(entry.txt)
+        if entry.mode:
+            d["mode"] = entry.mode
+        return d
 
     def lookup(self, name: str, qtype: str) -> tuple[str, list[str]]:
         """(outcome, values): outcome is "ok", "nxdomain", "drop" or "servfail"."""
@@ -184,10 +145,10 @@ class Zone:
         except ZoneError:
             return "nxdomain", []
         with self._lock:
-            e = self._names.get(n)
+            e = self._entries.get(n)
             if e is None:
                 # An empty non-terminal (a parent of a known name) exists, with no records.
-                if any(k.endswith("." + n) for k in self._names):
+                if any(k.endswith("." + n) for k in self._entries):
                     return "ok", []
                 return "nxdomain", []
             if e.mode:
@@ -233,7 +194,7 @@ class _QuietLogger:
         return lambda *args: None
 
 
-class DevDnsServer:
+class DevDnsServer(LoopbackServer):
     """UDP (and TCP) on one port of 127.0.0.1, each served by a daemon thread."""
 
     def __init__(
@@ -250,7 +211,7 @@ class DevDnsServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> DevDnsServer:
+    def start(self) -> Self:
         resolver = _Resolver(self.zone)
         last: OSError | None = None
         for _ in range(20 if self.want_port == 0 else 1):
@@ -282,68 +243,25 @@ class DevDnsServer:
                 s.server.server_close()
         self._servers = []
 
-    def __enter__(self) -> DevDnsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # ------------------------------------------------------------------ zone files
 
 
 def write_zone_file(path: Path, records: Mapping[str, Any]) -> None:
     """Write a zone file atomically (a reader never sees half a file)."""
-    Zone._parse(records)  # refuse to write what the server would refuse to load
-    write_json_atomic(path, records)
-
-
-def read_zone_file(path: Path) -> dict[str, Any]:
-    return read_json_object(path, ZoneError, "a zone is a JSON object of names")
-
-
-def watch_zone_file(
-    zone: Zone, path: Path, stop: threading.Event, interval_s: float = 0.1
-) -> Iterator[str]:
-    """Reload `zone` from `path` whenever the file changes; yields a message per reload."""
-
-    def load() -> str:
-        zone.replace(read_zone_file(path))
-        return f"loaded {path}: {len(zone.to_json())} names"
-
-    return watch_json_file(path, stop, load, ZoneError, "zone", interval_s)
+    Zone.write_file(path, records)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m dpkid.dev.dns_server",
-        description="authoritative test DNS server (A, TXT) on loopback; reloads its zone file",
-    )
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
-    ap.add_argument("--zone", required=True, help="JSON zone file, re-read when it changes")
-    ap.add_argument("--no-tcp", action="store_true", help="serve UDP only")
-    args = ap.parse_args(argv)
-    if not ipaddress.ip_address(args.host).is_loopback:
-        print("dns_server: refusing to listen outside loopback", file=sys.stderr)
-        return 2
-    path = Path(args.zone)
     zone = Zone()
-    if path.exists():
-        try:
-            zone.replace(read_zone_file(path))
-        except ZoneError as exc:
-            print(f"dns_server: {exc}", file=sys.stderr)
-            return 2
-    server = DevDnsServer(zone, args.host, args.port, tcp=not args.no_tcp).start()
-    print(f"listening {server.address}", flush=True)
-    run_until_signal(lambda stop: watch_zone_file(zone, path, stop), server.stop)
-    return 0
+    return serve_file_main(
+        argv,
+        "dns_server",
+        "authoritative test DNS server (A, TXT) on loopback; reloads its zone file",
+        zone,
+        lambda ap: ap.add_argument("--no-tcp", action="store_true", help="serve UDP only"),
+        lambda args: DevDnsServer(zone, args.host, args.port, tcp=not args.no_tcp),
+    )
 
 
 if __name__ == "__main__":

@@ -29,25 +29,17 @@ As a process, re-reading the map file whenever it changes::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ipaddress
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from dpkid.core.challenges import HTTP_PATH_PREFIX, MAX_HTTP_BODY_BYTES
-from dpkid.dev.jsonfile import (
-    read_json_object,
-    run_until_signal,
-    watch_json_file,
-    write_json_atomic,
-)
+from dpkid.dev.jsonfile import JsonTable, LoopbackServer, serve_file_main
 
 BEHAVIOURS: Final = ("", "wrong_body", "oversized", "garbage", "slowloris", "redirect", "status")
 OVERSIZED_BYTES: Final = 64 * MAX_HTTP_BODY_BYTES
@@ -78,14 +70,15 @@ class _Host:
         self.arg = ""
 
 
-class ChallengeMap:
+class ChallengeMap(JsonTable[_Host]):
     """Host -> path -> body, plus a behaviour per host; safe from any thread."""
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        self._lock = threading.Lock()
-        self._hosts: dict[str, _Host] = {}
-        if data:
-            self.replace(data)
+    error = MapError
+    shape = "a challenge map is a JSON object of hosts"
+    kind = "map"
+    noun = "hosts"
+    keys = frozenset({"paths", "behaviour", "arg"})
+    norm = staticmethod(norm_host)
 
     def set(self, host: str, token: str, body: str) -> None:
         self.set_path(host, HTTP_PATH_PREFIX + token, body)
@@ -94,72 +87,41 @@ class ChallengeMap:
         if not path.startswith("/"):
             raise MapError("a path starts with /")
         with self._lock:
-            self._host(host).paths[path] = body
+            self._entry(host).paths[path] = body
 
     def set_behaviour(self, host: str, behaviour: str, arg: str = "") -> None:
         if behaviour not in BEHAVIOURS:
             raise MapError(f"behaviour must be one of {BEHAVIOURS}")
         with self._lock:
-            h = self._host(host)
+            h = self._entry(host)
             h.behaviour, h.arg = behaviour, arg
-
-    def remove(self, host: str) -> None:
-        with self._lock:
-            self._hosts.pop(norm_host(host), None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._hosts.clear()
-
-    def replace(self, data: Mapping[str, Any]) -> None:
-        new = ChallengeMap._parse(data)
-        with self._lock:
-            self._hosts = new
 
     def lookup(self, host: str, path: str) -> tuple[str, str, str | None]:
         """(behaviour, arg, body or None) for one request."""
         with self._lock:
-            h = self._hosts.get(norm_host(host))
+            h = self._entries.get(norm_host(host))
             if h is None:
                 return "", "", None
             return h.behaviour, h.arg, h.paths.get(path)
 
-    def to_json(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                n: {"paths": dict(h.paths), "behaviour": h.behaviour, "arg": h.arg}
-                for n, h in sorted(self._hosts.items())
-            }
+    def _entry_json(self, entry: _Host) -> dict[str, Any]:
+        return {"paths": dict(entry.paths), "behaviour": entry.behaviour, "arg": entry.arg}
 
-    def _host(self, host: str) -> _Host:
-        n = norm_host(host)
-        h = self._hosts.get(n)
-        if h is None:
-            h = self._hosts[n] = _Host()
+    def _new_entry(self) -> _Host:
+        return _Host()
+
+    @classmethod
+    def _parse_entry(cls, name: str, spec: Mapping[str, Any]) -> _Host:
+        h = _Host()
+        paths = spec.get("paths", {})
+        if not isinstance(paths, Mapping):
+            raise MapError(f"{name}: paths is an object of path -> body")
+        h.paths = {str(p): str(b) for p, b in paths.items()}
+        h.behaviour = str(spec.get("behaviour", ""))
+        h.arg = str(spec.get("arg", ""))
+        if h.behaviour not in BEHAVIOURS:
+            raise MapError(f"{name}: behaviour must be one of {BEHAVIOURS}")
         return h
-
-    @staticmethod
-    def _parse(data: Mapping[str, Any]) -> dict[str, _Host]:
-        if not isinstance(data, Mapping):
-            raise MapError("a challenge map is a JSON object of hosts")
-        out: dict[str, _Host] = {}
-        for name, spec in data.items():
-            if not isinstance(spec, Mapping):
-                raise MapError(f"{name}: expected an object")
-            unknown = set(spec) - {"paths", "behaviour", "arg"}
-            if unknown:
-                raise MapError(f"{name}: unknown keys {sorted(unknown)}")
-            h = _Host()
-            paths = spec.get("paths", {})
-            if not isinstance(paths, Mapping):
-                raise MapError(f"{name}: paths is an object of path -> body")
-            h.paths = {str(p): str(b) for p, b in paths.items()}
-            h.behaviour = str(spec.get("behaviour", ""))
-            h.arg = str(spec.get("arg", ""))
-            if h.behaviour not in BEHAVIOURS:
-                raise MapError(f"{name}: behaviour must be one of {BEHAVIOURS}")
-            out[norm_host(str(name))] = h
-        return out
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -245,7 +207,7 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class ChallengeHttpServer:
+class ChallengeHttpServer(LoopbackServer):
     """A ThreadingHTTPServer on 127.0.0.1 in a daemon thread."""
 
     def __init__(
@@ -263,7 +225,7 @@ class ChallengeHttpServer:
         self._thread: threading.Thread | None = None
         self.port = 0
 
-    def start(self) -> ChallengeHttpServer:
+    def start(self) -> Self:
         srv = _Server((self.host, self.want_port), self.challenges, self.verbose)
         self._server = srv
         self.port = int(srv.server_address[1])
@@ -284,66 +246,27 @@ class ChallengeHttpServer:
             self._thread.join(timeout=5)
         self._server = None
 
-    def __enter__(self) -> ChallengeHttpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # ------------------------------------------------------------------ map files
 
 
 def write_map_file(path: Path, data: Mapping[str, Any]) -> None:
     """Write a challenge map file atomically."""
-    ChallengeMap._parse(data)
-    write_json_atomic(path, data)
-
-
-def read_map_file(path: Path) -> dict[str, Any]:
-    return read_json_object(path, MapError, "a challenge map is a JSON object of hosts")
-
-
-def watch_map_file(
-    challenges: ChallengeMap, path: Path, stop: threading.Event, interval_s: float = 0.1
-) -> Iterator[str]:
-    def load() -> str:
-        challenges.replace(read_map_file(path))
-        return f"loaded {path}: {len(challenges.to_json())} hosts"
-
-    return watch_json_file(path, stop, load, MapError, "map", interval_s)
+    ChallengeMap.write_file(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m dpkid.dev.http_server",
-        description="http-01 challenge server on loopback; reloads its map file",
-    )
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
-    ap.add_argument("--map", required=True, help="JSON map file, re-read when it changes")
-    ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
-    args = ap.parse_args(argv)
-    if not ipaddress.ip_address(args.host).is_loopback:
-        print("http_server: refusing to listen outside loopback", file=sys.stderr)
-        return 2
-    path = Path(args.map)
     challenges = ChallengeMap()
-    if path.exists():
-        try:
-            challenges.replace(read_map_file(path))
-        except MapError as exc:
-            print(f"http_server: {exc}", file=sys.stderr)
-            return 2
-    server = ChallengeHttpServer(challenges, args.host, args.port, verbose=args.verbose).start()
-    print(f"listening {server.host}:{server.port}", flush=True)
-    run_until_signal(lambda stop: watch_map_file(challenges, path, stop), server.stop)
-    return 0
+    return serve_file_main(
+        argv,
+        "http_server",
+        "http-01 challenge server on loopback; reloads its map file",
+        challenges,
+        lambda ap: ap.add_argument(
+            "--verbose", action="store_true", help="log each request to stderr"
+        ),
+        lambda args: ChallengeHttpServer(challenges, args.host, args.port, verbose=args.verbose),
+    )
 
 
 if __name__ == "__main__":
