@@ -59,6 +59,15 @@ class Step:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Endorsed:
+    """An organization for an OV/EV certificate and the endorsers who vouch for it."""
+
+    identity: OrgIdentity
+    endorsers: list[SigningKey]
+    note: str
+
+
 class Demo:
     def __init__(self, workdir: Path, progress: Callable[[str], None]) -> None:
         self.dir = workdir
@@ -258,6 +267,29 @@ class Demo:
         x = to_x509(cert, self.chain_id, header.height)
         return verify_certificate(rpc, self.genesis, parsed_from_x509(x)), x
 
+    def issue_endorsed(
+        self, key: SigningKey, typ: str, domain: str, spki: bytes, via: str, org: Endorsed
+    ) -> tuple[bytes, Any]:
+        """Apply for an OV or EV certificate, have ``org.endorsers`` vouch for the
+        organization, wait for issuance, verify it through the light client and
+        record the step. Returns the certificate id and the holder's X.509."""
+        app, info = self.apply(key, typ, domain, spki, org.identity, via)
+        for e in org.endorsers:
+            self.submit(e, Endorse(app, True, org.note))
+        a = self.wait_issued(app)
+        cert_id = bytes.fromhex(a["cert_id"])
+        v, x509 = self.verify(cert_id)
+        self.record(
+            f"{typ.lower()}_issued_and_verified",
+            v.valid and v.cert.cert_type == typ,
+            f"certificate {cert_id.hex()[:16]} for {org.identity.name}: "
+            f"{via} + {len(org.endorsers)} endorsements; {v.status}",
+            cert_id=cert_id.hex(),
+            issued_height=a["closed_height"],
+            fee=info["escrow"],
+        )
+        return cert_id, x509
+
     def run_story(self) -> None:
         acc_dv, acc_ov, acc_ev = self.accounts[0], self.accounts[1], self.accounts[2]
         results: dict[str, Any] = {}
@@ -289,44 +321,16 @@ class Demo:
         # OV via dns-01, two endorsers
         org_ov = OrgIdentity("Example Shop GmbH", "DE", "Berlin", "Berlin", "HRB 12345", "")
         ov_key = ec.generate_private_key(ec.SECP256R1())
-        app, info = self.apply(
-            acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key.public_key()), org_ov, "dns-01"
-        )
-        for e in self.endorsers[:2]:
-            self.submit(e, Endorse(app, True, "trade register extract checked"))
-        a = self.wait_issued(app)
-        ov_cert = bytes.fromhex(a["cert_id"])
-        v, _ = self.verify(ov_cert)
-        self.record(
-            "ov_issued_and_verified",
-            v.valid and v.cert.cert_type == "OV",
-            f"certificate {ov_cert.hex()[:16]} for {org_ov.name}: dns-01 + 2 endorsements; "
-            f"{v.status}",
-            cert_id=ov_cert.hex(),
-            issued_height=a["closed_height"],
-            fee=info["escrow"],
-        )
+        ov = Endorsed(org_ov, self.endorsers[:2], "trade register extract checked")
+        self.issue_endorsed(acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key), "dns-01", ov)
         # EV via http-01, three endorsers
         org_ev = OrgIdentity(
             "Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH"
         )
         ev_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        app, info = self.apply(
-            acc_ev, "EV", "bank.example", spki_der_of(ev_key.public_key()), org_ev, "http-01"
-        )
-        for e in self.endorsers:
-            self.submit(e, Endorse(app, True, "identity and jurisdiction verified"))
-        a = self.wait_issued(app)
-        ev_cert = bytes.fromhex(a["cert_id"])
-        v, ev_x509 = self.verify(ev_cert)
-        self.record(
-            "ev_issued_and_verified",
-            v.valid and v.cert.cert_type == "EV",
-            f"certificate {ev_cert.hex()[:16]} for {org_ev.name}: http-01 + 3 endorsements; "
-            f"{v.status}",
-            cert_id=ev_cert.hex(),
-            issued_height=a["closed_height"],
-            fee=info["escrow"],
+        ev = Endorsed(org_ev, self.endorsers, "identity and jurisdiction verified")
+        ev_cert, ev_x509 = self.issue_endorsed(
+            acc_ev, "EV", "bank.example", spki_der_of(ev_key), "http-01", ev
         )
         # Revocation of the DV certificate by its owner
         raw = self.submit(acc_dv, Revoke(dv_cert, 1))
