@@ -21,7 +21,7 @@ Whatever a table says, ``Harness.check`` also holds on every step's effects:
 * we never sign two different messages for one (height, round, step), counting
   what the initial sign state says we signed before a restart;
 * every signature we send verifies; every ``Decide`` carries a ``Commit`` that
-  ``dpkid.core.node.core.verify_commit`` accepts; every ``EvidenceFound`` holds two
+  ``dpkid.core.consensus.validity.verify_commit`` accepts; every ``EvidenceFound`` holds two
   conflicting, correctly signed and ordered votes.
 
 Validators are indexed by address order. With equal powers and fresh priorities
@@ -50,11 +50,12 @@ from dpkid.core.consensus.engine import (
     Effect,
     EvidenceFound,
     HeightState,
-    Host,
+    NeedValue,
     PersistSignState,
     ScheduleTimeout,
     SignState,
     TimeoutConfig,
+    ValidateValue,
 )
 from dpkid.core.consensus.messages import (
     PRECOMMIT,
@@ -72,6 +73,7 @@ from dpkid.core.consensus.messages import (
     tx_root,
     vote_sign_bytes,
 )
+from dpkid.core.consensus.validity import EvidenceVerdict, verify_commit
 from dpkid.core.consensus.valset import (
     Priorities,
     ValidatorInfo,
@@ -81,7 +83,7 @@ from dpkid.core.consensus.valset import (
     proposer_for,
 )
 from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
-from dpkid.core.node.core import NodeCore, verify_commit
+from dpkid.core.node.core import NodeCore
 from dpkid.core.types import Header
 from dpkid.dev.devchain import dev_genesis
 
@@ -128,8 +130,10 @@ def make_block(label: str, height: int = HEIGHT) -> Block:
     return Block(header, body, [], None)
 
 
-class AllowListHost(Host):
-    """The engine's host: fresh blocks from the builder, validity from an allow-list."""
+class AllowListHost:
+    """The node's side of the engine's requests: fresh blocks from the builder
+    (NeedValue), validity from an allow-list (ValidateValue), each answered in
+    the same step, as NodeCore does."""
 
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
@@ -145,8 +149,18 @@ class AllowListHost(Host):
             return False
         return block == self.harness.blocks[label]  # the body must be the one of that header
 
-    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
-        return verify_ed25519(pubkey, msg, sig)
+    def answer(self, hs: HeightState, eff: list[Effect], now: int) -> list[Effect]:
+        out: list[Effect] = []
+        for e in eff:
+            out.append(e)
+            if isinstance(e, NeedValue):
+                assert (e.height, e.round) == (hs.height, hs.round)
+                b = self.propose_block(e.height, e.round)
+                out += self.answer(hs, hs.on_value(e.round, b, self.valid_block(b), now), now)
+            elif isinstance(e, ValidateValue):
+                ok = self.valid_block(e.block)
+                out += self.answer(hs, hs.on_validity(e.round, ok, now), now)
+        return out
 
 
 # ------------------------------------------------------------------ inputs
@@ -301,7 +315,7 @@ class Harness:
             self.prios,
             self.key,
             self.sign_state,
-            self.host,
+            verify_ed25519,
             TIMEOUTS,
             T_PREV,
         )
@@ -373,21 +387,27 @@ class Harness:
     def feed(self, inp: Input) -> list[Effect]:
         hs = self.hs
         out: list[Effect] = []
+
+        def answered(eff: list[Effect]) -> list[Effect]:
+            return self.host.answer(hs, eff, self.now)
+
         if isinstance(inp, Start):
-            out += hs.start(self.now)
+            out += answered(hs.start(self.now))
         elif isinstance(inp, Prop):
-            out += hs.on_proposal(
-                self.proposal(inp.round, inp.value, inp.pol_round, inp.by), self.now
+            out += answered(
+                hs.on_proposal(self.proposal(inp.round, inp.value, inp.pol_round, inp.by), self.now)
             )
         elif isinstance(inp, Votes):
             for who in inp.who:
-                out += hs.on_vote(self.vote(who, inp.type, inp.round, inp.value), self.now)
+                out += answered(
+                    hs.on_vote(self.vote(who, inp.type, inp.round, inp.value), self.now)
+                )
         elif isinstance(inp, Timeout):
             h = self.height if inp.height is None else inp.height
-            out += hs.on_timeout(h, inp.round, inp.step, self.now)
+            out += answered(hs.on_timeout(h, inp.round, inp.step, self.now))
         else:
             for m in inp.msgs:
-                out += (
+                out += answered(
                     hs.on_proposal(m, self.now)
                     if isinstance(m, Proposal)
                     else hs.on_vote(m, self.now)
@@ -422,6 +442,8 @@ class Harness:
                 rows.append(("timeout", e.round, e.step, e.delay_ms))
             elif isinstance(e, Decide):
                 rows.append(("decide", e.commit.round, self.label(e.block.hash)))
+            elif isinstance(e, (NeedValue, ValidateValue)):
+                continue  # requests the harness answered at once (AllowListHost)
             else:
                 ev = e.evidence
                 a = ev.vote_a
@@ -1378,7 +1400,7 @@ def test_equivocation_one_evidence_counted_per_block_once_in_total() -> None:
     assert len(evs) == 1
     ev = evs[0]
     assert {ev.vote_a.block_hash, ev.vote_b.block_hash} == {h.block("A").hash, h.block("B").hash}
-    assert NodeCore(genesis, None).check_evidence(ev) == ""
+    assert NodeCore(genesis, None).check_evidence(ev) is EvidenceVerdict.OK
     assert ev.key() in h.hs.evidence
     d = next(e for e in h.all_effects if isinstance(e, Decide))
     assert [h.index(s.validator) for s in d.commit.sigs] == [0, 1, 2]
@@ -1582,7 +1604,11 @@ def test_guard_proposal_and_votes_of_one_round_in_order() -> None:
     (h, r, prevote) precedes the prevote: steps 1 < 2 < 3 in one round."""
     h = Harness(me=0)
     eff = h.feed(Start())
-    kinds = [type(e).__name__ for e in eff if not isinstance(e, ScheduleTimeout)]
+    kinds = [
+        type(e).__name__
+        for e in eff
+        if not isinstance(e, (ScheduleTimeout, NeedValue, ValidateValue))
+    ]
     assert kinds == ["PersistSignState", "Broadcast", "PersistSignState", "Broadcast"]
     states = [e.state.step for e in eff if isinstance(e, PersistSignState)]
     assert states == [STEP_PROPOSE, STEP_PREVOTE]

@@ -28,7 +28,8 @@ from dpkid.core import codec
 from dpkid.core.challenges import Challenge, challenge_for
 from dpkid.core.crypto import SignatureCache, SigningKey
 from dpkid.core.keys import spki_der_of
-from dpkid.core.node.mempool import Mempool, Verdict
+from dpkid.core.node.effects import TxVerdict
+from dpkid.core.node.mempool import Mempool
 from dpkid.core.state.codes import Code
 from dpkid.core.types import Application, Attestation, CertApply, DvAttest, Receipt, decode_tx
 from dpkid.daemon.dv_checker import (
@@ -375,8 +376,15 @@ class _Core:
     mempool: Mempool
 
     @property
-    def state(self) -> Any:
+    def ledger(self) -> Any:
         return self.chain.state
+
+    def next_nonce(self, address: bytes) -> int:
+        acct = self.chain.state.account(address)
+        n: int = acct.nonce if acct else 0
+        while n in self.mempool.by_sender.get(address, {}):
+            n += 1
+        return n
 
     @property
     def is_validator(self) -> bool:
@@ -404,13 +412,13 @@ class _FakeDaemon:
         self.genesis = self.chain.genesis
         self.log = get_logger(node=self.key.address.hex()[:8])
 
-    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]:
+    async def submit_tx(self, raw: bytes) -> TxVerdict:
         if self.reject_next:
-            return self.reject_next.pop(0), "injected", b""
+            return TxVerdict(self.reject_next.pop(0), "injected", b"")
         code, why, h = self.core.mempool.add(raw, self.chain.state)
         if code == Code.OK:
             self.submitted.append(raw)
-        return code, why, h
+        return TxVerdict(code, why, h)
 
 
 def _items(d: _FakeDaemon) -> list[Attestation]:

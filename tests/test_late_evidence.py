@@ -11,9 +11,10 @@ import pytest
 
 from dpkid.cli.sim import load_scenario
 from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
+from dpkid.core.consensus.validity import EvidenceVerdict
 from dpkid.core.crypto import SigningKey, sha256
 from dpkid.core.node.core import NodeCore
-from dpkid.core.node.effects import NodeEvent, Send
+from dpkid.core.node.effects import Ready, Receive
 from dpkid.core.node.wire import EvidenceMsg, VoteMsg
 from dpkid.sim.runner import Simulation
 from tests.test_sim_sweep import SIMULATIONS
@@ -50,16 +51,16 @@ def test_a_conflicting_vote_for_a_decided_height_is_evidence(
     core, key = decided
     orig = _kept(core, key, core.height - 3)
     forged = _signed(key, orig, sha256(b"forged"), orig.timestamp_ms + 1)
-    out = core.on_decoded("peer", VoteMsg([forged]), core.now_ms + 1)
-    ev = [e.msg.evidence for e in out if isinstance(e, Send) and isinstance(e.msg, EvidenceMsg)]
+    out = core.step(Receive("peer", VoteMsg([forged]), core.now_ms + 1))
+    ev = [e.msg.evidence for e in out.sends if isinstance(e.msg, EvidenceMsg)]
     assert len(ev) == 1
     pair = {ev[0].vote_a.block_hash, ev[0].vote_b.block_hash}
     assert pair == {orig.block_hash, forged.block_hash}
-    assert core.check_evidence(ev[0]) == ""
+    assert core.check_evidence(ev[0]) is EvidenceVerdict.OK
     assert ev[0].key() in core.evidence_pool
-    assert any(isinstance(e, NodeEvent) and e.kind == "equivocation" for e in out)
+    assert any(e.kind == "equivocation" for e in out.events)
     # Gossiped again: already pooled, nothing new.
-    assert core.on_decoded("peer", VoteMsg([forged]), core.now_ms + 2) == []
+    assert core.step(Receive("peer", VoteMsg([forged]), core.now_ms + 2)) == Ready()
 
 
 def test_the_same_vote_again_or_a_bad_signature_is_not_evidence(
@@ -69,8 +70,8 @@ def test_the_same_vote_again_or_a_bad_signature_is_not_evidence(
     orig = _kept(core, key, core.height - 4)
     pool = dict(core.evidence_pool)
     retimed = _signed(key, orig, orig.block_hash, orig.timestamp_ms + 5)
-    assert core.on_decoded("peer", VoteMsg([retimed]), core.now_ms + 1) == []
+    assert core.step(Receive("peer", VoteMsg([retimed]), core.now_ms + 1)) == Ready()
     other = _signed(SigningKey.from_label("not-the-validator"), orig, sha256(b"x"), 1)
     bad = msgspec.structs.replace(other, validator=key.address)  # a stranger's signature
-    assert core.on_decoded("peer", VoteMsg([bad]), core.now_ms + 1) == []
+    assert core.step(Receive("peer", VoteMsg([bad]), core.now_ms + 1)) == Ready()
     assert core.evidence_pool == pool

@@ -56,13 +56,13 @@ from dpkid.core.types import (
     EndorseWithdraw,
     Event,
     GovAction,
+    GovProposal,
     GovPropose,
     GovRevokeCert,
     GovVote,
     Header,
     OrgIdentity,
     Policy,
-    Proposal,
     Receipt,
     RemoveEndorser,
     Revoke,
@@ -214,7 +214,7 @@ def get_cert(c: DevChain, cert_id: bytes) -> Certificate:
     return cert
 
 
-def get_prop(c: DevChain, pid: bytes) -> Proposal:
+def get_prop(c: DevChain, pid: bytes) -> GovProposal:
     p = c.state.proposal(pid)
     assert p is not None
     return p

@@ -9,6 +9,7 @@ from dpkid.core import codec
 from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
 from dpkid.core.crypto import SigningKey
 from dpkid.core.node.core import NodeCore
+from dpkid.core.node.effects import ReceiveBytes, Start
 from dpkid.core.node.wire import (
     BlockRequest,
     BlockResponse,
@@ -25,7 +26,7 @@ GENESIS, KEYS = dev_genesis()
 
 def _node() -> NodeCore:
     n = NodeCore(GENESIS, KEYS.validators[0])
-    n.start(GENESIS.genesis_time_ms)
+    n.step(Start(GENESIS.genesis_time_ms))
     return n
 
 
@@ -52,7 +53,7 @@ def _valid_messages() -> list[bytes]:
 def test_random_bytes_are_dropped(data: bytes) -> None:
     n = _node()
     before = (n.state.app_hash, n.hs.round, n.hs.step, len(n.mempool))
-    n.on_message("peer-x", data, GENESIS.genesis_time_ms + 10)
+    n.step(ReceiveBytes("peer-x", data, GENESIS.genesis_time_ms + 10))
     assert (n.state.app_hash, n.hs.round, n.hs.step) == before[:3]
 
 
@@ -68,7 +69,7 @@ def test_mutated_messages_never_raise(idx: int, pos: int, byte: int, cut: bool) 
     else:
         msg[p] = byte
     n = _node()
-    n.on_message("peer-y", bytes(msg), GENESIS.genesis_time_ms + 10)
+    n.step(ReceiveBytes("peer-y", bytes(msg), GENESIS.genesis_time_ms + 10))
     assert n.state.height == 0
 
 
@@ -88,5 +89,5 @@ def test_forged_vote_from_a_non_validator_is_ignored() -> None:
         evil.address,
         evil.sign(sb),
     )
-    n.on_message("peer-z", codec.encode(VoteMsg([vote])), GENESIS.genesis_time_ms + 10)
+    n.step(ReceiveBytes("peer-z", codec.encode(VoteMsg([vote])), GENESIS.genesis_time_ms + 10))
     assert n.hs.prevotes.get(0) is None or evil.address not in n.hs.prevotes[0].by_validator

@@ -30,7 +30,14 @@ from dpkid.client.rpc import call_sync
 from dpkid.core import codec
 from dpkid.core.consensus.messages import Block
 from dpkid.core.node.core import NodeCore
-from dpkid.core.node.effects import NodeEffect, PersistBlock, SetTimer
+from dpkid.core.node.effects import (
+    PersistBlock,
+    Ready,
+    SetTimer,
+    Start,
+    SubmitTx,
+    TimerFired,
+)
 from dpkid.core.state.machine import State
 from dpkid.core.types import Account, Transfer, sign_tx
 from dpkid.daemon.config import Home
@@ -121,20 +128,19 @@ class Chain:
     keys: DevKeys
     hold: bool = False  # keep PersistBlocks in ``held`` instead of storing them
 
-    def run(self, effects: list[NodeEffect]) -> None:
-        for e in effects:
-            if isinstance(e, SetTimer):
-                heapq.heappush(self.timers, (self.now + e.delay_ms, next(self.seq), e))
-            elif isinstance(e, PersistBlock):
-                if self.hold:
-                    self.held.append(e)
-                else:
-                    self.store.save_block(e)
+    def run(self, ready: Ready) -> None:
+        for e in ready.timers:
+            heapq.heappush(self.timers, (self.now + e.delay_ms, next(self.seq), e))
+        for b in ready.blocks:
+            if self.hold:
+                self.held.append(b)
+            else:
+                self.store.save_block(b)
 
     def until(self, height: int) -> None:
         while self.core.state.height < height:
             self.now, _, t = heapq.heappop(self.timers)
-            self.run(self.core.on_timer(t, self.now))
+            self.run(self.core.step(TimerFired(t, self.now)))
 
 
 def build_chain(db: Path, blocks: int) -> Chain:
@@ -143,16 +149,16 @@ def build_chain(db: Path, blocks: int) -> Chain:
     core = NodeCore(g, keys.validators[0])
     store = Store(db)
     store.save_genesis_state(core.state)
-    store.save_valset(1, [(v.pubkey, v.power) for v in core.vals.members])
+    store.save_valset(1, [(v.pubkey, v.power) for v in core.validators.members])
     c = Chain(core, store, g.genesis_time_ms, [], itertools.count(), [], keys)
-    c.run(core.start(c.now))
+    c.run(core.step(Start(c.now)))
     a, b = keys.accounts
     for n in range(blocks):
         if n % 3 == 0:
             raw = codec.encode(sign_tx(a, g.chain_id, n // 3, 10, Transfer(b.address, 5 + n)))
-            code, _, _, effects = core.submit_tx(raw, c.now)
-            assert code == 0
-            c.run(effects)
+            ready = core.step(SubmitTx(raw, c.now))
+            assert ready.tx is not None and ready.tx.verdict == 0
+            c.run(ready)
         c.until(n + 1)
     return c
 
@@ -272,7 +278,7 @@ def test_a_failed_save_block_is_rolled_back_whole(tmp_path: Path) -> None:
     c.hold = True
     a, b = c.keys.accounts
     raw = codec.encode(sign_tx(a, c.core.chain_id, 2, 10, Transfer(b.address, 1)))
-    c.run(c.core.submit_tx(raw, c.now)[3])
+    c.run(c.core.step(SubmitTx(raw, c.now)))
     c.until(6)
     (pb,) = c.held
     assert pb.receipts, "the held block must carry a receipt"

@@ -83,7 +83,8 @@ class World:
         n = self.nonces.get(key.address, 0)
         self.nonces[key.address] = n + 1
         raw = codec.encode(sign_tx(key, self.genesis.chain_id, n, 10, body))
-        code, why, _ = await d.submit_tx(raw)
+        v = await d.submit_tx(raw)
+        code, why = v.verdict, v.why
         assert code == 0, why
         return raw
 

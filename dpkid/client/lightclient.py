@@ -17,9 +17,9 @@ from typing import Any
 
 from dpkid.core import codec
 from dpkid.core.consensus.messages import Commit, header_hash
+from dpkid.core.consensus.validity import valset_hash, verify_commit
 from dpkid.core.consensus.valset import ValidatorInfo, ValidatorSet
 from dpkid.core.crypto import address_of, verify_ed25519
-from dpkid.core.node.core import valset_hash, verify_commit
 from dpkid.core.state.machine import cert_status
 from dpkid.core.state.proofs import ProofError, RecordProof, verify_cert
 from dpkid.core.types import Certificate, Genesis, Header

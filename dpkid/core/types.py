@@ -238,7 +238,7 @@ class ValidatorRecord(_S, frozen=True):
     name: ShortText = ""
 
 
-class ValidatorSet(_S, frozen=True):
+class ValidatorRecords(_S, frozen=True):
     validators: list[ValidatorRecord]  # sorted by address, power > 0
 
     def total_power(self) -> int:
@@ -353,7 +353,7 @@ class DomainIndex(_S, frozen=True):
     cert_ids: list[bytes]  # issuance order
 
 
-class Proposal(_S, frozen=True):
+class GovProposal(_S, frozen=True):
     proposal_id: Hash32
     proposer: Addr
     action: GovAction

@@ -60,13 +60,40 @@ def write_key(path: Path, key: SigningKey, role: str = "node") -> None:
 
 
 def read_key(path: Path) -> SigningKey:
+    """A dpkid key file (as ``write_key`` writes it); ConfigError says, in one
+    line, what is wrong with which file."""
     try:
-        data = json.loads(path.read_text())
-        key = SigningKey(bytes.fromhex(data["seed"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read key {path}: {exc}") from None
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"key file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"key file {path} is not a dpkid key file: it is not text") from None
+    if text.lstrip().startswith("-----BEGIN"):
+        raise ConfigError(
+            f'key file {path} is a PEM file, not a dpkid key file (JSON with a "seed")'
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"key file {path} is not JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"key file {path} is not a dpkid key file: it is not a JSON object")
+    if "seed" not in data:
+        raise ConfigError(f'key file {path} is not a dpkid key file: it has no "seed"')
+    seed = data["seed"]
+    try:
+        raw = bytes.fromhex(seed) if isinstance(seed, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f'key file {path}: "seed" is not 64 hex digits')
+    key = SigningKey(raw)
     if data.get("public_key") and data["public_key"] != key.public_key.hex():
-        raise ConfigError(f"key {path}: public_key does not match the seed")
+        raise ConfigError(f'key file {path}: "public_key" does not match the "seed"')
     return key
 
 

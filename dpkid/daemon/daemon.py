@@ -1,9 +1,11 @@
 """The dpkid daemon: the pure NodeCore driven by trio, libp2p, SQLite and a clock.
 
-One driver task owns the core. Everything else (gossip, sync replies, RPC
-submissions, timers) reaches it through one bounded channel, so the core
-sees one input at a time, and its effects run in the order it returned them:
-a sign state is on disk before the vote it guards is published.
+One driver task owns the core. Everything else (gossip, sync requests, RPC
+submissions, timers) reaches it through one bounded channel of typed inputs,
+so the core sees one input at a time. The daemon is a ``Shell``: it carries out
+each ``Ready`` with the same ``carry_out`` as the simulator, so a sign state is
+on disk before the vote it guards is published, and sync requests are
+answered through the core's ``ServeBlocks``, as in the simulator.
 """
 
 from __future__ import annotations
@@ -19,12 +21,27 @@ from typing import Any, Final
 import trio
 
 from dpkid.core import codec
-from dpkid.core.consensus.engine import PersistSignState, TimeoutConfig
+from dpkid.core.consensus.engine import LockRecord, SignState
 from dpkid.core.crypto import SignatureCache, sha256
-from dpkid.core.node.core import NodeConfig, NodeCore
-from dpkid.core.node.effects import NodeEffect, NodeEvent, PersistBlock, Send, ServeBlocks, SetTimer
-from dpkid.core.node.mempool import Refusal, Verdict
+from dpkid.core.node.core import NodeCore
+from dpkid.core.node.effects import (
+    NodeEvent,
+    NodeInput,
+    PersistBlock,
+    Receive,
+    Send,
+    ServeBlocks,
+    SetTimer,
+    Start,
+    SubmitTx,
+    TimerFired,
+    TxVerdict,
+    block_response,
+    carry_out,
+)
+from dpkid.core.node.mempool import Refusal
 from dpkid.core.node.wire import (
+    SYNC_REPLY_MAX_BYTES,
     BlockRequest,
     BlockResponse,
     EvidenceMsg,
@@ -46,6 +63,7 @@ from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignSta
 from dpkid.daemon.store import Store
 
 INPUT_QUEUE: Final = 10_000
+OUTBOX_QUEUE: Final = 10_000  # gossip waiting for the publisher; beyond it, like loss
 SYNC_PROTOCOL: Final = "/dpkid/sync/1.0.0"
 SYNC_TIMEOUT_S: Final = 10.0
 MAX_SYNC_REPLY_BYTES: Final = 32 * 1024 * 1024
@@ -76,12 +94,37 @@ TOPIC_TYPES: Final[dict[str, tuple[type, ...]]] = {
 }
 
 
-@dataclass
-class _Input:
-    kind: str  # "msg" | "timer" | "submit"
-    peer: str = ""
-    msg: Any = None
-    reply: trio.MemorySendChannel[Any] | None = None
+# The driver's inputs: a closed union, one type per source.
+@dataclass(frozen=True)
+class _Gossip:
+    """A gossip message, or the answer to one of our fetches."""
+
+    peer: str
+    msg: WireMsg
+
+
+@dataclass(frozen=True)
+class _Timer:
+    timer: SetTimer
+
+
+@dataclass(frozen=True)
+class _Submit:
+    raw: bytes
+    reply: trio.MemorySendChannel[TxVerdict]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A peer's sync or proposal request on the stream protocol; the core's
+    ServeBlocks (or Send) for that peer in the same step is the answer."""
+
+    peer: str
+    msg: BlockRequest | ProposalRequest
+    reply: trio.MemorySendChannel[bytes]
+
+
+_Input = _Gossip | _Timer | _Submit | _Request
 
 
 def now_ms() -> int:
@@ -97,21 +140,7 @@ class NodeDaemon:
         self.log = get_logger(node=self.settings.moniker)
         self.metrics = Metrics()
         self.store = Store(self.home.db_file)
-        s = self.settings
-        cfg = NodeConfig(
-            timeouts=TimeoutConfig(
-                s.timeout_propose_ms,
-                s.timeout_propose_delta_ms,
-                s.timeout_prevote_ms,
-                s.timeout_prevote_delta_ms,
-                s.timeout_precommit_ms,
-                s.timeout_precommit_delta_ms,
-                s.timeout_commit_ms,
-            ),
-            max_block_txs=s.max_block_txs,
-            gossip_interval_ms=s.gossip_interval_ms,
-            mempool_max_txs=s.mempool_max_txs,
-        )
+        cfg = self.settings.node_config()
         self.sign_file = SignStateFile(self.home.path / SIGN_STATE_FILE)
         if not self.sign_file.exists():
             # Homes made before the guard had its own file kept it in the store.
@@ -132,6 +161,9 @@ class NodeDaemon:
         self.p2p: Any = None
         self._nursery: trio.Nursery | None = None
         self._in_send, self._in_recv = trio.open_memory_channel[_Input](INPUT_QUEUE)
+        self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_QUEUE)
+        self._answering: _Request | None = None
+        self._answered = False
 
     # ------------------------------------------------------------------ restore
     def _restore(self) -> None:
@@ -142,9 +174,10 @@ class NodeDaemon:
         if rp is None:
             if not self.store.has_state():
                 self.store.save_genesis_state(self.core.state)
-                self.store.save_valset(1, [(v.pubkey, v.power) for v in self.core.vals.members])
+                vals = self.core.validators.members
+                self.store.save_valset(1, [(v.pubkey, v.power) for v in vals])
             return
-        self.core.resume(rp.state, rp.block, rp.commit, tuple(rp.priorities))
+        self.core.resume(rp)
         self.log.info("restored", height=rp.state.height, app_hash=rp.state.app_hash.hex())
 
     # ------------------------------------------------------------------ run
@@ -180,6 +213,7 @@ class NodeDaemon:
                 self.p2p.subscribe(topic, self._validator_for(name))
             self.p2p.set_stream_handler(SYNC_PROTOCOL, self._serve_sync)
             nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._publish_loop)
             await nursery.start(rpc.serve_unix, self.home.socket_path(s))
             if s.rpc_tcp:
                 host, _, port = s.rpc_tcp.rpartition(":")
@@ -188,10 +222,10 @@ class NodeDaemon:
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._metrics_loop)
             await nursery.start(dv.run)
-            await self._execute(self.core.start(now_ms()))
+            self._step(Start(now_ms()))
             self.log.info(
                 "started",
-                height=self.core.state.height,
+                height=self.core.ledger.height,
                 peer_id=self.p2p.peer_id,
                 validator=self.core.is_validator,
             )
@@ -245,102 +279,133 @@ class NodeDaemon:
             if topic == self.topics["blocks"]:
                 continue  # for monitors; nodes sync through the stream protocol
             try:
-                self._in_send.send_nowait(_Input("msg", peer, msg))
+                self._in_send.send_nowait(_Gossip(peer, msg))
             except trio.WouldBlock:
                 self.metrics.bad_messages.inc()  # overloaded: like gossip loss, re-gossip recovers
 
     async def _serve_sync(self, data: bytes, peer: str) -> bytes:
+        """The stream protocol: the request goes to the core like any input, and
+        the core's answer (ServeBlocks, or a Send of the proposal) comes back."""
+        empty = encode_msg(BlockResponse([]))
         try:
             req = decode_msg(data)
         except codec.DecodeError:
-            return encode_msg(BlockResponse([]))
-        if isinstance(req, ProposalRequest):
-            hs = self.core.hs
-            prop = hs.proposals.get(req.round) if req.height == hs.height else None
-            return encode_msg(ProposalMsg(prop) if prop is not None else BlockResponse([]))
-        if not isinstance(req, BlockRequest):
-            return encode_msg(BlockResponse([]))
-        blocks = self.store.blocks(req.from_height, req.count)
-        out: list[SyncedBlock] = []
-        size = 0
-        for b, c in blocks:
-            n = len(codec.encode(b))
-            if out and size + n > MAX_SYNC_REPLY_BYTES // 4:
-                break
-            out.append(SyncedBlock(b, c))
-            size += n
-        return encode_msg(BlockResponse(out))
-
-    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]:
-        send, recv = trio.open_memory_channel[Any](1)
+            return empty
+        if not isinstance(req, (BlockRequest, ProposalRequest)):
+            return empty
+        send, recv = trio.open_memory_channel[bytes](1)
         try:
-            self._in_send.send_nowait(_Input("submit", msg=raw, reply=send))
+            self._in_send.send_nowait(_Request(peer, req, send))
         except trio.WouldBlock:
-            return Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw)
-        result: tuple[Verdict, str, bytes] = await recv.receive()
-        return result
+            return empty  # overloaded: the peer asks another or again
+        with trio.move_on_after(SYNC_TIMEOUT_S):
+            return await recv.receive()
+        return empty
+
+    async def submit_tx(self, raw: bytes) -> TxVerdict:
+        send, recv = trio.open_memory_channel[TxVerdict](1)
+        try:
+            self._in_send.send_nowait(_Submit(raw, send))
+        except trio.WouldBlock:
+            return TxVerdict(Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw))
+        return await recv.receive()
 
     # ------------------------------------------------------------------ the driver
     async def _drive(self) -> None:
         async for item in self._in_recv:
-            t0 = time.perf_counter()
             now = now_ms()
-            if item.kind == "msg":
-                effects = self.core.on_decoded(item.peer, item.msg, now)
-            elif item.kind == "timer":
-                effects = self.core.on_timer(item.msg, now)
-            elif item.kind == "submit":
-                code, why, h, effects = self.core.submit_tx(item.msg, now)
-                assert item.reply is not None
-                item.reply.send_nowait((code, why, h))
+            inp: NodeInput
+            if isinstance(item, _Timer):
+                inp = TimerFired(item.timer, now)
+            elif isinstance(item, _Submit):
+                inp = SubmitTx(item.raw, now)
             else:
-                continue
-            self.metrics.step_seconds.labels(item.kind).observe(time.perf_counter() - t0)
-            await self._execute(effects)
+                inp = Receive(item.peer, item.msg, now)
+            self._answering = item if isinstance(item, _Request) else None
+            self._answered = False
+            try:
+                tx = self._step(inp)
+            finally:
+                if isinstance(item, _Request) and not self._answered:
+                    item.reply.send_nowait(encode_msg(BlockResponse([])))
+                self._answering = None
+            if isinstance(item, _Submit):
+                assert tx is not None
+                item.reply.send_nowait(tx)
 
-    async def _execute(self, effects: list[NodeEffect]) -> None:
-        for e in effects:
-            if isinstance(e, PersistSignState):
-                if e.lock is not None:
-                    self.lock_file.save(e.lock)  # before the sign state that names it
-                self.sign_file.save(e.state)  # durable before the vote it guards is sent
-            elif isinstance(e, PersistBlock):
-                self.store.save_block(e)
-                self._on_block(e)
-            elif isinstance(e, SetTimer):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._timer, e)
-            elif isinstance(e, Send):
-                await self._send(e)
-            elif isinstance(e, ServeBlocks):
-                pass  # sync requests arrive on the stream protocol, served by _serve_sync
-            elif isinstance(e, NodeEvent):
-                if e.kind in LOUD_EVENTS:
-                    self.log.error("node_event", kind=e.kind, detail=e.detail)
-                    if e.kind == "liveness_invariant":
-                        self.metrics.liveness_violations.inc()
-                else:
-                    self.log.warning("node_event", kind=e.kind, detail=e.detail)
+    def _step(self, inp: NodeInput) -> TxVerdict | None:
+        t0 = time.perf_counter()
+        ready = self.core.step(inp)
+        self.metrics.step_seconds.labels(type(inp).__name__).observe(time.perf_counter() - t0)
+        carry_out(ready, self)
+        return ready.tx
+
+    # ------------------------------------------------------------------ the Shell
+    def persist_lock(self, lock: LockRecord) -> None:
+        self.lock_file.save(lock)
+
+    def persist_sign_state(self, state: SignState) -> None:
+        self.sign_file.save(state)  # fsynced: durable before the vote it guards is sent
+
+    def persist_block(self, block: PersistBlock) -> None:
+        self.store.save_block(block)
+        self._on_block(block)
+
+    def send(self, send: Send) -> None:
+        m = send.msg
+        if send.to is None:
+            topic = self.topics["txs"] if isinstance(m, TxBatch) else self.topics["consensus"]
+            try:
+                self._out_send.send_nowait((topic, encode_msg(m)))
+            except trio.WouldBlock:
+                self.metrics.dropped_sends.inc()  # like gossip loss: re-gossip recovers
+            return
+        req = self._answering
+        if req is not None and send.to == req.peer and isinstance(m, ProposalMsg):
+            self._answer(encode_msg(m))
+        elif isinstance(m, (BlockRequest, ProposalRequest)):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._fetch, send.to, m)
+
+    def serve(self, serve: ServeBlocks) -> None:
+        req = self._answering
+        if req is None or serve.to != req.peer:
+            return  # sync requests arrive only on the stream protocol
+        blocks = self.store.blocks(serve.from_height, serve.count)
+        self._answer(encode_msg(block_response(blocks, SYNC_REPLY_MAX_BYTES)))
+
+    def set_timer(self, timer: SetTimer) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._timer, timer)
+
+    def event(self, event: NodeEvent) -> None:
+        if event.kind in LOUD_EVENTS:
+            self.log.error("node_event", kind=event.kind, detail=event.detail)
+            if event.kind == "liveness_invariant":
+                self.metrics.liveness_violations.inc()
+        else:
+            self.log.warning("node_event", kind=event.kind, detail=event.detail)
+
+    def _answer(self, data: bytes) -> None:
+        req = self._answering
+        if req is not None and not self._answered:
+            self._answered = True
+            req.reply.send_nowait(data)
+
+    async def _publish_loop(self) -> None:
+        """One publisher keeps gossip in the order the core produced it."""
+        async for topic, data in self._out_recv:
+            try:
+                await self.p2p.publish(topic, data)
+            except Exception as exc:  # gossip is best effort; re-gossip covers the loss
+                self.log.warning("publish_failed", topic=topic, error=repr(exc))
 
     async def _timer(self, t: SetTimer) -> None:
         await trio.sleep(t.delay_ms / 1000)
         try:
-            self._in_send.send_nowait(_Input("timer", msg=t))
+            self._in_send.send_nowait(_Timer(t))
         except trio.WouldBlock:
-            await self._in_send.send(_Input("timer", msg=t))  # timers must not be lost
-
-    async def _send(self, e: Send) -> None:
-        m = e.msg
-        if e.to is not None:
-            if isinstance(m, (BlockRequest, ProposalRequest)):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._fetch, e.to, m)
-            return
-        topic = self.topics["txs"] if isinstance(m, TxBatch) else self.topics["consensus"]
-        try:
-            await self.p2p.publish(topic, encode_msg(m))
-        except Exception as exc:  # gossip is best effort; re-gossip covers the loss
-            self.log.warning("publish_failed", topic=topic, error=repr(exc))
+            await self._in_send.send(_Timer(t))  # timers must not be lost
 
     async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
         """Block sync and lost-proposal fetches go over the direct stream protocol."""
@@ -357,14 +422,14 @@ class NodeDaemon:
             self.log.info("fetch_failed", peer=peer, request=type(req).__name__, error=repr(exc))
             return
         if (isinstance(resp, BlockResponse) and resp.blocks) or isinstance(resp, ProposalMsg):
-            await self._in_send.send(_Input("msg", peer, resp))
+            await self._in_send.send(_Gossip(peer, resp))
 
     def _on_block(self, e: PersistBlock) -> None:
         h = e.block.header.height
         self.metrics.height.set(h)
         self.metrics.blocks.inc()
         self.metrics.committed_txs.inc(len(e.block.txs))
-        self.catching_up = self.core.sync_target > self.core.state.height
+        self.catching_up = self.core.status().sync_target > self.core.ledger.height
         if h % 10 == 0 or e.block.txs:
             self.log.info(
                 "committed", height=h, txs=len(e.block.txs), app_hash=e.app_hash.hex()[:16]
@@ -388,23 +453,21 @@ class NodeDaemon:
         warned_at = -1
         while True:
             core = self.core
-            self.metrics.round.set(core.hs.round)
+            st = core.status()
+            self.metrics.round.set(st.round)
             self.metrics.peers.set(len(self.p2p.peers()))
-            self.metrics.mempool.set(len(core.mempool))
+            self.metrics.mempool.set(st.mempool_txs)
             now = now_ms()
             stalled = core.stalled_ms(now)
             self.metrics.since_progress.set(stalled / 1000)
-            if (
-                stalled > core.stall_bound_ms(WATCHDOG_ROUNDS)
-                and warned_at != core.last_progress_ms
-            ):
-                warned_at = core.last_progress_ms
+            if stalled > core.stall_bound_ms(WATCHDOG_ROUNDS) and warned_at != st.last_progress_ms:
+                warned_at = st.last_progress_ms
                 self.log.warning(
                     "consensus_stalled",
-                    height=core.height,
-                    round=core.hs.round,
-                    step=core.hs.step,
-                    waiting_for=core.waiting_for(),
+                    height=st.height,
+                    round=st.round,
+                    step=st.step,
+                    waiting_for=st.waiting_for,
                     stalled_ms=stalled,
                     peers=len(self.p2p.peers()),
                 )
@@ -412,31 +475,32 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ queries (RPC)
     def status(self) -> dict[str, Any]:
-        st = self.core.state
-        info = self.store.block_info(st.height)
+        ledger = self.core.ledger
+        st = self.core.status()
+        info = self.store.block_info(ledger.height)
         return {
             "chain_id": self.genesis.chain_id,
             "node_id": self.p2p.peer_id if self.p2p else "",
             "moniker": self.settings.moniker,
-            "validator_address": self.key.address.hex() if self.core.is_validator else None,
-            "height": st.height,
+            "validator_address": self.key.address.hex() if st.is_validator else None,
+            "height": ledger.height,
             "block_hash": info[0].hex() if info else "",
-            "app_hash": st.app_hash.hex(),
-            "time_ms": st.time_ms,
-            "round": self.core.hs.round,
-            "step": self.core.hs.step,
-            "waiting_for": self.core.waiting_for(),
-            "last_progress_ms": self.core.last_progress_ms,
+            "app_hash": ledger.app_hash.hex(),
+            "time_ms": ledger.time_ms,
+            "round": st.round,
+            "step": st.step,
+            "waiting_for": st.waiting_for,
+            "last_progress_ms": st.last_progress_ms,
             "since_progress_ms": self.core.stalled_ms(now_ms()),
-            "liveness_violations": self.core.liveness_violations,
+            "liveness_violations": st.liveness_violations,
             "sign_state": {
-                "height": self.core.sign_state.height,
-                "round": self.core.sign_state.round,
-                "step": self.core.sign_state.step,
+                "height": st.sign_state.height,
+                "round": st.sign_state.round,
+                "step": st.sign_state.step,
             },
             "peers": len(self.p2p.peers()) if self.p2p else 0,
             "catching_up": self.catching_up,
-            "mempool_txs": len(self.core.mempool),
+            "mempool_txs": st.mempool_txs,
         }
 
     def receipts(self, height: int) -> list[Receipt]:

@@ -42,7 +42,7 @@ import httpx
 import trio
 
 from dpkid.core.challenges import MAX_HTTP_BODY_BYTES, Challenge, base_name, challenge_for
-from dpkid.core.node.mempool import Verdict
+from dpkid.core.node.effects import TxVerdict
 from dpkid.core.state.codes import Code
 from dpkid.core.types import (
     MAX_ATTESTATIONS_PER_TX,
@@ -389,7 +389,7 @@ class _DaemonLike(Protocol):
     genesis: Any
     log: Any
 
-    async def submit_tx(self, raw: bytes) -> tuple[Verdict, str, bytes]: ...
+    async def submit_tx(self, raw: bytes) -> TxVerdict: ...
 
 
 class DvChecker:
@@ -461,8 +461,8 @@ class DvChecker:
             self.log.info("dv_disabled", why='dns_resolver is "none"')
         if self.resume_pending and self.enabled and self.d.core.is_validator:
             # After a restart, applications created before it are still ours to check.
-            for app_id in self.d.core.state.pending_application_ids(limit=256):
-                app = self.d.core.state.application(app_id)
+            for app_id in self.d.core.ledger.pending_application_ids(limit=256):
+                app = self.d.core.ledger.application(app_id)
                 if app is not None and all(
                     a.validator != self.d.key.address for a in app.attestations
                 ):
@@ -490,17 +490,12 @@ class DvChecker:
                 self.stats[res.outcome] += 1
                 waited = trio.current_time() - first
                 if res.outcome == FAIL and not self.fault and waited < self.cfg.fail_grace_s:
-                    self.log.info(
-                        "dv_not_yet",
-                        app_id=app_id.hex(),
-                        attempt=attempt + 1,
-                        retry_in_s=delay,
-                        reason=res.reason,
-                    )
-                    await trio.sleep(min(delay, max(0.0, self.cfg.fail_grace_s - waited)))
-                    delay = min(delay * 2, BACKOFF_MAX_S)
-                    continue
-                if res.outcome != UNREACHABLE:
+                    # Perhaps not published yet: retry, but attest nothing before the grace ends.
+                    pause = min(delay, max(0.0, self.cfg.fail_grace_s - waited))
+                    event = "dv_not_yet"
+                elif res.outcome == UNREACHABLE:
+                    event, pause = "dv_unreachable", delay
+                else:
                     self.log.info(
                         "dv_checked",
                         app_id=app_id.hex(),
@@ -511,13 +506,13 @@ class DvChecker:
                     self._add_result(app, res)
                     return
                 self.log.info(
-                    "dv_unreachable",
+                    event,
                     app_id=app_id.hex(),
                     attempt=attempt + 1,
                     retry_in_s=delay,
                     reason=res.reason,
                 )
-                await trio.sleep(delay)
+                await trio.sleep(pause)
                 delay = min(delay * 2, BACKOFF_MAX_S)
             self.log.warning("dv_gave_up", app_id=app_id.hex(), attempts=MAX_ATTEMPTS)
         except Exception as exc:
@@ -530,7 +525,7 @@ class DvChecker:
         """The application if this validator should still check it."""
         if not self.d.core.is_validator:
             return None
-        st = self.d.core.state
+        st = self.d.core.ledger
         app: Application | None = st.application(app_id)
         if app is None or app.status != "pending" or st.time_ms >= app.expires_ms:
             return None
@@ -587,7 +582,7 @@ class DvChecker:
             await self._submit_one(chunk)
 
     def _encode(self, items: list[Attestation], nonce: int = 0) -> bytes:
-        st = self.d.core.state
+        st = self.d.core.ledger
         tx = sign_tx(
             self.d.key, self.d.genesis.chain_id, nonce, st.policy.min_tx_fee, DvAttest(items)
         )
@@ -595,18 +590,14 @@ class DvChecker:
 
     def next_nonce(self) -> int:
         """The committed nonce plus this account's txs pending in the mempool."""
-        addr = self.d.key.address
-        acct = self.d.core.state.account(addr)
-        n: int = acct.nonce if acct else 0
-        pending = self.d.core.mempool.by_sender.get(addr, {})
-        while n in pending:
-            n += 1
+        n: int = self.d.core.next_nonce(self.d.key.address)
         return n
 
     async def _submit_one(self, items: list[Attestation]) -> None:
         for attempt in range(2):
             raw = self._encode(items, self.next_nonce())
-            code, why, h = await self.d.submit_tx(raw)
+            v = await self.d.submit_tx(raw)
+            code, why, h = v.verdict, v.why, v.tx_hash
             if code == Code.OK:
                 self.stats["txs"] += 1
                 for it in items:

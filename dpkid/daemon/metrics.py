@@ -20,6 +20,11 @@ class Metrics:
         self.bad_messages = Counter(
             "dpkid_bad_messages_total", "Undecodable or invalid peer messages", registry=r
         )
+        self.dropped_sends = Counter(
+            "dpkid_dropped_gossip_total",
+            "Gossip messages dropped because the publisher queue was full",
+            registry=r,
+        )
         self.liveness_violations = Counter(
             "dpkid_liveness_violations_total",
             "Steps after which no consensus timer was armed (CONSENSUS.md §10.1)",

@@ -102,7 +102,7 @@ class Subscriptions:
     def on_block(self, e: PersistBlock) -> None:
         if not self.subs:
             return
-        st = self.d.core.state
+        st = self.d.core.ledger
         h = e.block.header.height
         block_ev = {
             "height": h,
@@ -175,15 +175,15 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
     d.block_listeners.append(subs.on_block)
 
     def state_now() -> Any:
-        return d.core.state
+        return d.core.ledger
 
     async def status(params: Any, conn: Connection) -> Any:
         return d.status()
 
     async def block_get(params: Any, conn: Connection) -> Any:
-        h = param(params, "height", int, 0, default=d.core.state.height)
-        if h < 1 or h > d.core.state.height:
-            raise RpcError(NOT_FOUND, f"no block at height {h} (latest is {d.core.state.height})")
+        h = param(params, "height", int, 0, default=d.core.ledger.height)
+        if h < 1 or h > d.core.ledger.height:
+            raise RpcError(NOT_FOUND, f"no block at height {h} (latest is {d.core.ledger.height})")
         got = d.store.block(h)
         if got is None:
             raise RpcError(NOT_FOUND, f"block {h} is not stored")
@@ -221,11 +221,12 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
                     "commit_bytes": codec.encode(commit).hex(),
                 }
             )
-        return {"latest": d.core.state.height, "headers": out}
+        return {"latest": d.core.ledger.height, "headers": out}
 
     async def tx_submit(params: Any, conn: Connection) -> Any:
         raw = hex_param(params, "tx", index=0, max_len=MAX_TX_BYTES + 1)
-        code, why, h = await d.submit_tx(raw)
+        v = await d.submit_tx(raw)
+        code, why, h = v.verdict, v.why, v.tx_hash
         if isinstance(code, Refusal):
             # Not the transaction's fault: the same bytes may be sent again later.
             raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
@@ -237,7 +238,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         h = hex_param(params, "hash", 32)
         loc = d.store.tx_location(h)
         if loc is None:
-            return {"hash": h.hex(), "committed": False, "pending": h in d.core.mempool.by_hash}
+            return {"hash": h.hex(), "committed": False, "pending": d.core.tx_pending(h)}
         height, idx, receipt = loc
         return {
             "hash": h.hex(),
@@ -254,7 +255,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         addr = hex_param(params, "address", 20)
         st = state_now()
         a = st.account(addr)
-        pending = len(d.core.mempool.by_sender.get(addr, {}))
+        pending = d.core.pending_count(addr)
         return {
             "address": addr.hex(),
             "exists": a is not None,
@@ -265,12 +266,26 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
             "height": st.height,
         }
 
-    async def cert_get(params: Any, conn: Connection) -> Any:
-        cid = hex_param(params, "cert_id", 32)
+    def state_and_record(params: Any, name: str, what: str) -> tuple[Any, Any]:
+        """The state now and its record whose 32-byte id is the hex param ``name``;
+        NOT_FOUND if none. ``what`` ("certificate", "application") is both the
+        state's getter and the word in the error."""
+        rid = hex_param(params, name, 32)
         st = state_now()
-        cert = st.certificate(cid)
-        if cert is None:
-            raise RpcError(NOT_FOUND, "no such certificate", {"cert_id": cid.hex()})
+        rec = getattr(st, what)(rid)
+        if rec is None:
+            raise RpcError(NOT_FOUND, f"no such {what}", {name: rid.hex()})
+        return st, rec
+
+    def domain_param(params: Any) -> str:
+        """The ``domain`` param in its canonical form; INVALID_PARAMS if it is not a name."""
+        try:
+            return validate_domain(param(params, "domain", str))
+        except DomainError as exc:
+            raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+
+    async def cert_get(params: Any, conn: Connection) -> Any:
+        st, cert = state_and_record(params, "cert_id", "certificate")
         return {
             "height": st.height,
             "time_ms": st.time_ms,
@@ -278,11 +293,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         }
 
     async def certs_by_domain(params: Any, conn: Connection) -> Any:
-        dom = param(params, "domain", str)
-        try:
-            dom = validate_domain(dom)
-        except DomainError as exc:
-            raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+        dom = domain_param(params)
         st = state_now()
         certs = st.certs_by_domain(dom)[-MAX_LIST:]
         return {
@@ -292,11 +303,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         }
 
     async def application_get(params: Any, conn: Connection) -> Any:
-        aid = hex_param(params, "app_id", 32)
-        st = state_now()
-        app = st.application(aid)
-        if app is None:
-            raise RpcError(NOT_FOUND, "no such application", {"app_id": aid.hex()})
+        st, app = state_and_record(params, "app_id", "application")
         from dpkid.core.challenges import challenge_for
 
         v = to_json(app)
@@ -306,11 +313,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
     async def cert_proof(params: Any, conn: Connection) -> Any:
         """A proof against the latest header's app hash, with that header and its commit."""
         if isinstance(params, dict) and "domain" in params:
-            dom = param(params, "domain", str)
-            try:
-                key = key_domain(validate_domain(dom))
-            except DomainError as exc:
-                raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+            key = key_domain(domain_param(params))
         elif isinstance(params, dict) and "address" in params:
             key = key_account(hex_param(params, "address", 20))
         else:
@@ -353,13 +356,13 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
     async def log_checkpoint(params: Any, conn: Connection) -> Any:
         """The certificate log's size and root, proven through the meta record."""
         out = record_proof(K_META)
-        meta = d.core.state.get_previous(K_META)
+        meta = d.core.ledger.get_previous(K_META)
         out["log_size"] = meta.log_size
         out["log_root"] = meta.log_root.hex()
         return out
 
     async def log_proof(params: Any, conn: Connection) -> Any:
-        log = d.core.state.log
+        log = d.core.ledger.log
         if isinstance(params, dict) and "old_size" in params:
             old = param(params, "old_size", int)
             new = param(params, "new_size", int, default=log.size)
@@ -376,7 +379,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         size = param(params, "size", int, 1, default=log.size)
         if not 0 <= index < size <= log.size:
             raise RpcError(INVALID_PARAMS, f"need 0 <= index < size <= {log.size}")
-        entry = d.core.state.log_entry(index)
+        entry = d.core.ledger.log_entry(index)
         return {
             "index": index,
             "size": size,
@@ -394,7 +397,7 @@ def build_rpc(d: NodeDaemon) -> RpcServer:
         """The set that signed commits at ``height``; a light client checks its
         hash against the header's validators_hash."""
         h = param(params, "height", int)
-        if h < 1 or h > d.core.state.height + 1:
+        if h < 1 or h > d.core.ledger.height + 1:
             raise RpcError(NOT_FOUND, f"no validator set known for height {h}")
         vals = d.store.valset_at(h)
         if vals is None:

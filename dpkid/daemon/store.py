@@ -18,7 +18,6 @@ import shlex
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +26,7 @@ import msgspec
 from dpkid.core import codec
 from dpkid.core.consensus.engine import SignState
 from dpkid.core.consensus.messages import Block, Commit, commit_hash, evidence_hash, tx_root
-from dpkid.core.node.effects import PersistBlock
+from dpkid.core.node.effects import PersistBlock, ResumePoint
 from dpkid.core.state.machine import State
 from dpkid.core.types import Receipt
 
@@ -129,16 +128,6 @@ def as_store_error(path: Path, doing: str, exc: BaseException) -> StoreError:
     # Decode errors (codec.DecodeError is a ValueError) and records that do not fit
     # together: bytes SQLite returned intact but that are not what we wrote.
     return StoreCorrupt(path, f"{doing}: {reason}")
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """What a node continues from: the state after the latest stored block."""
-
-    state: State
-    block: Block
-    commit: Commit
-    priorities: list[tuple[bytes, int]]
 
 
 class _NodeMeta(msgspec.Struct, frozen=True, array_like=True):

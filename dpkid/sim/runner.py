@@ -19,7 +19,7 @@ from random import Random
 from typing import Any, Literal
 
 from dpkid.core import codec
-from dpkid.core.consensus.engine import LockRecord, PersistSignState, SignState, TimeoutConfig
+from dpkid.core.consensus.engine import LockRecord, SignState, TimeoutConfig
 from dpkid.core.consensus.messages import (
     Block,
     Commit,
@@ -32,19 +32,33 @@ from dpkid.core.consensus.messages import (
 from dpkid.core.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
 from dpkid.core.keys import spki_der_of
 from dpkid.core.node.core import NodeConfig, NodeCore
-from dpkid.core.node.effects import NodeEffect, NodeEvent, PersistBlock, Send, ServeBlocks, SetTimer
+from dpkid.core.node.effects import (
+    NodeEvent,
+    NodeInput,
+    PersistBlock,
+    Ready,
+    Receive,
+    ResumePoint,
+    Send,
+    ServeBlocks,
+    SetTimer,
+    Start,
+    SubmitTx,
+    TimerFired,
+    block_response,
+    carry_out,
+)
 from dpkid.core.node.wire import (
-    BlockResponse,
+    SYNC_REPLY_MAX_BYTES,
     EvidenceMsg,
     ProposalMsg,
     StatusMsg,
-    SyncedBlock,
     TxBatch,
     VoteMsg,
     WireMsg,
 )
 from dpkid.core.state.codes import Code
-from dpkid.core.state.machine import State
+from dpkid.core.state.machine import State, genesis_state
 from dpkid.core.types import (
     Attestation,
     CertApply,
@@ -84,7 +98,13 @@ class SimNode:
     core: NodeCore | None = None
     alive: bool = True
     epoch: int = 0
+    # The node's store: per block, (block, commit), the records it wrote and the
+    # proposer priorities after it. A restart resumes from these like the
+    # daemon resumes from SQLite (NodeCore.resume).
     disk_blocks: list[tuple[Block, Commit]] = field(default_factory=list)
+    disk_writes: list[list[tuple[bytes, Any]]] = field(default_factory=list)
+    disk_priorities: list[list[tuple[bytes, int]]] = field(default_factory=list)
+    disk_app_hashes: list[bytes] = field(default_factory=list)
     disk_sign_state: SignState = field(default_factory=SignState)
     disk_lock: LockRecord | None = None
     byz: set[str] = field(default_factory=set)
@@ -157,6 +177,8 @@ class Simulation:
             policy=policy,
         )
         self.policy = policy
+        # Every node's store starts from these records, as the daemon's does.
+        self._genesis_records: dict[bytes, Any] = dict(genesis_state(self.genesis).items())
         self.total_power = sum(powers)
         b = sc.byzantine
         self.shared_cache = SignatureCache(max_entries=1_000_000)
@@ -283,9 +305,27 @@ class Simulation:
         core = NodeCore(
             self.genesis, n.key, self.config, cache, n.disk_sign_state, self._verify, n.disk_lock
         )
-        if n.disk_blocks:
-            core.restore(n.disk_blocks)
+        rp = self._resume_point(n)
+        if rp is not None:
+            core.resume(rp)
         return core
+
+    def _resume_point(self, n: SimNode) -> ResumePoint | None:
+        """The state after the node's last stored block, from its stored writes:
+        what the daemon's store gives NodeCore.resume after a restart."""
+        if not n.disk_blocks:
+            return None
+        records = dict(self._genesis_records)
+        for writes in n.disk_writes:
+            for k, v in writes:
+                if v is None:
+                    records.pop(k, None)
+                else:
+                    records[k] = v
+        state = State.from_records((k, codec.encode(records[k])) for k in sorted(records))
+        block, commit = n.disk_blocks[-1]
+        assert state.app_hash == n.disk_app_hashes[-1], "the sim's store is inconsistent"
+        return ResumePoint(state, block, commit, n.disk_priorities[-1])
 
     # ------------------------------------------------------------------ event queue
     def _push(self, at_ms: int, kind: str, payload: Any) -> None:
@@ -335,33 +375,12 @@ class Simulation:
             return self.validator_nodes
         return self.nodes
 
-    # ------------------------------------------------------------------ effects
-    def _apply_effects(self, n: SimNode, effects: list[NodeEffect]) -> None:
-        for e in effects:
-            if isinstance(e, PersistSignState):
-                if e.lock is not None:
-                    n.disk_lock = e.lock  # durable before the sign state it belongs to
-                n.disk_sign_state = e.state  # durable before the sends that follow
-            elif isinstance(e, PersistBlock):
-                n.disk_blocks.append((e.block, e.commit))
-                self._on_commit(n, e)
-                if e.block.header.height >= self.sc.heights and self._done():
-                    self.finished = True
-            elif isinstance(e, SetTimer):
-                self._push(self.now_ms + e.delay_ms, "timer", (n.idx, n.epoch, e))
-            elif isinstance(e, ServeBlocks):
-                dst = self.by_name.get(e.to)
-                if dst is not None:
-                    blocks = [
-                        SyncedBlock(b, c)
-                        for b, c in n.disk_blocks[e.from_height - 1 : e.from_height - 1 + e.count]
-                    ]
-                    if blocks and self._connected(n.idx, dst.idx):
-                        self._deliver(n, dst, BlockResponse(blocks))
-            elif isinstance(e, Send):
-                self._send(n, e)
-            elif isinstance(e, NodeEvent):
-                pass
+    # ------------------------------------------------------------------ the shell
+    def _step(self, n: SimNode, inp: NodeInput) -> Ready:
+        assert n.core is not None
+        ready = n.core.step(inp)
+        carry_out(ready, _NodeShell(self, n))
+        return ready
 
     def _send(self, n: SimNode, e: Send) -> None:
         if "silent" in n.byz and isinstance(e.msg, (ProposalMsg, VoteMsg)):
@@ -568,11 +587,11 @@ class Simulation:
                 agent.key, self.genesis.chain_id, agent.next_nonce, self.policy.min_tx_fee, body
             )
         )
-        code, _why, h, eff = node.core.submit_tx(raw, self._clock(node))
-        if code == Code.OK:
+        tx = self._step(node, SubmitTx(raw, self._clock(node))).tx
+        assert tx is not None
+        if tx.verdict == Code.OK:
             agent.next_nonce += 1
-            self.submitted.setdefault(h, self.now_ms)
-            self._apply_effects(node, eff)
+            self.submitted.setdefault(tx.tx_hash, self.now_ms)
 
     def _entry_node(self, prefer: int | None) -> SimNode | None:
         if prefer is not None:
@@ -729,16 +748,16 @@ class Simulation:
             src, dst, msg = payload
             n = self.nodes[dst]
             if n.alive and n.core is not None and self._connected(src, dst):
-                self._apply_effects(n, n.core.on_decoded(self.nodes[src].name, msg, self._clock(n)))
+                self._step(n, Receive(self.nodes[src].name, msg, self._clock(n)))
         elif kind == "timer":
             idx, epoch, t = payload
             n = self.nodes[idx]
             if n.alive and n.epoch == epoch and n.core is not None:
-                self._apply_effects(n, n.core.on_timer(t, self._clock(n)))
+                self._step(n, TimerFired(t, self._clock(n)))
         elif kind == "start":
             n = self.nodes[payload]
             if n.alive and n.core is not None:
-                self._apply_effects(n, n.core.start(self._clock(n)))
+                self._step(n, Start(self._clock(n)))
         elif kind == "crash":
             n = self.nodes[payload]
             self._count_timer_violations(n)
@@ -750,10 +769,12 @@ class Simulation:
             n = self.nodes[idx]
             if lost:
                 # The store lost its last blocks (its WAL); the sign state did not.
-                del n.disk_blocks[max(0, len(n.disk_blocks) - lost) :]
+                keep = max(0, len(n.disk_blocks) - lost)
+                del n.disk_blocks[keep:], n.disk_writes[keep:], n.disk_priorities[keep:]
+                del n.disk_app_hashes[keep:]
             n.alive = True
             n.core = self._make_core(n)
-            self._apply_effects(n, n.core.start(self._clock(n)))
+            self._step(n, Start(self._clock(n)))
         elif kind == "workload":
             self._workload_tick()
 
@@ -883,3 +904,49 @@ def run_scenario(
     cpu_clock: Callable[[], float] = _no_clock,
 ) -> dict[str, Any]:
     return Simulation(sc, command_hint, wall_clock, cpu_clock).run()
+
+
+class _NodeShell:
+    """The simulator's side of the interpreter contract (effects.Shell): the
+    same carry_out as the daemon, with memory for disk and the event queue
+    for the network and the clock."""
+
+    def __init__(self, sim: Simulation, n: SimNode) -> None:
+        self.sim = sim
+        self.n = n
+
+    def persist_lock(self, lock: LockRecord) -> None:
+        self.n.disk_lock = lock
+
+    def persist_sign_state(self, state: SignState) -> None:
+        self.n.disk_sign_state = state
+
+    def persist_block(self, block: PersistBlock) -> None:
+        n, sim = self.n, self.sim
+        n.disk_blocks.append((block.block, block.commit))
+        n.disk_writes.append(block.writes)
+        n.disk_priorities.append(list(block.priorities))
+        n.disk_app_hashes.append(block.app_hash)
+        sim._on_commit(n, block)
+        if block.block.header.height >= sim.sc.heights and sim._done():
+            sim.finished = True
+
+    def send(self, send: Send) -> None:
+        self.sim._send(self.n, send)
+
+    def serve(self, serve: ServeBlocks) -> None:
+        n, sim = self.n, self.sim
+        dst = sim.by_name.get(serve.to)
+        if dst is None or not sim._connected(n.idx, dst.idx):
+            return
+        first = serve.from_height - 1
+        resp = block_response(n.disk_blocks[first : first + serve.count], SYNC_REPLY_MAX_BYTES)
+        if resp.blocks:
+            sim._deliver(n, dst, resp)
+
+    def set_timer(self, timer: SetTimer) -> None:
+        sim = self.sim
+        sim._push(sim.now_ms + timer.delay_ms, "timer", (self.n.idx, self.n.epoch, timer))
+
+    def event(self, event: NodeEvent) -> None:
+        pass  # the simulator reads the core's counters instead (liveness_violations)

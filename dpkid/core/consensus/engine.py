@@ -1,9 +1,12 @@
 """The Tendermint round state machine for one height (arXiv 1807.04938, Algorithm 1).
 
-Pure: inputs go in through methods, effects come out as a list. The caller
-executes the effects in order; a ``PersistSignState`` always precedes the
+Pure: inputs go in through methods, effects come out as a list. The engine
+never calls back into its caller: when it needs a block to propose it emits
+``NeedValue`` and is handed one through ``on_value``; when a proposal needs
+the application's verdict it emits ``ValidateValue`` and is told through
+``on_validity`` (CONSENSUS.md §3). A ``PersistSignState`` always precedes the
 ``Broadcast`` of what it guards, and the caller must make it durable before
-sending (protocol/CONSENSUS.md §6).
+sending (§6).
 
 Line numbers in comments ("L22") are those of Algorithm 1 in the paper.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 from msgspec import Struct
 
@@ -49,7 +52,6 @@ PRECOMMIT_STALL: Final = "precommit_stall"
 MAX_ROUND_AHEAD: Final = 64  # messages more rounds ahead than this are dropped
 MAX_EVALUATE_PASSES: Final = 64  # rule passes per input; more is a failed assertion
 MAX_CACHED_PROPOSERS: Final = 1024  # rounds whose proposer is memoised
-MAX_BODIES_PER_HEADER: Final = 4  # validity verdicts kept per header hash
 MAX_REGOSSIP_VOTES: Final = 1024
 
 
@@ -133,7 +135,35 @@ class EvidenceFound:
     evidence: DuplicateVoteEvidence
 
 
-Effect = Broadcast | PersistSignState | ScheduleTimeout | Decide | EvidenceFound
+@dataclass(frozen=True)
+class NeedValue:
+    """L18 getValue(): we propose in (height, round) and have no valid value.
+    Answer with ``on_value`` in the same step."""
+
+    height: int
+    round: int
+
+
+@dataclass(frozen=True)
+class ValidateValue:
+    """valid(v) of L22/L28/L36/L49 for a proposal that passed the engine's own
+    checks. Answer with ``on_validity`` in the same step; until then the
+    proposal takes no part in the rules."""
+
+    height: int
+    round: int
+    block: Block
+
+
+Effect = (
+    Broadcast
+    | PersistSignState
+    | ScheduleTimeout
+    | Decide
+    | EvidenceFound
+    | NeedValue
+    | ValidateValue
+)
 
 
 @dataclass(frozen=True)
@@ -182,14 +212,7 @@ class _RoundVotes:
     total: int = 0
 
 
-class Host(Protocol):
-    """What the engine needs from the node: pure callbacks, no I/O."""
-
-    def propose_block(self, height: int, round_: int) -> Block: ...
-
-    def valid_block(self, block: Block) -> bool: ...
-
-    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool: ...
+Verify = Callable[[bytes, bytes, bytes], bool]  # (pubkey, message, signature) -> ok
 
 
 class HeightState:
@@ -203,7 +226,7 @@ class HeightState:
         priorities: Priorities,
         key: SigningKey | None,
         sign_state: SignState,
-        host: Host,
+        verify: Verify,
         timeouts: TimeoutConfig,
         min_time_ms: int,
         lock: LockRecord | None = None,
@@ -215,7 +238,7 @@ class HeightState:
         self.key = key
         self.address = key.address if key is not None else b""
         self.sign_state = sign_state
-        self.host = host
+        self.verify = verify  # a pure function; the node's signature cache sits behind it
         self.timeouts = timeouts
         self.min_time_ms = min_time_ms  # votes carry a time later than the previous block
         self.now_ms = 0
@@ -244,10 +267,10 @@ class HeightState:
         self.proposals: dict[int, Proposal] = {}
         self.prevotes: dict[int, _RoundVotes] = {}
         self.precommits: dict[int, _RoundVotes] = {}
-        # Verdicts of host.valid_block by block hash. Block.hash covers only the
-        # header, so each verdict is kept with the block it was given for and is
-        # reused only for that same block, header AND body (CONSENSUS.md §5.4).
-        self.valid_cache: dict[bytes, list[tuple[Block, bool]]] = {}
+        # valid(v) of each round's proposal, as answered through on_validity.
+        self.proposal_valid: dict[int, bool] = {}
+        self._validating: dict[int, Proposal] = {}  # asked ValidateValue, not yet answered
+        self._need_value_round = -1  # asked NeedValue for this round, not yet answered
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         self._fired: set[tuple[str, int]] = set()  # "for the first time" guards
         self._proposers: dict[int, bytes] = {}
@@ -274,15 +297,8 @@ class HeightState:
             rv = table[r] = _RoundVotes()
         return rv
 
-    def _valid(self, block: Block) -> bool:
-        seen = self.valid_cache.setdefault(block.hash, [])
-        for b, ok in seen:
-            if b is block or b == block:
-                return ok
-        ok = self.host.valid_block(block)
-        if len(seen) < MAX_BODIES_PER_HEADER:  # bodies beyond that are re-checked
-            seen.append((block, ok))
-        return ok
+    def _valid(self, r: int) -> bool:
+        return self.proposal_valid.get(r, False)
 
     def own_votes(self) -> list[Vote]:
         """Our signed votes of the current round (for re-gossip after loss)."""
@@ -363,7 +379,7 @@ class HeightState:
         # Our own vote counts like anyone's.
         self._add_vote(vote, eff, verified=True)
 
-    def _sign_proposal(self, block: Block, pol_round: int, eff: list[Effect]) -> None:
+    def _sign_proposal(self, block: Block, pol_round: int, valid: bool, eff: list[Effect]) -> None:
         assert self.key is not None
         hrs = (self.height, self.round, STEP_PROPOSE)
         if hrs <= self.sign_state.hrs():
@@ -386,6 +402,7 @@ class HeightState:
         prop = Proposal(self.chain_id, self.height, self.round, pol_round, block, self.address, sig)
         eff.append(Broadcast(prop))
         self.proposals[self.round] = prop
+        self.proposal_valid[self.round] = valid
 
     # ------------------------------------------------------------------ inputs
     def start(self, now_ms: int) -> list[Effect]:
@@ -446,22 +463,54 @@ class HeightState:
         self._add_vote(vote, eff, verified=True)
 
     def on_proposal(self, p: Proposal, now_ms: int) -> list[Effect]:
+        """A proposal from the network. One that passes the checks here is not
+        used until its valid(v) arrives: the effects end with ValidateValue."""
         self.now_ms = now_ms
         eff: list[Effect] = []
         if p.height != self.height or p.chain_id != self.chain_id:
             return eff
         if p.round > self.round + MAX_ROUND_AHEAD or p.round in self.proposals:
             return eff
+        if p.round in self._validating:
+            return eff
         if p.proposer != self.proposer(p.round) or p.pol_round >= p.round:
             return eff
         v = self.vals.get(p.proposer)
-        if v is None or not self.host.verify_sig(v.pubkey, sign_bytes_of_proposal(p), p.sig):
+        if v is None or not self.verify(v.pubkey, sign_bytes_of_proposal(p), p.sig):
             return eff
         if p.block.header.height != self.height:
             return eff
-        self.proposals[p.round] = p
-        self._evaluate(eff, p.round)
+        self._validating[p.round] = p
+        eff.append(ValidateValue(self.height, p.round, p.block))
+        return eff
+
+    def on_validity(self, round_: int, valid: bool, now_ms: int) -> list[Effect]:
+        """The answer to ValidateValue(round_): now the proposal counts."""
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        p = self._validating.pop(round_, None)
+        if p is None or round_ in self.proposals:
+            return eff
+        self.proposals[round_] = p
+        self.proposal_valid[round_] = valid
+        self._evaluate(eff, round_)
         self._arm_if_idle(eff)  # L55 may have started a round we lead
+        return eff
+
+    def on_value(self, round_: int, block: Block, valid: bool, now_ms: int) -> list[Effect]:
+        """The answer to NeedValue: L19 broadcasts it as our proposal."""
+        self.now_ms = now_ms
+        eff: list[Effect] = []
+        if round_ != self._need_value_round:
+            return eff
+        self._need_value_round = -1
+        # Only while still in that round's propose step: a late answer must not
+        # sign a proposal for a round we have left.
+        if round_ == self.round and self.step == PROPOSE and self.decision is None:
+            assert block.header.height == self.height, (block.header.height, self.height)
+            self._sign_proposal(block, -1, valid, eff)
+            self._evaluate(eff, round_)
+        self._arm_if_idle(eff)
         return eff
 
     def on_vote(self, vote: Vote, now_ms: int) -> list[Effect]:
@@ -491,6 +540,8 @@ class HeightState:
     def _arm_if_idle(self, eff: list[Effect]) -> None:
         """A proposer whose own re-proposal (L28) is not yet backed by the polka it
         cites waits in the propose step with no timer: arm L21's (§10.1)."""
+        if self._need_value_round == self.round:
+            return  # our proposal is on its way: on_value signs it and moves on (L19)
         if self._started and self.step == PROPOSE and (self.round, PROPOSE) not in self._armed:
             self._schedule(self.round, PROPOSE, self.timeouts.propose(self.round), eff)
 
@@ -564,7 +615,7 @@ class HeightState:
             and rv.extra_by_validator.get(vote.validator, 0) >= MAX_CONFLICTING_PER_VALIDATOR
         ):
             return False  # bound what one equivocator can make us store
-        if not verified and not self.host.verify_sig(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+        if not verified and not self.verify(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
             return False
         if prior is None:
             rv.by_validator[vote.validator] = vote
@@ -596,12 +647,14 @@ class HeightState:
             and self.proposer(r) == self.address
             and (self.height, r, STEP_PROPOSE) > self.sign_state.hrs()
         ):
-            # L14-L19: propose validValue if we have one, else a fresh block.
+            # L14-L19: propose validValue if we have one (valid: L36 checked it,
+            # or it is the restored lock's block, which passed L36 before the
+            # restart), else ask for a fresh block: getValue() is an output.
             if self.valid_value is not None:
-                block = self.valid_value
+                self._sign_proposal(self.valid_value, self.valid_round, True, eff)
             else:
-                block = self.host.propose_block(self.height, r)
-            self._sign_proposal(block, self.valid_round, eff)
+                self._need_value_round = r
+                eff.append(NeedValue(self.height, r))
         else:
             # L21: schedule OnTimeoutPropose(h, r). Also for a proposer that may not
             # sign a proposal here (it signed at or past this step before a restart,
@@ -650,7 +703,7 @@ class HeightState:
             vid = v.hash
             if prop.pol_round == -1:
                 # L22-L27: fresh proposal.
-                if self._valid(v) and (self.locked_round == -1 or self._is_locked_on(vid)):
+                if self._valid(r) and (self.locked_round == -1 or self._is_locked_on(vid)):
                     self._sign_vote(PREVOTE, vid, eff)
                 else:
                     self._sign_vote(PREVOTE, b"", eff)
@@ -664,7 +717,7 @@ class HeightState:
                     and self.vals.has_quorum(pvr.power_by_block.get(vid, 0))
                 ):
                     # L28-L33: re-proposal backed by a polka from round vr.
-                    if self._valid(v) and (self.locked_round <= vr or self._is_locked_on(vid)):
+                    if self._valid(r) and (self.locked_round <= vr or self._is_locked_on(vid)):
                         self._sign_vote(PREVOTE, vid, eff)
                     else:
                         self._sign_vote(PREVOTE, b"", eff)
@@ -686,7 +739,7 @@ class HeightState:
         ):
             v = prop.block
             vid = v.hash
-            if self.vals.has_quorum(pv.power_by_block.get(vid, 0)) and self._valid(v):
+            if self.vals.has_quorum(pv.power_by_block.get(vid, 0)) and self._valid(r):
                 # L36-L43: polka for v in this round: lock (if still at prevote) and record valid.
                 self._fired.add(("L36", r))
                 if self.step == PREVOTE_STEP:
@@ -725,7 +778,7 @@ class HeightState:
             return
         v = prop.block
         vid = v.hash
-        if not self.vals.has_quorum(pc.power_by_block.get(vid, 0)) or not self._valid(v):
+        if not self.vals.has_quorum(pc.power_by_block.get(vid, 0)) or not self._valid(r):
             return
         self.decision = v
         self.decided_round = r

@@ -1,16 +1,10 @@
-"""The node core: consensus + mempool + state machine behind one step API.
+"""The node core: consensus, mempool and state machine behind one door.
 
-Pure, like the parts it composes. The daemon (runtime/) and the simulator
-(sim/) feed it the same inputs and carry out the same effects:
-
-* ``Send(to, msg)``: to one peer, or to all (``to is None``) via gossip;
-* ``PersistSignState``: make the double-sign guard durable BEFORE the sends
-  that follow it in the same effect list;
-* ``PersistBlock``: a decided block, its commit and receipts (durable before
-  the node moves on);
-* ``SetTimer(kind, height, round, step, delay_ms)``: call ``on_timer`` later;
-* ``ServeBlocks(to, from_height, count)``: answer a sync request from the
-  caller's block store.
+Pure, like the parts it composes. ``NodeCore.step(input) -> Ready`` is the only
+way in or out (effects.py): the daemon (dpkid/daemon/) and the simulator
+(dpkid/sim/) turn what happens to them into the same inputs and carry out the
+same ``Ready`` through the same ``carry_out``. What the shells may read between
+steps is the queries at the end of the class.
 """
 
 from __future__ import annotations
@@ -27,16 +21,15 @@ from dpkid.core.consensus.engine import (
     Effect,
     EvidenceFound,
     HeightState,
-    Host,
     LockRecord,
+    NeedValue,
     PersistSignState,
     ScheduleTimeout,
     SignState,
     TimeoutConfig,
+    ValidateValue,
 )
 from dpkid.core.consensus.messages import (
-    MAX_BLOCK_BYTES,
-    MAX_BLOCK_TXS,
     MAX_EVIDENCE_PER_BLOCK,
     PRECOMMIT,
     Block,
@@ -49,6 +42,16 @@ from dpkid.core.consensus.messages import (
     sign_bytes_of_vote,
     tx_root,
 )
+from dpkid.core.consensus.validity import (
+    BlockContext,
+    BlockVerdict,
+    EvidenceVerdict,
+    check_block,
+    check_evidence,
+    valset_hash,
+    verify_commit,
+    weighted_median_time,
+)
 from dpkid.core.consensus.valset import (
     Priorities,
     ValidatorInfo,
@@ -57,9 +60,24 @@ from dpkid.core.consensus.valset import (
     initial_priorities,
     next_height_priorities,
 )
-from dpkid.core.crypto import SignatureCache, SigningKey, address_of, sha256, verify_ed25519
-from dpkid.core.node.effects import NodeEffect, NodeEvent, PersistBlock, Send, ServeBlocks, SetTimer
-from dpkid.core.node.mempool import Mempool, Verdict
+from dpkid.core.crypto import SignatureCache, SigningKey, verify_ed25519
+from dpkid.core.node.effects import (
+    NodeEffect,
+    NodeEvent,
+    NodeInput,
+    PersistBlock,
+    Ready,
+    Receive,
+    ReceiveBytes,
+    ResumePoint,
+    Send,
+    ServeBlocks,
+    SetTimer,
+    Start,
+    TimerFired,
+    TxVerdict,
+)
+from dpkid.core.node.mempool import Mempool
 from dpkid.core.node.wire import (
     MAX_SYNC_BLOCKS,
     MAX_TX_BATCH,
@@ -75,8 +93,7 @@ from dpkid.core.node.wire import (
     WireMsg,
     decode_msg,
 )
-from dpkid.core.state.codes import Code
-from dpkid.core.state.machine import State, apply_block, genesis_state
+from dpkid.core.state.machine import State, apply_block, genesis_state, scheduled_powers
 from dpkid.core.types import Genesis, Header, Receipt
 
 MAX_PENDING_FUTURE: Final = 2048
@@ -84,6 +101,7 @@ MAX_PENDING_FUTURE: Final = 2048
 # from a validator that restarted behind and re-signs old heights (§7.1).
 VOTE_HISTORY_HEIGHTS: Final = 64
 MAX_VOTE_HISTORY: Final = 65_536
+MAX_BODIES_PER_HEADER: Final = 4  # validity verdicts kept per header hash (§5.4)
 
 
 # ------------------------------------------------------------------ the node
@@ -104,71 +122,11 @@ def validator_set_for(state: State, height: int) -> ValidatorSet:
     state's set with the changes scheduled to take effect by then."""
     if height > state.height + 2:
         raise ValueError(f"set for {height} is not known at state height {state.height}")
-    vals = {
-        v.address: ValidatorInfo(v.address, v.pubkey, v.power) for v in state.validators.validators
-    }
-    for c in state.pending_validator_changes.changes:
-        if c.effective_height <= height:
-            a = address_of(c.pubkey)
-            if c.power == 0:
-                vals.pop(a, None)
-            else:
-                vals[a] = ValidatorInfo(a, c.pubkey, c.power)
-    return ValidatorSet([vals[a] for a in sorted(vals)])
+    vals = scheduled_powers(state.validators, state.pending_validator_changes, height)
+    return ValidatorSet([ValidatorInfo(a, pk, p) for a, (pk, p) in sorted(vals.items())])
 
 
-def valset_hash(vs: ValidatorSet) -> bytes:
-    return sha256(codec.encode([[v.pubkey, v.power] for v in vs.members]))
-
-
-def weighted_median_time(commit: Commit, vals: ValidatorSet) -> int:
-    """BFT time: the power-weighted median of the commit's vote timestamps.
-    Fewer than 1/3 of the power cannot move it outside the honest range."""
-    pts = sorted((s.timestamp_ms, vals.power_of(s.validator)) for s in commit.sigs)
-    total = sum(p for _, p in pts)
-    acc = 0
-    for ts, p in pts:
-        acc += p
-        if 2 * acc >= total:
-            return ts
-    return pts[-1][0]
-
-
-def verify_commit(
-    chain_id: str,
-    commit: Commit,
-    vals: ValidatorSet,
-    block_hash: bytes,
-    verify: Callable[[bytes, bytes, bytes], bool],
-) -> bool:
-    if commit.block_hash != block_hash:
-        return False
-    power = 0
-    last = b""
-    for s in commit.sigs:
-        if s.validator <= last:
-            return False  # sorted and unique, so no validator counts twice
-        last = s.validator
-        v = vals.get(s.validator)
-        if v is None:
-            return False
-        vote = Vote(
-            chain_id,
-            PRECOMMIT,
-            commit.height,
-            commit.round,
-            commit.block_hash,
-            s.timestamp_ms,
-            s.validator,
-            s.sig,
-        )
-        if not verify(v.pubkey, sign_bytes_of_vote(vote), s.sig):
-            return False
-        power += v.power
-    return vals.has_quorum(power)
-
-
-class NodeCore(Host):
+class NodeCore:
     """One node: a validator if ``key`` is in the set, else a full node."""
 
     def __init__(
@@ -220,11 +178,9 @@ class NodeCore(Host):
         self.vote_history: OrderedDict[tuple[int, int, int, bytes], Vote] = OrderedDict()
         self.history_vals: OrderedDict[int, ValidatorSet] = OrderedDict()
 
-    # ------------------------------------------------------------------ Host callbacks
-    def verify_sig(self, pubkey: bytes, msg: bytes, sig: bytes) -> bool:
-        return self._verify(pubkey, msg, sig)
-
-    def propose_block(self, height: int, round_: int) -> Block:
+    # ------------------------------------------------------------------ the engine's requests
+    def _build_block(self, height: int) -> Block:
+        """getValue() (L18), asked for by the engine's NeedValue (CONSENSUS.md §5.1)."""
         txs = self.mempool.reap(self.state, self.config.max_block_txs, self.config.max_block_bytes)
         # Only evidence that is valid now: evidence against a validator that has
         # since left the set would make the block invalid for everyone, every
@@ -232,7 +188,7 @@ class NodeCore(Host):
         ev = [
             self.evidence_pool[k]
             for k in sorted(self.evidence_pool)
-            if not self.check_evidence(self.evidence_pool[k])
+            if self.check_evidence(self.evidence_pool[k]) is EvidenceVerdict.OK
         ][:MAX_EVIDENCE_PER_BLOCK]
         if height == 1 or self.last_commit is None:
             time_ms = self.genesis.genesis_time_ms
@@ -254,89 +210,43 @@ class NodeCore(Host):
         )
         return Block(header, txs, ev, self.last_commit)
 
-    def valid_block(self, block: Block) -> bool:
-        return self.check_block(block) == ""
+    def _validity(self, block: Block) -> bool:
+        """valid(v), asked for by the engine's ValidateValue. Block.hash covers
+        only the header, so a verdict is reused only for the same block, header
+        AND body (CONSENSUS.md §5.4)."""
+        seen = self._valid_cache.setdefault(block.hash, [])
+        for b, verdict in seen:
+            if b is block or b == block:
+                return verdict
+        ok = self.check_block(block) is BlockVerdict.OK
+        if len(seen) < MAX_BODIES_PER_HEADER:  # bodies beyond that are re-checked
+            seen.append((block, ok))
+        return ok
 
-    def check_block(self, block: Block) -> str:
-        """Why ``block`` may not follow our state, or "" if it may (CONSENSUS.md §5)."""
-        h = block.header
+    def check_block(self, block: Block) -> BlockVerdict:
+        """Whether ``block`` may follow our chain (CONSENSUS.md §5.2)."""
         height = self.state.height + 1
-        if h.chain_id != self.chain_id:
-            return "wrong chain id"
-        if h.height != height:
-            return f"height {h.height} != {height}"
-        if h.prev_block_hash != self.last_block_hash:
-            return "prev_block_hash does not match"
-        if h.app_hash != self.state.app_hash:
-            return "app_hash does not match our state"
-        if h.validators_hash != valset_hash(self.vals):
-            return "validators_hash mismatch"
-        if h.next_validators_hash != valset_hash(validator_set_for(self.state, height + 1)):
-            return "next_validators_hash mismatch"
-        if self.vals.get(h.proposer) is None:
-            return "proposer is not a validator"
-        if h.tx_root != tx_root(block.txs):
-            return "tx_root mismatch"
-        if h.evidence_hash != evidence_hash(block.evidence):
-            return "evidence_hash mismatch"
-        if h.last_commit_hash != commit_hash(block.last_commit):
-            return "last_commit_hash mismatch"
-        if height == 1:
-            if block.last_commit is not None:
-                return "first block has no last commit"
-            if h.time_ms != self.genesis.genesis_time_ms:
-                return "first block time must be the genesis time"
-        else:
-            lc = block.last_commit
-            if lc is None or lc.height != height - 1:
-                return "missing last commit"
-            if not verify_commit(
-                self.chain_id, lc, self._prev_vals, self.last_block_hash, self._verify
-            ):
-                return "last commit does not verify"
-            if h.time_ms != weighted_median_time(lc, self._prev_vals):
-                return "time is not the weighted median of the last commit"
-            if h.time_ms <= self.last_block_time_ms:
-                return "time does not increase"
-        # Protocol limits, not this node's settings: validity must be the same everywhere.
-        size = sum(len(t) for t in block.txs)
-        if size > MAX_BLOCK_BYTES or len(block.txs) > MAX_BLOCK_TXS:
-            return "block too large"
-        for ev in block.evidence:
-            why = self.check_evidence(ev)
-            if why:
-                return f"bad evidence: {why}"
-        return ""
-
-    def check_evidence(self, ev: DuplicateVoteEvidence) -> str:
-        a, b = ev.vote_a, ev.vote_b
-        if (
-            a.validator != b.validator
-            or a.height != b.height
-            or a.round != b.round
-            or a.type != b.type
-        ):
-            return "votes are not for one validator, height, round and type"
-        if a.block_hash >= b.block_hash:
-            return "votes must differ and be ordered by block hash"
-        if a.chain_id != self.chain_id or b.chain_id != self.chain_id:
-            return "wrong chain id"
-        if a.height > self.state.height + 1 or a.height + 1000 < self.state.height + 1:
-            return "evidence too old or from the future"
-        pk = next(
-            (v.pubkey for v in self.state.validators.validators if v.address == a.validator), None
+        ctx = BlockContext(
+            chain_id=self.chain_id,
+            height=height,
+            last_block_hash=self.last_block_hash,
+            last_block_time_ms=self.last_block_time_ms,
+            genesis_time_ms=self.genesis.genesis_time_ms,
+            app_hash=self.state.app_hash,
+            vals=self.vals,
+            prev_vals=self._prev_vals,
+            next_vals_hash=valset_hash(validator_set_for(self.state, height + 1)),
         )
-        if pk is None:
-            return "not a current validator"
-        if not (
-            self._verify(pk, sign_bytes_of_vote(a), a.sig)
-            and self._verify(pk, sign_bytes_of_vote(b), b.sig)
-        ):
-            return "signature does not verify"
-        return ""
+        return check_block(block, ctx, self._verify, self.check_evidence)
+
+    def check_evidence(self, ev: DuplicateVoteEvidence) -> EvidenceVerdict:
+        """CONSENSUS.md §7.3, against the set after our last block."""
+        by_addr = {v.address: v.pubkey for v in self.state.validators.validators}
+        return check_evidence(ev, self.chain_id, self.state.height + 1, by_addr.get, self._verify)
 
     # ------------------------------------------------------------------ lifecycle
     def _new_height(self, height: int) -> HeightState:
+        self._valid_cache: dict[bytes, list[tuple[Block, bool]]] = {}
         return HeightState(
             self.chain_id,
             height,
@@ -344,7 +254,7 @@ class NodeCore(Host):
             self.priorities,
             self.key,
             self.sign_state,
-            self,
+            self._verify,
             self.config.timeouts,
             self.last_block_time_ms,
             self.lock,
@@ -359,9 +269,26 @@ class NodeCore(Host):
     def is_validator(self) -> bool:
         return self.key is not None and self.vals.get(self.key.address) is not None
 
-    def start(self, now_ms: int) -> list[NodeEffect]:
-        self.now_ms = now_ms
-        self.last_progress_ms = now_ms
+    # ------------------------------------------------------------------ the door
+    def step(self, inp: NodeInput) -> Ready:
+        """Take one input; return everything the shell must do about it. The
+        liveness invariant (CONSENSUS.md §10.1) is checked after every step."""
+        self.now_ms = inp.now_ms
+        tx: TxVerdict | None = None
+        if isinstance(inp, Start):
+            out = self._start()
+        elif isinstance(inp, Receive):
+            out = self._on_decoded(inp.peer, inp.msg)
+        elif isinstance(inp, ReceiveBytes):
+            out = self._on_bytes(inp.peer, inp.data)
+        elif isinstance(inp, TimerFired):
+            out = self._on_timer(inp.timer)
+        else:
+            tx, out = self._submit(inp.raw)
+        return Ready.of(self._after(out), tx)
+
+    def _start(self) -> list[NodeEffect]:
+        self.last_progress_ms = self.now_ms
         self._started = True
         out: list[NodeEffect] = [SetTimer("gossip", 0, 0, "", self.config.gossip_interval_ms)]
         ss = self.sign_state
@@ -374,22 +301,17 @@ class NodeCore(Host):
                     f" will sync and will not sign below height {ss.height}",
                 )
             )
-        out += self._run(self.hs.start(now_ms))
-        return self._after(out)
+        out += self._run(self.hs.start(self.now_ms))
+        return out
 
     # ------------------------------------------------------------------ inputs
-    def on_message(self, peer: str, data: bytes, now_ms: int) -> list[NodeEffect]:
+    def _on_bytes(self, peer: str, data: bytes) -> list[NodeEffect]:
         """A message from the network. Garbage is dropped, never raised."""
-        self.now_ms = now_ms
         try:
             msg = decode_msg(data)
         except codec.DecodeError:
             return [NodeEvent("bad_message", f"undecodable message from {peer}")]
-        return self.on_decoded(peer, msg, now_ms)
-
-    def on_decoded(self, peer: str, msg: WireMsg, now_ms: int) -> list[NodeEffect]:
-        self.now_ms = now_ms
-        return self._after(self._on_decoded(peer, msg))
+        return self._on_decoded(peer, msg)
 
     def _on_decoded(self, peer: str, msg: WireMsg) -> list[NodeEffect]:
         if isinstance(msg, TxBatch):
@@ -420,7 +342,7 @@ class NodeCore(Host):
         if isinstance(msg, BlockResponse):
             return self._on_blocks(peer, msg.blocks)
         if isinstance(msg, EvidenceMsg):
-            if not self.check_evidence(msg.evidence):
+            if self.check_evidence(msg.evidence) is EvidenceVerdict.OK:
                 k = msg.evidence.key()
                 if k not in self.committed_evidence and len(self.evidence_pool) < 1024:
                     self.evidence_pool.setdefault(k, msg.evidence)
@@ -514,7 +436,7 @@ class NodeCore(Host):
         key = ev.key()
         if key in self.committed_evidence or key in self.evidence_pool:
             return []
-        if self.check_evidence(ev) or len(self.evidence_pool) >= 1024:
+        if self.check_evidence(ev) is not EvidenceVerdict.OK or len(self.evidence_pool) >= 1024:
             return []
         self.evidence_pool[key] = ev
         return [
@@ -566,9 +488,11 @@ class NodeCore(Host):
             if sb.block.header.height != self.height or self.waiting_commit:
                 continue
             why = self.check_block(sb.block)
-            if why:
+            if why is not BlockVerdict.OK:
                 out.append(
-                    NodeEvent("sync_rejected", f"block {sb.block.header.height} from {peer}: {why}")
+                    NodeEvent(
+                        "sync_rejected", f"block {sb.block.header.height} from {peer}: {why.value}"
+                    )
                 )
                 break
             if not verify_commit(self.chain_id, sb.commit, self.vals, sb.block.hash, self._verify):
@@ -591,15 +515,11 @@ class NodeCore(Host):
             )
         return out
 
-    def on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
-        self.now_ms = now_ms
-        return self._after(self._on_timer(t, now_ms))
-
-    def _on_timer(self, t: SetTimer, now_ms: int) -> list[NodeEffect]:
+    def _on_timer(self, t: SetTimer) -> list[NodeEffect]:
         if t.kind == "consensus":
             if t.height != self.height or self.waiting_commit:
                 return []
-            return self._run(self.hs.on_timeout(t.height, t.round, t.step, now_ms))
+            return self._run(self.hs.on_timeout(t.height, t.round, t.step, self.now_ms))
         if t.kind == "commit":
             if t.height == self.state.height:
                 self._commit_armed = False
@@ -646,16 +566,15 @@ class NodeCore(Host):
         t = self.config.timeouts
         return rounds * t.round_ms(self.hs.round) + t.commit_ms
 
-    def submit_tx(self, raw: bytes, now_ms: int) -> tuple[Verdict, str, bytes, list[NodeEffect]]:
+    def _submit(self, raw: bytes) -> tuple[TxVerdict, list[NodeEffect]]:
         """A client's tx: admit to the mempool and gossip it in the next batch."""
-        self.now_ms = now_ms
-        code, why, h = self.mempool.add(raw, self.state, now_ms)
+        code, why, h, added = self.mempool.admit(raw, self.state, self.now_ms)
         out: list[NodeEffect] = []
-        if code == Code.OK and why == "accepted":
+        if added:
             self.outbox.append(raw)
             if len(self.outbox) >= self.config.tx_batch_max:
                 out.append(self._flush_txs())
-        return code, why, h, self._after(out)
+        return TxVerdict(code, why, h), out
 
     def _flush_txs(self) -> Send:
         batch, self.outbox = self.outbox[:MAX_TX_BATCH], self.outbox[MAX_TX_BATCH:]
@@ -698,6 +617,20 @@ class NodeCore(Host):
                     out.append(NodeEvent("equivocation", e.evidence.vote_a.validator.hex()))
             elif isinstance(e, Decide):
                 out += self._commit_block(e.block, e.commit, synced=False)
+            elif isinstance(e, NeedValue):
+                # The engine's getValue(): answered within this step, so the
+                # proposal goes out with the effects that asked for it.
+                if e.height == self.hs.height and not self.waiting_commit:
+                    block = self._build_block(e.height)
+                    out += self._run(
+                        self.hs.on_value(e.round, block, self._validity(block), self.now_ms)
+                    )
+            elif (
+                isinstance(e, ValidateValue)
+                and e.height == self.hs.height
+                and not self.waiting_commit
+            ):
+                out += self._run(self.hs.on_validity(e.round, self._validity(e.block), self.now_ms))
         return out
 
     def _apply_decided(self, block: Block, commit: Commit) -> tuple[list[Receipt], bytes]:
@@ -711,7 +644,7 @@ class NodeCore(Host):
             self.evidence_pool.pop(k, None)
         # Pooled evidence can go stale (its validator jailed or too old): drop it.
         pool = self.evidence_pool
-        stale = [k for k in sorted(pool) if self.check_evidence(pool[k])]
+        stale = [k for k in sorted(pool) if self.check_evidence(pool[k]) is not EvidenceVerdict.OK]
         for k in stale:
             del self.evidence_pool[k]
         self.mempool.update(block.txs, self.state, self.now_ms)
@@ -724,22 +657,12 @@ class NodeCore(Host):
         self.vals = next_vals
         return receipts, app_hash
 
-    def restore(self, blocks: Sequence[tuple[Block, Commit]]) -> None:
-        """Rebuild from our own stored chain after a restart, before ``start``.
+    def resume(self, rp: ResumePoint) -> None:
+        """Continue from what a shell stored (the state after its latest block);
+        the one restart path of the daemon and the simulator. Call before Start.
         The sign state given to the constructor keeps us from double-signing."""
-        for block, commit in blocks:
-            if block.header.height != self.height:
-                raise ValueError(
-                    f"stored block {block.header.height} does not follow {self.state.height}"
-                )
-            self._apply_decided(block, commit)
-        self.hs = self._new_height(self.height)
-
-    def resume(
-        self, state: State, last_block: Block, last_commit: Commit, priorities: Priorities
-    ) -> None:
-        """Continue from a stored snapshot (state after ``last_block``) instead of
-        replaying every block. Call before ``start``."""
+        state, last_block, last_commit = rp.state, rp.block, rp.commit
+        priorities: Priorities = tuple(rp.priorities)
         if state.height != last_block.header.height:
             raise ValueError("snapshot state and last block are at different heights")
         self.state = state
@@ -801,4 +724,63 @@ class NodeCore(Host):
                 self.future.append((h, m))
         return out
 
+    # ------------------------------------------------------------------ queries
+    # What a shell may read between steps. It never writes into the core, and
+    # reads nothing else: the RPC methods, the DV checker and the metrics all
+    # come through here.
+    @property
+    def ledger(self) -> State:
+        """The state after the last committed block (read-only)."""
+        return self.state
+
+    @property
+    def validators(self) -> ValidatorSet:
+        """The set that runs consensus at the height being decided."""
+        return self.vals
+
+    def status(self) -> NodeStatus:
+        hs = self.hs
+        return NodeStatus(
+            height=self.height,
+            round=hs.round,
+            step=hs.step,
+            waiting_for=self.waiting_for(),
+            last_progress_ms=self.last_progress_ms,
+            liveness_violations=self.liveness_violations,
+            sign_state=self.sign_state,
+            mempool_txs=len(self.mempool),
+            sync_target=self.sync_target,
+            is_validator=self.is_validator,
+        )
+
+    def tx_pending(self, tx_hash: bytes) -> bool:
+        return tx_hash in self.mempool.by_hash
+
+    def pending_count(self, address: bytes) -> int:
+        """How many of ``address``'s transactions wait in the mempool."""
+        return len(self.mempool.by_sender.get(address, {}))
+
+    def next_nonce(self, address: bytes) -> int:
+        """The committed nonce plus the run of ``address``'s txs already pending."""
+        acct = self.state.account(address)
+        n: int = acct.nonce if acct else 0
+        pending = self.mempool.by_sender.get(address, {})
+        while n in pending:
+            n += 1
+        return n
+
     _prev_vals: ValidatorSet
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    height: int  # being decided: last committed + 1
+    round: int
+    step: str
+    waiting_for: str
+    last_progress_ms: int
+    liveness_violations: int
+    sign_state: SignState
+    mempool_txs: int
+    sync_target: int
+    is_validator: bool

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Final
 
-from dpkid.core import codec
 from dpkid.core.crypto import SignatureCache, address_of, sha256
-from dpkid.core.state.codes import Code
-from dpkid.core.state.machine import State
-from dpkid.core.types import MAX_TX_BYTES, Tx, tx_sign_bytes
+from dpkid.core.state.codes import Code, TxFailure
+from dpkid.core.state.machine import State, check_tx_fee, check_tx_form
+from dpkid.core.types import Tx
 
 # ------------------------------------------------------------------ mempool
 
@@ -109,36 +108,36 @@ class Mempool:
 
     # ------------------------------------------------------------------ admission
     def add(self, raw: bytes, state: State, now_ms: int = 0) -> tuple[Verdict, str, bytes]:
+        verdict, why, h, _added = self.admit(raw, state, now_ms)
+        return verdict, why, h
+
+    def admit(self, raw: bytes, state: State, now_ms: int = 0) -> tuple[Verdict, str, bytes, bool]:
+        """(verdict, why, tx hash, whether this call added it): a tx already in
+        the pool is OK but not new, and must not be gossiped again."""
         h = sha256(raw)
         if h in self.by_hash:
-            return Code.OK, "already in mempool", h
+            return Code.OK, "already in mempool", h, False
         if h in self.seen_committed:
-            return Code.BAD_NONCE, "transaction already committed", h
-        if len(raw) > MAX_TX_BYTES:
-            return Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}", h
-        try:
-            tx = codec.decode(raw, Tx, max_bytes=MAX_TX_BYTES)
-        except codec.DecodeError as exc:
-            return Code.MALFORMED, f"malformed transaction: {exc}", h
-        if tx.chain_id != self.chain_id:
-            return Code.WRONG_CHAIN_ID, f"chain id {tx.chain_id!r} != {self.chain_id!r}", h
-        if not self.sig_cache.check(h, tx.pubkey, tx_sign_bytes(tx.unsigned()), tx.sig):
-            return Code.BAD_SIGNATURE, "signature does not verify", h
+            return Code.BAD_NONCE, "transaction already committed", h, False
+        # The ledger's own pre-checks (SPEC §4.3), so the pool admits nothing the
+        # ledger would refuse before charging a fee.
+        tx = check_tx_form(raw, h, self.chain_id, self.sig_cache.check)
+        if isinstance(tx, TxFailure):
+            return tx.code, tx.message, h, False
         sender = address_of(tx.pubkey)
         acct = state.account(sender)
         nonce = acct.nonce if acct else 0
         balance = acct.balance if acct else 0
         if tx.nonce < nonce:
-            return Code.BAD_NONCE, f"nonce {tx.nonce} already used (next is {nonce})", h
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already used (next is {nonce})", h, False
         queue = self.by_sender.get(sender, {})
         if tx.nonce in queue:
-            return Code.BAD_NONCE, f"nonce {tx.nonce} already pending", h
+            return Code.BAD_NONCE, f"nonce {tx.nonce} already pending", h, False
         if tx.nonce > nonce + MAX_NONCE_GAP:
-            return Code.BAD_NONCE, f"nonce {tx.nonce} too far ahead of {nonce}", h
-        if tx.fee < state.policy.min_tx_fee:
-            return Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {state.policy.min_tx_fee}", h
-        if balance < tx.fee:
-            return Code.CANNOT_PAY_FEE, f"balance {balance} < fee {tx.fee}", h
+            return Code.BAD_NONCE, f"nonce {tx.nonce} too far ahead of {nonce}", h, False
+        unpaid = check_tx_fee(tx, state.policy, balance)
+        if unpaid is not None:
+            return unpaid.code, unpaid.message, h, False
         end = self._run_end(sender, nonce)
         executable = tx.nonce == end
         if not executable:
@@ -148,6 +147,7 @@ class Mempool:
                     Refusal.MEMPOOL_FULL,
                     f"{mine} transactions of this sender already wait for nonce {end}",
                     h,
+                    False,
                 )
             if self.future_total >= self.max_future:
                 return (
@@ -155,14 +155,15 @@ class Mempool:
                     "too many transactions wait for earlier nonces; send nonce "
                     f"{end} first, or try again later",
                     h,
+                    False,
                 )
         if len(self.by_hash) >= self.max_txs and not (executable and self._evict_one_future(state)):
-            return Refusal.MEMPOOL_FULL, "mempool is full, try again later", h
+            return Refusal.MEMPOOL_FULL, "mempool is full, try again later", h, False
         self.by_hash[h] = (raw, tx, sender)
         self.by_sender.setdefault(sender, {})[tx.nonce] = h
         self.added_ms[h] = now_ms
         self._refresh(sender, nonce)
-        return Code.OK, "accepted", h
+        return Code.OK, "accepted", h, True
 
     def reap(self, state: State, max_txs: int, max_bytes: int) -> list[bytes]:
         """Txs for a block: per sender a run of consecutive nonces from the

@@ -19,6 +19,8 @@ from dpkid.core.types import MAX_TX_BYTES, U64
 
 MAX_TX_BATCH: Final = 512
 MAX_SYNC_BLOCKS: Final = 32
+# Encoded blocks in one sync answer, at most (but always one block): a shell's cap.
+SYNC_REPLY_MAX_BYTES: Final = 8 * 1024 * 1024
 
 # ------------------------------------------------------------------ wire messages (WIRE.md)
 

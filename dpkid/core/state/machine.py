@@ -18,7 +18,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dpkid.core import codec
-from dpkid.core.consensus.messages import DuplicateVoteEvidence, sign_bytes_of_vote
+from dpkid.core.consensus.messages import DuplicateVoteEvidence
+from dpkid.core.consensus.validity import EvidenceVerdict, evidence_conflict, evidence_signed
 from dpkid.core.crypto import SignatureCache, address_of, sha256, verify_ed25519
 from dpkid.core.domains import DomainError, validate_domain_list
 from dpkid.core.keys import SubjectKeyError, parse_spki, verify_with_spki
@@ -46,6 +47,7 @@ from dpkid.core.types import (
     Event,
     Genesis,
     GovAction,
+    GovProposal,
     GovPropose,
     GovRevokeCert,
     GovVote,
@@ -57,7 +59,6 @@ from dpkid.core.types import (
     PendingValidatorChange,
     PendingValidatorChanges,
     Policy,
-    Proposal,
     Receipt,
     RemoveEndorser,
     Revoke,
@@ -65,7 +66,7 @@ from dpkid.core.types import (
     Transfer,
     Tx,
     ValidatorRecord,
-    ValidatorSet,
+    ValidatorRecords,
     revoke_sign_bytes,
     tx_sign_bytes,
 )
@@ -91,13 +92,13 @@ RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
     (K_META, Meta_),
     (K_POLICY, Policy),
     (K_VALS_PENDING, PendingValidatorChanges),
-    (K_VALS, ValidatorSet),
+    (K_VALS, ValidatorRecords),
     (K_ENDORSERS, EndorserSet),
     (P_ACCT, Account),
     (P_APP, Application),
     (P_CERT, Certificate),
     (P_DOM, DomainIndex),
-    (P_GOV, Proposal),
+    (P_GOV, GovProposal),
     (P_LOG, LogEntry),
     (P_JAIL, Jailed),
 )
@@ -277,8 +278,8 @@ class State:
         return p
 
     @property
-    def validators(self) -> ValidatorSet:
-        v: ValidatorSet = self.get(K_VALS)
+    def validators(self) -> ValidatorRecords:
+        v: ValidatorRecords = self.get(K_VALS)
         return v
 
     @property
@@ -331,8 +332,8 @@ class State:
                     break
         return out
 
-    def proposal(self, pid: bytes) -> Proposal | None:
-        p: Proposal | None = self.get(key_gov(pid))
+    def proposal(self, pid: bytes) -> GovProposal | None:
+        p: GovProposal | None = self.get(key_gov(pid))
         return p
 
     def log_entry(self, index: int) -> LogEntry | None:
@@ -482,7 +483,7 @@ def genesis_state(g: Genesis) -> State:
         (ValidatorRecord(address_of(v.pubkey), v.pubkey, v.power, v.name) for v in g.validators),
         key=lambda r: r.address,
     )
-    kv[K_VALS] = ValidatorSet(vals)
+    kv[K_VALS] = ValidatorRecords(vals)
     kv[K_VALS_PENDING] = PendingValidatorChanges([])
     ends = sorted(
         (EndorserRecord(address_of(e.pubkey), e.pubkey, e.name, True, 0) for e in g.endorsers),
@@ -593,8 +594,8 @@ class _Block:
             raise TxFailure(Code.INSUFFICIENT_FUNDS, f"balance {a.balance} < {amount}")
         self.put(key_account(addr), msgspec.structs.replace(a, balance=a.balance - amount))
 
-    def validators(self) -> ValidatorSet:
-        v: ValidatorSet = self.get(K_VALS)
+    def validators(self) -> ValidatorRecords:
+        v: ValidatorRecords = self.get(K_VALS)
         return v
 
     def endorsers(self) -> EndorserSet:
@@ -680,7 +681,7 @@ def _begin_block(b: _Block) -> None:
                 old = vals.get(addr)
                 vals[addr] = ValidatorRecord(addr, c.pubkey, c.power, old.name if old else "")
             b.emit("validator_update", addr, str(c.power))
-        b.put(K_VALS, ValidatorSet([vals[a] for a in sorted(vals)]))
+        b.put(K_VALS, ValidatorRecords([vals[a] for a in sorted(vals)]))
         rest = [c for c in pending.changes if c.effective_height > b.height]
         b.put(K_VALS_PENDING, PendingValidatorChanges(rest))
 
@@ -694,7 +695,7 @@ def _begin_block(b: _Block) -> None:
     gheap = b.state._gov_expiry
     while gheap and gheap[0][0] <= b.now:
         exp, pid = heapq.heappop(gheap)
-        prop: Proposal | None = b.get(key_gov(pid))
+        prop: GovProposal | None = b.get(key_gov(pid))
         if prop is not None and prop.status == "open" and prop.expires_ms == exp:
             b.put(key_gov(pid), msgspec.structs.replace(prop, status="expired"))
             b.emit("gov_expired", pid)
@@ -702,20 +703,11 @@ def _begin_block(b: _Block) -> None:
 
 def _punish(b: _Block, ev: DuplicateVoteEvidence) -> None:
     """SPEC §8.2: proven equivocation jails the validator: power 0 from H+2."""
-    va, vb = ev.vote_a, ev.vote_b
+    # The verdicts are the node's (CONSENSUS.md §7.3), so both judge alike; the
+    # event texts are ledger output (receipts' events), fixed by the vectors.
+    va = ev.vote_a
     addr = va.validator
-    same = (va.validator, va.height, va.round, va.type) == (
-        vb.validator,
-        vb.height,
-        vb.round,
-        vb.type,
-    )
-    if (
-        not same
-        or va.block_hash == vb.block_hash
-        or va.chain_id != b.chain_id
-        or vb.chain_id != b.chain_id
-    ):
+    if evidence_conflict(ev, b.chain_id) is not EvidenceVerdict.OK:
         b.emit("evidence_invalid", addr, "votes do not conflict")
         return
     if b.get(P_JAIL + addr) is not None:
@@ -725,24 +717,36 @@ def _punish(b: _Block, ev: DuplicateVoteEvidence) -> None:
     if rec is None:
         b.emit("evidence_invalid", addr, "not a current validator")
         return
-    if not (
-        verify_ed25519(rec.pubkey, sign_bytes_of_vote(va), va.sig)
-        and verify_ed25519(rec.pubkey, sign_bytes_of_vote(vb), vb.sig)
-    ):
+    if evidence_signed(ev, rec.pubkey, verify_ed25519) is not EvidenceVerdict.OK:
         b.emit("evidence_invalid", addr, "signature does not verify")
         return
     pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
-    after = {v.address: v.power for v in b.validators().validators}
-    for c in pending.changes:
-        after[address_of(c.pubkey)] = c.power
-    after[addr] = 0
-    if not any(p > 0 for p in after.values()):
+    if not (set(scheduled_powers(b.validators(), pending)) - {addr}):
         b.emit("evidence_deferred", addr, "jailing would leave no validator")
         return
     b.put(P_JAIL + addr, Jailed(addr, b.height, ev.key()))
     change = PendingValidatorChange(b.height + 2, rec.pubkey, 0)
     b.put(K_VALS_PENDING, PendingValidatorChanges([*pending.changes, change]))
     b.emit("validator_jailed", addr, f"equivocated at height {va.height} round {va.round}")
+
+
+def scheduled_powers(
+    vals: ValidatorRecords, pending: PendingValidatorChanges, by_height: int | None = None
+) -> dict[bytes, tuple[bytes, int]]:
+    """address -> (pubkey, power) of the set once the pending changes due by
+    ``by_height`` (all of them when None) are in force, in schedule order; a
+    change to power 0 removes the validator (SPEC §8.1, CONSENSUS.md §8). The
+    one rule for what a set will be, for the ledger and the node alike."""
+    out = {v.address: (v.pubkey, v.power) for v in vals.validators}
+    for c in pending.changes:
+        if by_height is not None and c.effective_height > by_height:
+            continue
+        a = address_of(c.pubkey)
+        if c.power == 0:
+            out.pop(a, None)
+        else:
+            out[a] = (c.pubkey, c.power)
+    return out
 
 
 def _end_block(b: _Block) -> None:
@@ -801,29 +805,46 @@ def _receipt(
     return Receipt(h, int(code), log, fee, ev or [])
 
 
+def check_tx_form(raw: bytes, h: bytes, chain_id: str, check_sig: SigCheck) -> Tx | TxFailure:
+    """SPEC §4.3 checks 1-4 (size, encoding, chain id, signature): the ledger's
+    pre-checks, which the mempool runs too, so both refuse alike."""
+    if len(raw) > MAX_TX_BYTES:
+        return TxFailure(Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}")
+    try:
+        tx = codec.decode(raw, Tx, max_bytes=MAX_TX_BYTES)
+    except codec.DecodeError as exc:
+        return TxFailure(Code.MALFORMED, f"malformed transaction: {exc}")
+    if tx.chain_id != chain_id:
+        return TxFailure(Code.WRONG_CHAIN_ID, f"chain id {tx.chain_id!r} != {chain_id!r}")
+    if not check_sig(h, tx.pubkey, tx_sign_bytes(tx.unsigned()), tx.sig):
+        return TxFailure(Code.BAD_SIGNATURE, "signature does not verify")
+    return tx
+
+
+def check_tx_fee(tx: Tx, policy: Policy, balance: int) -> TxFailure | None:
+    """SPEC §4.3 checks 6-7: the fee meets the minimum and the sender can pay it."""
+    if tx.fee < policy.min_tx_fee:
+        return TxFailure(Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {policy.min_tx_fee}")
+    if balance < tx.fee:
+        return TxFailure(Code.CANNOT_PAY_FEE, f"balance {balance} < fee {tx.fee}")
+    return None
+
+
 def _apply_tx(b: _Block, raw: bytes) -> Receipt:
     h = sha256(raw) if isinstance(raw, bytes) else b"\x00" * 32
     # SPEC §4.3: pre-checks. A failure here changes nothing at all.
     if not isinstance(raw, bytes):
         return _receipt(h, Code.MALFORMED, "transaction is not bytes")
-    if len(raw) > MAX_TX_BYTES:
-        return _receipt(h, Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}")
-    try:
-        tx = codec.decode(raw, Tx, max_bytes=MAX_TX_BYTES)
-    except codec.DecodeError as exc:
-        return _receipt(h, Code.MALFORMED, f"malformed transaction: {exc}")
-    if tx.chain_id != b.chain_id:
-        return _receipt(h, Code.WRONG_CHAIN_ID, f"chain id {tx.chain_id!r} != {b.chain_id!r}")
-    if not b.check_sig(h, tx.pubkey, tx_sign_bytes(tx.unsigned()), tx.sig):
-        return _receipt(h, Code.BAD_SIGNATURE, "signature does not verify")
+    tx = check_tx_form(raw, h, b.chain_id, b.check_sig)
+    if isinstance(tx, TxFailure):
+        return _receipt(h, tx.code, tx.message)
     sender = address_of(tx.pubkey)
     acct = b.account(sender)
     if tx.nonce != acct.nonce:
         return _receipt(h, Code.BAD_NONCE, f"nonce {tx.nonce}, expected {acct.nonce}")
-    if tx.fee < b.policy.min_tx_fee:
-        return _receipt(h, Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {b.policy.min_tx_fee}")
-    if acct.balance < tx.fee:
-        return _receipt(h, Code.CANNOT_PAY_FEE, f"balance {acct.balance} < fee {tx.fee}")
+    unpaid = check_tx_fee(tx, b.policy, acct.balance)
+    if unpaid is not None:
+        return _receipt(h, unpaid.code, unpaid.message)
     # SPEC §4.4: from here on the fee is charged and the nonce is used, even if
     # the body fails, so a failing tx still pays for the block space it took.
     b.put(
@@ -1298,14 +1319,11 @@ def _validate_action(b: _Block, action: GovAction) -> None:
         _check_reason(action.reason_code)
         _live_cert_or_fail(b, action.cert_id)
     elif isinstance(action, SetValidator):
-        vals = {v.address: v.power for v in b.validators().validators}
         # Judge the set as it will be once every already-scheduled change is in
         # force: otherwise two removals, each fine alone, could empty the set.
         pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
-        for change in pending.changes:
-            vals[address_of(change.pubkey)] = change.power
-        vals[address_of(action.pubkey)] = action.power
-        live = [p for p in vals.values() if p > 0]
+        change = PendingValidatorChange(b.height + 2, action.pubkey, action.power)
+        live = scheduled_powers(b.validators(), PendingValidatorChanges([*pending.changes, change]))
         if not live:
             raise TxFailure(Code.INVALID_GOV_ACTION, "the validator set may not become empty")
         if len(live) > MAX_VALIDATORS:
@@ -1318,7 +1336,7 @@ def _h_gov_propose(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         raise TxFailure(Code.NOT_VALIDATOR, "only a validator may propose")
     _validate_action(b, body.action)
     pid = sha256(GOV_TAG + h)
-    prop = Proposal(
+    prop = GovProposal(
         proposal_id=pid,
         proposer=sender,
         action=body.action,
@@ -1338,7 +1356,7 @@ def _h_gov_vote(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: GovVote = tx.body  # type: ignore[assignment]
     if b.validators().power_of(sender) <= 0:
         raise TxFailure(Code.NOT_VALIDATOR, "only a validator may vote")
-    prop: Proposal | None = b.get(key_gov(body.proposal_id))
+    prop: GovProposal | None = b.get(key_gov(body.proposal_id))
     if prop is None:
         raise TxFailure(Code.UNKNOWN_PROPOSAL, "no such proposal")
     if prop.status != "open":
@@ -1353,7 +1371,7 @@ def _h_gov_vote(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     _tally(b, prop)
 
 
-def _tally(b: _Block, prop: Proposal) -> None:
+def _tally(b: _Block, prop: GovProposal) -> None:
     # Governance needs more than 2/3 of the voting power in force now.
     vs = b.validators()
     total = vs.total_power()
