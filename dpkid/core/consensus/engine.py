@@ -804,6 +804,3 @@ class HeightState:
         power = sum(self.vals.power_of(a) for a in sorted(senders))
         if self.vals.has_one_third(power):
             self._start_round(r, eff)
-
-
-DecideCallback = Callable[[Block, Commit], None]

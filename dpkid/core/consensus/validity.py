@@ -64,14 +64,23 @@ def verify_commit(
         return False
     power = 0
     last = b""
-    for s in commit.sigs:
-        if s.validator <= last:
+    for vote in commit_votes(chain_id, commit):
+        if vote.validator <= last:
             return False  # sorted and unique, so no validator counts twice
-        last = s.validator
-        v = vals.get(s.validator)
+        last = vote.validator
+        v = vals.get(vote.validator)
         if v is None:
             return False
-        vote = Vote(
+        if not verify(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+            return False
+        power += v.power
+    return vals.has_quorum(power)
+
+
+def commit_votes(chain_id: str, commit: Commit) -> list[Vote]:
+    """The precommits a commit's signatures stand for (CONSENSUS.md §2.5)."""
+    return [
+        Vote(
             chain_id,
             PRECOMMIT,
             commit.height,
@@ -81,10 +90,8 @@ def verify_commit(
             s.validator,
             s.sig,
         )
-        if not verify(v.pubkey, sign_bytes_of_vote(vote), s.sig):
-            return False
-        power += v.power
-    return vals.has_quorum(power)
+        for s in commit.sigs
+    ]
 
 
 # ------------------------------------------------------------------ evidence (§7.3)

@@ -31,7 +31,6 @@ from dpkid.core.consensus.engine import (
 )
 from dpkid.core.consensus.messages import (
     MAX_EVIDENCE_PER_BLOCK,
-    PRECOMMIT,
     Block,
     Commit,
     DuplicateVoteEvidence,
@@ -48,6 +47,7 @@ from dpkid.core.consensus.validity import (
     EvidenceVerdict,
     check_block,
     check_evidence,
+    commit_votes,
     valset_hash,
     verify_commit,
     weighted_median_time,
@@ -101,6 +101,8 @@ MAX_PENDING_FUTURE: Final = 2048
 # from a validator that restarted behind and re-signs old heights (§7.1).
 VOTE_HISTORY_HEIGHTS: Final = 64
 MAX_VOTE_HISTORY: Final = 65_536
+MAX_EVIDENCE_POOL: Final = 1024  # pooled, not yet committed evidence (§7.2)
+MAX_FETCH_ASKED: Final = 256  # (height, round)s whose proposal we asked for recently
 MAX_BODIES_PER_HEADER: Final = 4  # validity verdicts kept per header hash (§5.4)
 
 
@@ -344,7 +346,7 @@ class NodeCore:
         if isinstance(msg, EvidenceMsg):
             if self.check_evidence(msg.evidence) is EvidenceVerdict.OK:
                 k = msg.evidence.key()
-                if k not in self.committed_evidence and len(self.evidence_pool) < 1024:
+                if k not in self.committed_evidence and len(self.evidence_pool) < MAX_EVIDENCE_POOL:
                     self.evidence_pool.setdefault(k, msg.evidence)
             return []
         return []
@@ -397,17 +399,7 @@ class NodeCore:
         """A synced height has no engine votes to keep; its commit's precommits
         (already verified) are what a late conflicting precommit is judged by."""
         self.history_vals[commit.height] = vals
-        for s in commit.sigs:
-            v = Vote(
-                self.chain_id,
-                PRECOMMIT,
-                commit.height,
-                commit.round,
-                commit.block_hash,
-                s.timestamp_ms,
-                s.validator,
-                s.sig,
-            )
+        for v in commit_votes(self.chain_id, commit):
             self.vote_history.setdefault((v.height, v.round, v.type, v.validator), v)
 
     def _late_vote(self, vote: Vote) -> list[NodeEffect]:
@@ -436,7 +428,10 @@ class NodeCore:
         key = ev.key()
         if key in self.committed_evidence or key in self.evidence_pool:
             return []
-        if self.check_evidence(ev) is not EvidenceVerdict.OK or len(self.evidence_pool) >= 1024:
+        if (
+            self.check_evidence(ev) is not EvidenceVerdict.OK
+            or len(self.evidence_pool) >= MAX_EVIDENCE_POOL
+        ):
             return []
         self.evidence_pool[key] = ev
         return [
@@ -456,7 +451,7 @@ class NodeCore:
         last = self._fetch_asked.get(key)
         if last is not None and self.now_ms - last < self.config.gossip_interval_ms:
             return []
-        if len(self._fetch_asked) > 256:
+        if len(self._fetch_asked) > MAX_FETCH_ASKED:
             self._fetch_asked.clear()
         self._fetch_asked[key] = self.now_ms
         return [Send(peer, ProposalRequest(v.height, v.round))]
@@ -611,7 +606,7 @@ class NodeCore:
                 out.append(SetTimer("consensus", e.height, e.round, e.step, e.delay_ms))
             elif isinstance(e, EvidenceFound):
                 k = e.evidence.key()
-                if k not in self.committed_evidence and len(self.evidence_pool) < 1024:
+                if k not in self.committed_evidence and len(self.evidence_pool) < MAX_EVIDENCE_POOL:
                     self.evidence_pool[k] = e.evidence
                     out.append(Send(None, EvidenceMsg(e.evidence)))
                     out.append(NodeEvent("equivocation", e.evidence.vote_a.validator.hex()))

@@ -1378,8 +1378,9 @@ def _tally(b: _Block, prop: GovProposal) -> None:
     yes = sum(vs.power_of(a) for a in prop.yes)
     no = sum(vs.power_of(a) for a in prop.no)
     if 3 * yes > 2 * total:
-        result = _execute(b, prop.action)
-        status = "passed" if not result else "failed"
+        failure = _execute(b, prop.action)
+        status = "passed" if failure is None else "failed"
+        result = "" if failure is None else failure.message  # SPEC §8: "" when carried out
         b.put(
             key_gov(prop.proposal_id),
             msgspec.structs.replace(prop, status=status, result=result[:256]),
@@ -1390,12 +1391,12 @@ def _tally(b: _Block, prop: GovProposal) -> None:
         b.emit("gov_rejected", prop.proposal_id)
 
 
-def _execute(b: _Block, action: GovAction) -> str:
-    """Run a passed action; returns "" or why it could no longer be carried out."""
+def _execute(b: _Block, action: GovAction) -> TxFailure | None:
+    """Run a passed action; None, or why it could no longer be carried out."""
     try:
         _validate_action(b, action)
     except TxFailure as f:
-        return f.message
+        return f
     es = b.endorsers()
     if isinstance(action, AddEndorser):
         addr = address_of(action.pubkey)
@@ -1436,7 +1437,7 @@ def _execute(b: _Block, action: GovAction) -> str:
         change = PendingValidatorChange(b.height + 2, action.pubkey, action.power)
         b.put(K_VALS_PENDING, PendingValidatorChanges([*pending.changes, change]))
         b.emit("validator_scheduled", address_of(action.pubkey), str(action.power))
-    return ""
+    return None
 
 
 def _certs_endorsed_by(b: _Block, endorser: bytes) -> list[bytes]:
