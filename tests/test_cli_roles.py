@@ -130,6 +130,12 @@ def fails(res: subprocess.CompletedProcess[str], code: int, *needles: str) -> st
     return err
 
 
+def _address(key_file: str) -> str:
+    from dpkid.daemon.config import read_key
+
+    return read_key(Path(key_file)).address.hex()
+
+
 def _ec_key(path: Path) -> ec.EllipticCurvePrivateKey:
     k = ec.generate_private_key(ec.SECP256R1())
     path.write_bytes(
@@ -206,7 +212,7 @@ def test_account_new_show_transfer(tn: Net) -> None:
 
     text = ok(
         dpkid(
-            "account", "transfer", "--home", tn.home(1), "--key", tn.key("account0"),
+            "account", "transfer", "--home", tn.home(1), "--account-key", tn.key("account0"),
             "--to", addr, "--amount", "12345", "--wait",
         )
     )  # fmt: skip
@@ -214,19 +220,38 @@ def test_account_new_show_transfer(tn: Net) -> None:
     tn.sync()
     shown = okj(dpkid("account", "show", addr, "--home", tn.home(2), "--json"))
     assert shown["balance"] == 12345 and shown["nonce"] == 0
-    assert "12345" in ok(dpkid("account", "show", "--key", str(alice), "--home", tn.home(0)))
+    assert "12345" in ok(
+        dpkid("account", "show", "--account-key", str(alice), "--home", tn.home(0))
+    )
 
-    # More than the balance: the fee is charged, the transfer fails, exit 1.
-    fails(
-        dpkid(
-            "account", "transfer", "--home", tn.home(0), "--key", str(alice),
-            "--to", addr, "--amount", "20000", "--wait",
-        ),
-        1,
-        "INSUFFICIENT_FUNDS",
+    # More than the balance (or the balance but not the fee): refused before
+    # anything is sent, exit 1; no fee is charged and the nonce does not move.
+    for amount in ("20000", "12345"):
+        fails(
+            dpkid(
+                "account", "transfer", "--home", tn.home(0), "--account-key", str(alice),
+                "--to", addr, "--amount", amount, "--wait",
+            ),
+            1,
+            "has 12345, too little to send",
+            "nothing was sent",
+        )  # fmt: skip
+    refused = dpkid(
+        "account", "transfer", "--home", tn.home(0), "--account-key", str(alice),
+        "--to", addr, "--amount", "20000", "--json",
     )  # fmt: skip
+    assert refused.returncode == 1 and json.loads(refused.stdout)["needed"] == 20010
     shown = okj(dpkid("account", "show", addr, "--home", tn.home(0), "--json"))
-    assert shown["balance"] == 12345 - 10 and shown["nonce"] == 1
+    assert shown["balance"] == 12345 and shown["nonce"] == 0
+    # What the balance covers, fee included, goes through.
+    text = ok(
+        dpkid(
+            "account", "transfer", "--home", tn.home(0), "--account-key", str(alice),
+            "--to", _address(tn.key("account0")),
+            "--amount", "12335", "--wait",
+        )
+    )  # fmt: skip
+    assert "balance now 0" in text
 
 
 def test_dv_apply_publish_issue_renew(tn: Net) -> None:
@@ -237,7 +262,7 @@ def test_dv_apply_publish_issue_renew(tn: Net) -> None:
         dpkid(
             "cert", "apply", "--home", tn.home(0), "--type", "dv",
             "--domain", "Bücher.CLI.test", "--domain", "www.cli.test",
-            "--key", str(key), "--account", tn.key("account1"),
+            "--cert-key", str(key), "--account-key", tn.key("account1"),
         )
     )  # fmt: skip
     m = re.search(r"^application ([0-9a-f]{64})$", out, re.M)
@@ -278,8 +303,8 @@ def test_dv_apply_publish_issue_renew(tn: Net) -> None:
     prepared = tn.tmp / "renew.json"
     prep = okj(
         dpkid(
-            "cert", "renew", cert_id, "--home", tn.home(0), "--account", tn.key("account1"),
-            "--new-key", str(key2), "--days", "30", "--prepare", str(prepared), "--json",
+            "cert", "renew", cert_id, "--home", tn.home(0), "--account-key", tn.key("account1"),
+            "--new-cert-key", str(key2), "--days", "30", "--prepare", str(prepared), "--json",
         )
     )  # fmt: skip
     assert prep["domains"] == ["www.cli.test", "xn--bcher-kva.cli.test"]
@@ -307,7 +332,7 @@ def test_dv_prepare_submit_wait_and_revoke_by_key_holder(tn: Net) -> None:
     prep = okj(
         dpkid(
             "cert", "apply", "--home", tn.home(2), "--type", "dv", "--domain", "api.cli.test",
-            "--key", str(key), "--account", tn.key("account3"), "--prepare", str(prepared),
+            "--cert-key", str(key), "--account-key", tn.key("account3"), "--prepare", str(prepared),
             "--json",
         )
     )  # fmt: skip
@@ -322,7 +347,7 @@ def test_dv_prepare_submit_wait_and_revoke_by_key_holder(tn: Net) -> None:
     fails(
         dpkid(
             "cert", "revoke", cert_id, "--reason", "keyCompromise",
-            "--account", tn.key("account0"), "--home", tn.home(0),
+            "--account-key", tn.key("account0"), "--home", tn.home(0),
         ),
         1,
         "does not own",
@@ -331,7 +356,7 @@ def test_dv_prepare_submit_wait_and_revoke_by_key_holder(tn: Net) -> None:
     out = ok(
         dpkid(
             "cert", "revoke", cert_id, "--reason", "keyCompromise", "--cert-key", str(key),
-            "--account", tn.key("account0"), "--home", tn.home(0),
+            "--account-key", tn.key("account0"), "--home", tn.home(0),
         )
     )  # fmt: skip
     assert "revoked certificate" in out
@@ -341,7 +366,7 @@ def test_dv_prepare_submit_wait_and_revoke_by_key_holder(tn: Net) -> None:
     fails(
         dpkid(
             "cert", "revoke", cert_id, "--reason", "superseded",
-            "--account", tn.key("account3"), "--home", tn.home(0),
+            "--account-key", tn.key("account3"), "--home", tn.home(0),
         ),
         1,
         "already revoked",
@@ -393,7 +418,7 @@ def test_ov_apply_wait_endorse_issue_withdraw(tn: Net) -> None:
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "dpkid", "cert", "apply", "--home", tn.home(1),
-            "--type", "ov", "--csr", str(csr), "--account", tn.key("account2"),
+            "--type", "ov", "--csr", str(csr), "--account-key", tn.key("account2"),
             "--wait", "--timeout", "240",
         ],
         stdout=subprocess.PIPE,
@@ -420,7 +445,7 @@ def test_ov_apply_wait_endorse_issue_withdraw(tn: Net) -> None:
             dpkid(
                 "endorse",
                 "list-pending",
-                "--key",
+                "--endorser-key",
                 tn.key("endorser0"),
                 "--home",
                 tn.home(0),
@@ -429,18 +454,43 @@ def test_ov_apply_wait_endorse_issue_withdraw(tn: Net) -> None:
         )
         assert app_id in [a["app_id"] for a in pending["applications"]]
         assert app_id in ok(
-            dpkid("endorse", "list-pending", "--key", tn.key("endorser1"), "--home", tn.home(3))
+            dpkid(
+                "endorse",
+                "list-pending",
+                "--endorser-key",
+                tn.key("endorser1"),
+                "--home",
+                tn.home(3),
+            )
         )
-        ok(dpkid("endorse", "approve", app_id, "--key", tn.key("endorser0"), "--home", tn.home(0)))
+        ok(
+            dpkid(
+                "endorse",
+                "approve",
+                app_id,
+                "--endorser-key",
+                tn.key("endorser0"),
+                "--home",
+                tn.home(0),
+            )
+        )
         tn.sync()
         fails(
-            dpkid("endorse", "approve", app_id, "--key", tn.key("endorser0"), "--home", tn.home(2)),
+            dpkid(
+                "endorse",
+                "approve",
+                app_id,
+                "--endorser-key",
+                tn.key("endorser0"),
+                "--home",
+                tn.home(2),
+            ),
             1,
             "already decided",
         )
         ok(
             dpkid(
-                "endorse", "approve", app_id, "--key", tn.key("endorser1"),
+                "endorse", "approve", app_id, "--endorser-key", tn.key("endorser1"),
                 "--reason", "registry checked", "--home", tn.home(3),
             )
         )  # fmt: skip
@@ -460,19 +510,37 @@ def test_ov_apply_wait_endorse_issue_withdraw(tn: Net) -> None:
     app = tn.app(app_id)
     assert len(app["endorsements"]) == 2 and all(e["approve"] for e in app["endorsements"])
     assert app_id not in ok(
-        dpkid("endorse", "list-pending", "--key", tn.key("endorser2"), "--home", tn.home(0))
+        dpkid(
+            "endorse", "list-pending", "--endorser-key", tn.key("endorser2"), "--home", tn.home(0)
+        )
     )
     cert = okj(dpkid("cert", "show", cert_id, "--home", tn.home(1), "--json"))["record"]
     assert cert["cert_type"] == "OV" and cert["org"]["name"] == "Shop Ltd"
 
     # One endorser withdraws: fewer than k_ov remain, so the certificate falls to DV.
     out = ok(
-        dpkid("endorse", "withdraw", cert_id, "--key", tn.key("endorser0"), "--home", tn.home(2))
+        dpkid(
+            "endorse",
+            "withdraw",
+            cert_id,
+            "--endorser-key",
+            tn.key("endorser0"),
+            "--home",
+            tn.home(2),
+        )
     )
     assert "now DV" in out
     tn.sync()
     fails(
-        dpkid("endorse", "withdraw", cert_id, "--key", tn.key("endorser2"), "--home", tn.home(2)),
+        dpkid(
+            "endorse",
+            "withdraw",
+            cert_id,
+            "--endorser-key",
+            tn.key("endorser2"),
+            "--home",
+            tn.home(2),
+        ),
         1,
         "does not endorse",
     )
@@ -540,15 +608,23 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
     unknown = "00" * 32
     fails(dpkid("cert", "show", unknown, *h), 1, unknown)
     fails(dpkid("cert", "status", unknown, *h), 1, "no certificate or application")
-    fails(dpkid("cert", "revoke", unknown, "--reason", "superseded", "--account",
+    fails(dpkid("cert", "revoke", unknown, "--reason", "superseded", "--account-key",
                 tn.key("account0"), *h), 1, "no such certificate")  # fmt: skip
-    fails(dpkid("endorse", "approve", unknown, "--key", tn.key("endorser0"), *h), 1, "no such")
+    fails(
+        dpkid("endorse", "approve", unknown, "--endorser-key", tn.key("endorser0"), *h),
+        1,
+        "no such",
+    )
     fails(dpkid("cert", "status", "xyz", *h), 2, "hex")
     fails(dpkid("account", "show", "abcd", *h), 2, "40 hex digits")
-    fails(dpkid("account", "show", "--key", str(tn.tmp / "missing.json"), *h), 2, "does not exist")
+    fails(
+        dpkid("account", "show", "--account-key", str(tn.tmp / "missing.json"), *h),
+        2,
+        "does not exist",
+    )
     key = tn.tmp / "err.pem"
     _ec_key(key)
-    apply = ["cert", "apply", "--key", str(key), "--account", tn.key("account0")]
+    apply = ["cert", "apply", "--cert-key", str(key), "--account-key", tn.key("account0")]
     fails(dpkid(*apply, "--type", "dv", "--domain", "exa mple.com", *h), 2, "bad domain")
     fails(dpkid(*apply, "--type", "dv", "--domain=-bad-.example", *h), 2, "bad domain")
     fails(dpkid("cert", "list", "--domain", "a..b", *h), 2, "bad domain")
@@ -560,9 +636,13 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
         2,
         "give --escrow",
     )
-    fails(dpkid("cert", "apply", "--type", "dv", "--domain", "a.cli.test", *h), 2, "--account")
-    fails(dpkid("cert", "revoke", unknown, "--reason", "bogus", "--account", "x", *h), 2)
-    fails(dpkid("endorse", "list-pending", "--key", tn.key("account0"), *h), 1, "not a registered")
+    fails(dpkid("cert", "apply", "--type", "dv", "--domain", "a.cli.test", *h), 2, "--account-key")
+    fails(dpkid("cert", "revoke", unknown, "--reason", "bogus", "--account-key", "x", *h), 2)
+    fails(
+        dpkid("endorse", "list-pending", "--endorser-key", tn.key("account0"), *h),
+        1,
+        "not a registered",
+    )
     # No node there.
     fails(dpkid("status", "--socket", str(tn.tmp / "none.sock")), 2, "cannot reach the node")
     empty = tn.tmp / "empty-home"
@@ -587,7 +667,8 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 0
         text = capsys.readouterr().out
         assert "exit status" in text, cmd
+        assert "--json" in text, cmd
         if cmd[0] != "account" or cmd[1] != "new":
-            assert "--json" in text and "--socket" in text, cmd
+            assert "--socket" in text and "--rpc" in text and "DPKID_HOME" in text, cmd
         if cmd == ["endorse", "list-pending"]:
             assert "scans" in text and "--blocks" in text

@@ -1,19 +1,35 @@
-"""The `dpkid` command line."""
+"""The `dpkid` command line: one grammar for every command (dpkid/cli/common.py).
+
+Every command takes --json (one JSON document on stdout, errors too) and exits
+0 success, 1 a negative answer, 2 a usage or local error, 3 a timeout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dpkid import __version__
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+from dpkid.cli.common import (
+    EXIT_HELP,
+    EXIT_NO,
+    EXIT_OK,
+    EXIT_USAGE,
+    ParseError,
+    Parser,
+    UsageError,
+    add_json,
+    leaf_parsers,
+    print_json,
+    report_error,
+    run_command,
+    wants_json,
+)
 
 
 def cmd_walkthrough(args: argparse.Namespace) -> int:
@@ -21,7 +37,7 @@ def cmd_walkthrough(args: argparse.Namespace) -> int:
 
     steps, summary = run_walkthrough()
     if args.json:
-        _print_json(
+        print_json(
             {
                 **summary,
                 "steps": [
@@ -61,7 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         results["smt"] = bench_smt(args.certs)
     if args.json:
-        _print_json(results)
+        print_json(results)
     else:
         for section, figures in results.items():
             print(f"[{section}]")
@@ -73,6 +89,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from dpkid.dev.soak import MAX_REPEAT
+
+    if not 1 <= args.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be between 1 and {MAX_REPEAT}, not {args.repeat}")
+    if not 0 <= args.cpu_burners <= 64:
+        raise UsageError(f"--cpu-burners must be between 0 and 64, not {args.cpu_burners}")
     if args.repeat > 1 or args.cpu_burners:
         from dpkid.dev.soak import run_repeat
 
@@ -88,28 +110,48 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     out = Path(args.out)
     vecs = build_vectors()
     stale = []
+    written = []
     for name, data in vecs.items():
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         path = out / name
         if args.check:
-            if not path.exists() or path.read_text() != text:
+            try:
+                same = path.read_text() == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
                 stale.append(name)
         else:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path}")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            except OSError as exc:
+                raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+            written.append(str(path))
+            if not args.json:
+                print(f"wrote {path}")
+    if args.json:
+        doc: dict[str, Any] = {"dir": str(out)}
+        if args.check:
+            doc.update(match=not stale, differ=stale)
+        else:
+            doc["wrote"] = written
+        print_json(doc)
+        return EXIT_NO if stale else EXIT_OK
     if args.check:
         if stale:
-            print("vectors differ from the code: " + ", ".join(stale), file=sys.stderr)
-            return 1
+            print(f"vectors in {out} differ from the code: " + ", ".join(stale))
+            return EXIT_NO
         print("vectors match the code")
-    return 0
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="dpkid",
         description="dpkid: a decentralized public key infrastructure on a BFT ledger.",
+        epilog=EXIT_HELP + ". Every command takes --json and names its node with --home "
+        "(or $DPKID_HOME), --socket or --rpc.",
     )
     p.add_argument("--version", action="version", version=f"dpkid {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -118,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "walkthrough",
         help="run the PKI contracts end to end in one process (DV, EV, proofs, revocation)",
     )
-    w.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(w)
     w.set_defaults(func=cmd_walkthrough)
 
     b = sub.add_parser("bench", help="measure the state machine, proofs and crypto")
@@ -137,12 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--txs", type=int, default=20_000, help="transactions to apply")
     b.add_argument("--certs", type=int, default=20_000, help="certificates in state for proofs")
-    b.add_argument("--json", action="store_true")
+    add_json(b)
     b.set_defaults(func=cmd_bench)
 
     v = sub.add_parser("vectors", help="write or check the golden vectors in protocol/vectors")
-    v.add_argument("--out", default="protocol/vectors")
+    v.add_argument("--out", default="protocol/vectors", metavar="DIR")
     v.add_argument("--check", action="store_true", help="only compare, exit 1 if they differ")
+    add_json(v)
     v.set_defaults(func=cmd_vectors)
 
     from dpkid.cli.challenge import add_parsers as add_challenge
@@ -152,8 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim(sub)
     add_node(sub)
     add_challenge(sub)
-    __import__("dpkid.cli.roles", fromlist=["_"]).add_parsers(sub)
+    from dpkid.cli.roles import add_parsers as add_roles
     from dpkid.cli.verify import add_parsers as add_verify
+
+    add_roles(sub)
 
     add_verify(sub)
     from dpkid.cli.watch import add_parsers as add_watch
@@ -177,20 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="load the machine with K bounded busy loops while repeating",
     )
     d.set_defaults(func=cmd_demo)
+    for _, leaf in leaf_parsers(p):
+        # Every command: its name in errors, and the one exit-status scheme in --help.
+        leaf.set_defaults(cmd_prog=leaf.prog)
+        if not leaf.epilog or leaf.epilog == EXIT_HELP:
+            leaf.epilog = textwrap.fill(EXIT_HELP, 78)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(args_list)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     try:
-        rc: int = args.func(args)
-    except KeyboardInterrupt:
-        return 130
-    return rc
+        args = parser.parse_command(args_list)
+    except ParseError as exc:
+        return report_error(as_json, exc.prog, EXIT_USAGE, f"{exc} (see {exc.prog} --help)")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_OK
+    return run_command(func, args)
 
 
 if __name__ == "__main__":

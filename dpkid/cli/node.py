@@ -6,11 +6,22 @@ import argparse
 import json
 import secrets
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpkid.cli.common import (
+    EXIT_HELP,
+    EXIT_OK,
+    UsageError,
+    add_json,
+    add_node_args,
+    json_error_where,
+    node_client,
+    print_json,
+    require_home,
+    require_node_home,
+)
 from dpkid.core.crypto import SigningKey
 from dpkid.core.genesis import genesis_to_json
 from dpkid.core.types import Genesis, GenesisAccount, GenesisEndorser, GenesisValidator, Policy
@@ -64,32 +75,50 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    home = Home(Path(args.home))
+    home = Home(require_home(args))
     if home.key_file.exists() and not args.force:
-        print(f"dpkid init: {home.key_file} exists; use --force to overwrite", file=sys.stderr)
-        return 1
+        raise UsageError(f"{home.key_file} exists; use --force to overwrite it")
     key = SigningKey(secrets.token_bytes(32))
-    write_key(home.key_file, key)
-    write_rpc_token(home.path)
-    home.data_dir.mkdir(parents=True, exist_ok=True)
     s = NodeSettings(moniker=args.moniker or home.path.name, listen_port=args.port)
-    home.config_file.write_text(settings_to_toml(s))
+    try:
+        write_key(home.key_file, key)
+        write_rpc_token(home.path)
+        home.data_dir.mkdir(parents=True, exist_ok=True)
+        home.config_file.write_text(settings_to_toml(s))
+    except OSError as exc:
+        raise UsageError(f"cannot write the node home {home.path}: {exc.strerror or exc}") from None
+    doc = {
+        "home": str(home.path),
+        "node_key": str(home.key_file),
+        "public_key": key.public_key.hex(),
+        "address": key.address.hex(),
+        "peer_id": peer_id_of(key.seed),
+        "config": str(home.config_file),
+        "genesis": str(home.genesis_file),
+    }
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
     print(f"initialised {home.path}")
     print(f"  node key      {home.key_file} (mode 0600)")
-    print(f"  public key    {key.public_key.hex()}")
-    print(f"  address       {key.address.hex()}")
-    print(f"  peer id       {peer_id_of(key.seed)}")
+    print(f"  public key    {doc['public_key']}")
+    print(f"  address       {doc['address']}")
+    print(f"  peer id       {doc['peer_id']}")
     print(f"  config        {home.config_file}")
     print(f"  put the chain's genesis.json at {home.genesis_file}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_testnet(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not args.force:
-        print(f"dpkid testnet: {out} is not empty; use --force", file=sys.stderr)
-        return 1
-    out.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"{out} is not empty; use --force to write into it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror or exc}") from None
     n = args.validators
     vals = [SigningKey(secrets.token_bytes(32)) for _ in range(n)]
     ends = [SigningKey(secrets.token_bytes(32)) for _ in range(args.endorsers)]
@@ -141,7 +170,7 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     }
     (out / "testnet.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         print(f"wrote a {n}-validator testnet to {out} (chain {args.chain_id})")
         for i in range(n):
@@ -174,22 +203,25 @@ def cmd_start(args: argparse.Namespace) -> int:
     from dpkid.daemon.logs import setup_logging
     from dpkid.daemon.store import as_store_error
 
-    home = Path(args.home)
+    home = require_home(args)
+    require_node_home(home)
+    # --json: logs as JSON lines (on stderr) and errors as one JSON document.
+    log_format = args.log_format or ("json" if args.json else None)
     try:
         settings = read_settings(Home(home).config_file)
-        setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+        setup_logging(args.log_level or settings.log_level, log_format or settings.log_format)
         read_key(Home(home).key_file)
         daemon = NodeDaemon(home)
     except sqlite3.Error as exc:
         # The store turns its own failures into StoreError; this catches any
         # path it missed, so a bad store never ends in a traceback.
-        print(f"dpkid start: {as_store_error(Home(home).db_file, 'opening', exc)}", file=sys.stderr)
-        return 2
-    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(as_store_error(Home(home).db_file, "opening", exc))) from None
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
         # StoreError (a RuntimeError) lands here: its message is one line that
         # names the file and the way out.
-        print(f"dpkid start: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
 
     async def main() -> None:
         try:
@@ -205,40 +237,49 @@ def cmd_start(args: argparse.Namespace) -> int:
         err = _store_error(exc)
         if err is None:
             raise
-        print(f"dpkid start: stopped: {err}", file=sys.stderr)
-        return 2
-    return 0
+        raise UsageError(f"stopped: {err}") from None
+    return EXIT_OK
 
 
 def cmd_rpc(args: argparse.Namespace) -> int:
-    from dpkid.client.rpc import RpcClientError, call_sync
-
     try:
         params: Any = json.loads(args.params) if args.params else {}
-    except ValueError as exc:
-        print(f"dpkid rpc: params are not JSON: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = call_sync(Path(args.home), args.method, params, socket_path=args.socket)
-    except RpcClientError as exc:
-        print(json.dumps({"error": exc.error}), file=sys.stdout)
-        return 1
-    except OSError as exc:
-        print(f"dpkid rpc: cannot reach the node: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, sort_keys=True))
-    return 0
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"PARAMS {args.params[:60]!r} are not JSON ({json_error_where(exc)}); "
+            """give an object such as '{"height": 1}'"""
+        ) from None
+    if not isinstance(params, (dict, list)):
+        raise UsageError(f"PARAMS must be a JSON object or array, not {args.params[:60]!r}")
+    print_json(node_client(args).call(args.method, params))
+    return EXIT_OK
+
+
+def _parser(sub: Any, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
+def _home_arg(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--home", metavar="DIR", default=None, help=f"{help} (default $DPKID_HOME)")
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("init", help="create one node's home: key (0600), config, data dir")
-    p.add_argument("--home", required=True)
-    p.add_argument("--moniker", default="")
-    p.add_argument("--port", type=int, default=26656)
-    p.add_argument("--force", action="store_true")
+    p = _parser(sub, "init", "create one node's home: key (0600), config, data dir")
+    _home_arg(p, "the node home to create")
+    p.add_argument("--moniker", default="", help="the node's name (default: the home's name)")
+    p.add_argument("--port", type=int, default=26656, help="the p2p listen port")
+    p.add_argument("--force", action="store_true", help="overwrite an existing node key")
+    add_json(p)
     p.set_defaults(func=cmd_init)
 
-    t = sub.add_parser("testnet", help="write a ready local network of N validators")
+    t = _parser(sub, "testnet", "write a ready local network of N validators")
     t.add_argument("--validators", type=int, default=4)
     t.add_argument("--endorsers", type=int, default=3)
     t.add_argument("--accounts", type=int, default=4)
@@ -257,20 +298,30 @@ def add_parsers(sub: Any) -> None:
         "testnet's validators check no domains (attest by hand)",
     )
     t.add_argument("--http-port", type=int, default=80, help="port the http-01 checks connect to")
-    t.add_argument("--out", required=True)
-    t.add_argument("--force", action="store_true")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--out", required=True, metavar="DIR", help="where to write the network")
+    t.add_argument("--force", action="store_true", help="write into a directory that is not empty")
+    add_json(t)
     t.set_defaults(func=cmd_testnet)
 
-    s = sub.add_parser("start", help="run a node until SIGINT/SIGTERM")
-    s.add_argument("--home", required=True)
+    s = _parser(sub, "start", "run a node until SIGINT/SIGTERM")
+    _home_arg(s, "the node home")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     s.add_argument("--log-format", choices=["json", "console", "auto"], default=None)
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="log JSON lines (unless --log-format) and report a failure to start as JSON",
+    )
     s.set_defaults(func=cmd_start)
 
-    r = sub.add_parser("rpc", help="call a JSON-RPC method on a node and print the result")
-    r.add_argument("--home", default=".")
-    r.add_argument("--socket", default=None, help="socket path (default HOME/dpkid.sock)")
-    r.add_argument("method")
-    r.add_argument("params", nargs="?", default="")
+    r = _parser(
+        sub,
+        "rpc",
+        "call a JSON-RPC method on a node and print the result",
+        "Call one JSON-RPC method (protocol/RPC.md) and print its result as JSON. A node's\n"
+        "error reply is exit status 1 (2 for an unknown method or bad params).",
+    )
+    r.add_argument("method", metavar="METHOD")
+    r.add_argument("params", metavar="PARAMS", nargs="?", default="", help="a JSON object")
+    add_node_args(r)
     r.set_defaults(func=cmd_rpc)

@@ -6,31 +6,46 @@
   validators, status                                      (anyone)
 
 Output is for people by default and one JSON document with ``--json``. Errors
-are one line on stderr. Exit status: 0 success, 1 the node refused or the
-thing asked about is not valid (also: a wait that ended without success),
-2 usage or connection error.
+and exit status are those of every command (dpkid/cli/common.py): 0 success,
+1 the node refused or the thing asked about is not valid (also: a wait that
+ended without success), 2 usage, local file or connection error, 3 a wait
+that timed out.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
-import os
 import secrets
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
+from dpkid.cli.common import (
+    EXIT_HELP,
+    EXIT_NO,
+    EXIT_OK,
+    NOT_FOUND,
+    Refused,
+    UsageError,
+    WaitTimeout,
+    add_json,
+    add_node_args,
+    hidden_alias,
+    home_dir,
+    load_genesis,
+    node_client,
+    read_bytes,
+    read_json_file,
+    read_signing_key,
+    write_file,
+)
 from dpkid.client.rpc import (
     ClientTimeout,
-    NodeUnreachable,
     RpcClientError,
     SyncClient,
-    TxDropped,
     app_id_for_tx,
     build_and_submit,
 )
@@ -50,28 +65,10 @@ from dpkid.core.types import (
     TxBody,
     revoke_sign_bytes,
 )
-from dpkid.daemon.config import (
-    GENESIS_FILE,
-    SOCKET_FILE,
-    ConfigError,
-    Home,
-    read_genesis,
-    read_key,
-    read_settings,
-    write_key,
-)
+from dpkid.daemon.config import GENESIS_FILE, write_key
 
-EXIT_OK: Final = 0
-EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
 DEFAULT_TIMEOUT_S: Final = 120.0
 DEFAULT_SCAN_BLOCKS: Final = 200
-# JSON-RPC codes (dpkid.daemon.rpc / rpc_methods), repeated here so that the CLI
-# does not import the server side (and trio) just to name them.
-INVALID_REQUEST: Final = -32600
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
-NOT_FOUND: Final = -32004
 # Allowed RFC 5280 reasons (dpkid.core.state.machine.ALLOWED_REASONS / REASON_NAMES).
 REASONS: Final = {
     "unspecified": 0,
@@ -81,21 +78,6 @@ REASONS: Final = {
     "cessationOfOperation": 5,
     "privilegeWithdrawn": 9,
 }
-EXIT_HELP: Final = (
-    "exit status: 0 success; 1 the node refused, or the result is not valid/issued; "
-    "2 usage or connection error"
-)
-
-
-# ====================================================================== errors
-
-
-class UsageError(Exception):
-    """Bad input from the user (exit 2)."""
-
-
-class Refused(Exception):
-    """The node refused, or the answer is a negative one (exit 1)."""
 
 
 class TxFailed(Refused):
@@ -107,55 +89,6 @@ class TxFailed(Refused):
             f"{res['code_name']}: {res['log']}"
         )
         self.result = res
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Parse errors as one line (plus a pointer to --help), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _rpc_error_text(exc: RpcClientError) -> str:
-    msg = exc.message
-    data = exc.data if isinstance(exc.data, dict) else {}
-    if data.get("name"):
-        return f"node refused: {data['name']}: {msg}"
-    for k in ("cert_id", "app_id"):
-        if data.get(k):
-            return f"{msg}: {data[k]}"
-    return msg
-
-
-def _runner(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        prog = getattr(args, "cmd_prog", "dpkid")
-
-        def fail(code: int, text: object) -> int:
-            print(f"{prog}: {_one_line(text)}", file=sys.stderr)
-            return code
-
-        try:
-            return fn(args)
-        except (UsageError, ConfigError) as exc:
-            return fail(EXIT_USAGE, exc)
-        except NodeUnreachable as exc:
-            return fail(EXIT_USAGE, exc)
-        except RpcClientError as exc:
-            bad_input = exc.code in (INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND)
-            return fail(EXIT_USAGE if bad_input else EXIT_REFUSED, _rpc_error_text(exc))
-        except (Refused, ClientTimeout, TxDropped) as exc:
-            return fail(EXIT_REFUSED, exc)
-        except BrokenPipeError:  # `dpkid ... | head`: stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return EXIT_OK
-
-    return run
 
 
 # ====================================================================== context
@@ -173,23 +106,11 @@ class Ctx:
         return bool(getattr(self.args, "json", False))
 
     def home(self) -> Path | None:
-        h = getattr(self.args, "home", None) or os.environ.get("DPKID_HOME")
-        return Path(h) if h else None
+        return home_dir(self.args)
 
     def client(self) -> SyncClient:
         if self._client is None:
-            sock = getattr(self.args, "socket", None)
-            home = self.home()
-            if sock:
-                self._client = SyncClient(home, socket_path=sock)
-            else:
-                home = home or Path(".")
-                path = home / SOCKET_FILE
-                h = Home(home)
-                if h.config_file.exists():
-                    with contextlib.suppress(ConfigError):
-                        path = h.socket_path(read_settings(h.config_file))
-                self._client = SyncClient(home, socket_path=str(path))
+            self._client = node_client(self.args)
         return self._client
 
     def policy(self) -> Policy | None:
@@ -198,11 +119,7 @@ class Ctx:
             self._policy_loaded = True
             home = self.home()
             if home is not None and (home / GENESIS_FILE).exists():
-                try:
-                    g = read_genesis(home / GENESIS_FILE)
-                except (OSError, ConfigError) as exc:
-                    raise UsageError(f"cannot read {home / GENESIS_FILE}: {exc}") from None
-                self._policy = g.policy
+                self._policy = load_genesis(home / GENESIS_FILE).policy
         return self._policy
 
     def fee(self) -> int:
@@ -242,11 +159,8 @@ class Ctx:
 # ====================================================================== input helpers
 
 
-def _read_account_key(path: str) -> SigningKey:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"key file {p} does not exist")
-    return read_key(p)
+def _read_account_key(path: str, flag: str = "--account-key") -> SigningKey:
+    return read_signing_key(path, flag)
 
 
 def _hex_id(text: str, length: int, what: str) -> str:
@@ -302,13 +216,6 @@ class SubjectInput:
     csr_org: dict[str, str]
 
 
-def _read_bytes(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
 def _vet_spki(spki: bytes, path: str) -> bytes:
     from dpkid.core.keys import SubjectKeyError, parse_spki
 
@@ -319,6 +226,15 @@ def _vet_spki(spki: bytes, path: str) -> bytes:
     return spki
 
 
+def _not_a_dpkid_key(path: str, data: bytes) -> None:
+    """A dpkid key file (JSON) where a certificate's key (PEM/DER) belongs: say so."""
+    if data.lstrip().startswith(b"{") and b'"seed"' in data:
+        raise UsageError(
+            f"{path} is a dpkid key file (an account or endorser key); a certificate's key "
+            "is a PEM or DER private key (give the dpkid key as --account-key)"
+        )
+
+
 def _load_private_key(path: str) -> Any:
     """A PEM or DER private key (unencrypted); None if the file holds no private key."""
     from cryptography.hazmat.primitives.serialization import (
@@ -326,7 +242,8 @@ def _load_private_key(path: str) -> Any:
         load_pem_private_key,
     )
 
-    data = _read_bytes(path, "key")
+    data = read_bytes(path, "key file")
+    _not_a_dpkid_key(path, data)
     loader = load_pem_private_key if b"-----BEGIN" in data else load_der_private_key
     try:
         return loader(data, password=None)
@@ -347,7 +264,8 @@ def _load_subject(path: str) -> SubjectInput:
 
     from dpkid.core.keys import spki_der_of
 
-    data = _read_bytes(path, "key")
+    data = read_bytes(path, "key file")
+    _not_a_dpkid_key(path, data)
     if b"CERTIFICATE REQUEST" in data:
         return _load_csr(path)
     priv = _load_private_key(path)
@@ -367,7 +285,7 @@ def _load_csr(path: str) -> SubjectInput:
 
     from dpkid.core.keys import spki_der_of
 
-    data = _read_bytes(path, "CSR")
+    data = read_bytes(path, "CSR")
     try:
         csr = (
             x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
@@ -455,9 +373,11 @@ def _escrow(ctx: Ctx, cert_type: str) -> int:
         return int(ctx.args.escrow)
     p = ctx.policy()
     if p is None:
+        home = ctx.home()
+        where = f"{home / GENESIS_FILE} does not exist" if home else "no --home was given"
         raise UsageError(
-            "give --escrow: its default, the chain policy's "
-            f"{cert_type} fee, is read from HOME/genesis.json and no --home with one was given"
+            f"give --escrow: its default, the chain policy's {cert_type} fee, is read from "
+            f"HOME/{GENESIS_FILE}, and {where}"
         )
     return _fee_for(p, cert_type)
 
@@ -594,7 +514,7 @@ def cmd_account_new(ctx: Ctx) -> int:
     try:
         write_key(out, key, role="account")
     except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write key file {out}: {exc.strerror or exc}") from None
     ctx.emit(
         {"address": key.address.hex(), "public_key": key.public_key.hex(), "key_file": str(out)},
         _kv(
@@ -610,9 +530,13 @@ def cmd_account_new(ctx: Ctx) -> int:
 
 def cmd_account_show(ctx: Ctx) -> int:
     a = ctx.args
-    if bool(a.address) == bool(a.key):
-        raise UsageError("give an ADDRESS or --key KEY.json (one of them)")
-    addr = _read_account_key(a.key).address.hex() if a.key else _hex_id(a.address, 20, "address")
+    if bool(a.address) == bool(a.account_key):
+        raise UsageError("give an ADDRESS or --account-key ACCOUNT.json (one of them)")
+    addr = (
+        _read_account_key(a.account_key).address.hex()
+        if a.account_key
+        else _hex_id(a.address, 20, "address")
+    )
     acct = ctx.client().account(addr)
     lines = _kv(
         [
@@ -631,8 +555,19 @@ def cmd_account_show(ctx: Ctx) -> int:
 
 def cmd_account_transfer(ctx: Ctx) -> int:
     a = ctx.args
-    key = _read_account_key(a.key)
+    key = _read_account_key(a.account_key)
     to = _hex_id(a.to, 20, "--to address")
+    # Refuse what the ledger would refuse, before anything is signed or sent (a
+    # transfer the balance cannot cover still costs its fee once committed).
+    fee = ctx.fee()
+    acct = ctx.client().account(key.address)
+    need = int(a.amount) + fee
+    if int(acct["balance"]) < need:
+        raise Refused(
+            f"account {key.address.hex()} has {acct['balance']}, too little to send "
+            f"{a.amount} with fee {fee} ({need} needed); nothing was sent",
+            {"balance": int(acct["balance"]), "needed": need},
+        )
     h = ctx.send(key, Transfer(bytes.fromhex(to), a.amount))
     out: dict[str, Any] = {
         "tx_hash": h,
@@ -679,11 +614,10 @@ def _follow(ctx: Ctx, app_id: str, cert_type: str) -> dict[str, Any]:
     try:
         return c.wait_application(app_id, timeout_s=ctx.timeout(), on_update=show)
     except ClientTimeout:
-        if ctx.json:
-            print(json.dumps({"app_id": app_id, "status": "timeout", "application": view}))
-        raise ClientTimeout(
+        raise WaitTimeout(
             f"timed out after {ctx.timeout():g} s; application {app_id} is still "
-            f"{view.get('status', 'pending')} (check later: dpkid cert status {app_id})"
+            f"{view.get('status', 'pending')} (check later: dpkid cert status {app_id})",
+            {"app_id": app_id, "status": "timeout", "application": view},
         ) from None
 
 
@@ -715,20 +649,21 @@ def _report_application(ctx: Ctx, tx_hash: str, res: dict[str, Any], what: str) 
         out["certificate"] = c.cert(final["cert_id"])
         ctx.emit(out, [f"issued: certificate {final['cert_id']}"])
         return EXIT_OK
-    if ctx.json:
-        ctx.emit(out, [])
     raise Refused(
         f"application {app_id} {final['status']}"
-        + (f": {final['close_reason']}" if final.get("close_reason") else "")
+        + (f": {final['close_reason']}" if final.get("close_reason") else ""),
+        out,
     )
 
 
 def cmd_cert_apply(ctx: Ctx) -> int:
     a = ctx.args
     cert_type = a.type.upper()
-    if bool(a.key) == bool(a.csr):
-        raise UsageError("give the subject key as --key KEY.pem or --csr CSR.pem (one of them)")
-    subject = _load_subject(a.key) if a.key else _load_csr(a.csr)
+    if bool(a.cert_key) == bool(a.csr):
+        raise UsageError(
+            "give the certificate's key as --cert-key KEY.pem or --csr CSR.pem (one of them)"
+        )
+    subject = _load_subject(a.cert_key) if a.cert_key else _load_csr(a.csr)
     p = ctx.policy()
     max_names = p.max_domains if p else MAX_DOMAINS_PER_CERT
     names = list(a.domain or [])
@@ -740,7 +675,7 @@ def cmd_cert_apply(ctx: Ctx) -> int:
     org = _build_org(a, cert_type, subject.csr_org)
     escrow = _escrow(ctx, cert_type)
     days = _days(ctx)
-    key = _read_account_key(a.account)
+    key = _read_account_key(a.account_key)
     body = CertApply(
         cert_type=cert_type,
         domains=domains,
@@ -806,10 +741,7 @@ def _prepare(
         "challenge": challenge,
     }
     out = Path(ctx.args.prepare)
-    try:
-        out.write_text(json.dumps(doc, indent=2) + "\n")
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    write_file(out, json.dumps(doc, indent=2) + "\n")
     view = {**doc, "status": "prepared"}
     ctx.emit(
         {**doc, "file": str(out)},
@@ -824,14 +756,18 @@ def _prepare(
 
 def cmd_cert_submit(ctx: Ctx) -> int:
     path = ctx.args.file
+    doc = read_json_file(Path(path), "prepared application")
+    if not isinstance(doc, dict) or doc.get("kind") != PREPARED_KIND:
+        raise UsageError(
+            f"{path} is not a prepared application (write one with dpkid cert apply --prepare)"
+        )
     try:
-        doc = json.loads(_read_bytes(path, "prepared application"))
-        if not isinstance(doc, dict) or doc.get("kind") != PREPARED_KIND:
-            raise ValueError("not a prepared application (dpkid cert apply --prepare)")
         raw = bytes.fromhex(doc["tx"])
         app_id = str(doc["app_id"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: {exc}") from None
+    except KeyError as exc:
+        raise UsageError(f"prepared application {path} has no {exc}") from None
+    except (ValueError, TypeError):
+        raise UsageError(f'prepared application {path}: "tx" is not hex') from None
     from dpkid.core.crypto import sha256
 
     tx_hash = sha256(raw).hex()
@@ -917,7 +853,7 @@ def cmd_cert_status(ctx: Ctx) -> int:
         ]
         good = status in ("pending", "issued")
     ctx.emit({"kind": kind, "status": status, "record": rec}, lines)
-    return EXIT_OK if good else EXIT_REFUSED
+    return EXIT_OK if good else EXIT_NO
 
 
 def cmd_cert_show(ctx: Ctx) -> int:
@@ -967,7 +903,7 @@ def cmd_cert_revoke(ctx: Ctx) -> int:
     a = ctx.args
     cert = _live_cert(ctx, a.id)
     code = REASONS[a.reason]
-    payer = _read_account_key(a.account)
+    payer = _read_account_key(a.account_key)
     key_sig = b""
     if a.cert_key:
         priv = _load_private_key(a.cert_key)
@@ -999,10 +935,10 @@ def cmd_cert_revoke(ctx: Ctx) -> int:
 def cmd_cert_renew(ctx: Ctx) -> int:
     a = ctx.args
     cert = _live_cert(ctx, a.id)
-    key = _read_account_key(a.account)
+    key = _read_account_key(a.account_key)
     if key.address.hex() != cert["owner"]:
         raise Refused(f"account {key.address.hex()} does not own certificate {cert['cert_id']}")
-    new_spki = _load_subject(a.new_key).spki if a.new_key else b""
+    new_spki = _load_subject(a.new_cert_key).spki if a.new_cert_key else b""
     body = CertRenew(
         cert_id=bytes.fromhex(cert["cert_id"]),
         validity_days=_days(ctx),
@@ -1071,7 +1007,7 @@ def _pending_apps(ctx: Ctx, blocks: int) -> Iterator[dict[str, Any]]:
 
 
 def cmd_endorse_list_pending(ctx: Ctx) -> int:
-    key = _read_account_key(ctx.args.key)
+    key = _read_account_key(ctx.args.endorser_key, "--endorser-key")
     me = key.address.hex()
     _active_endorser(ctx, key)
     apps = [
@@ -1104,7 +1040,7 @@ def cmd_endorse_list_pending(ctx: Ctx) -> int:
 
 def _endorse(ctx: Ctx, approve: bool) -> int:
     a = ctx.args
-    key = _read_account_key(a.key)
+    key = _read_account_key(a.endorser_key, "--endorser-key")
     app_id = _hex_id(a.app_id, 32, "application id")
     c = ctx.client()
     try:
@@ -1145,7 +1081,7 @@ def cmd_endorse_reject(ctx: Ctx) -> int:
 
 def cmd_endorse_withdraw(ctx: Ctx) -> int:
     a = ctx.args
-    key = _read_account_key(a.key)
+    key = _read_account_key(a.endorser_key, "--endorser-key")
     cert = _live_cert(ctx, a.cert_id)
     if key.address.hex() not in cert["endorsers"]:
         raise Refused(f"{key.address.hex()} does not endorse certificate {cert['cert_id']}")
@@ -1164,7 +1100,7 @@ def cmd_endorse_withdraw(ctx: Ctx) -> int:
 
 def cmd_endorse_revoke(ctx: Ctx) -> int:
     a = ctx.args
-    key = _read_account_key(a.key)
+    key = _read_account_key(a.endorser_key, "--endorser-key")
     cert = _live_cert(ctx, a.cert_id)
     _active_endorser(ctx, key)
     h = ctx.send(key, EndorserRevoke(bytes.fromhex(cert["cert_id"]), REASONS[a.reason]))
@@ -1223,16 +1159,40 @@ def cmd_status(ctx: Ctx) -> int:
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("connection")
-    g.add_argument(
-        "--home",
-        default=None,
-        help="node home: the socket is HOME/dpkid.sock (or config.toml's rpc_socket), "
-        "and the chain policy (fees, validity) is read from HOME/genesis.json; "
-        "default $DPKID_HOME or the current directory",
+    add_node_args(p)
+
+
+def _key_arg(
+    p: argparse.ArgumentParser,
+    flag: str,
+    metavar: str,
+    help: str,
+    required: bool = False,
+    old: Sequence[str] = (),
+) -> None:
+    """A key file flag; the flag's name says which kind of file (see README)."""
+    a = p.add_argument(flag, required=required, metavar=metavar, default=None, help=help)
+    hidden_alias(p, a, *old)
+
+
+def _account_key(
+    p: argparse.ArgumentParser,
+    help: str,
+    required: bool = True,
+    old: Sequence[str] = ("--account",),
+) -> None:
+    _key_arg(p, "--account-key", "ACCOUNT.json", help, required, old)
+
+
+def _endorser_key(p: argparse.ArgumentParser) -> None:
+    _key_arg(
+        p,
+        "--endorser-key",
+        "ENDORSER.json",
+        "the endorser's dpkid key file",
+        required=True,
+        old=("--key",),
     )
-    g.add_argument("--socket", default=None, help="the node's JSON-RPC socket path")
-    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
 
 
 def _tx_opts(p: argparse.ArgumentParser, wait_help: str | None = None) -> None:
@@ -1249,7 +1209,7 @@ def _tx_opts(p: argparse.ArgumentParser, wait_help: str | None = None) -> None:
         type=float,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
-        help=f"give up waiting after S seconds (default {DEFAULT_TIMEOUT_S:g})",
+        help=f"give up waiting after S seconds, exit status 3 (default {DEFAULT_TIMEOUT_S:g})",
     )
 
 
@@ -1264,19 +1224,6 @@ def _prepare_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
-@contextlib.contextmanager
-def _one_line_errors(sub: Any) -> Iterator[None]:
-    """Parsers added to ``sub`` in this block report parse errors in one line."""
-    old = getattr(sub, "_parser_class", None)
-    if old is not None:
-        sub._parser_class = _OneLineParser
-    try:
-        yield
-    finally:
-        if old is not None:
-            sub._parser_class = old
-
-
 def _leaf(
     sub: Any, name: str, fn: Callable[[Ctx], int], help: str, description: str = ""
 ) -> argparse.ArgumentParser:
@@ -1287,19 +1234,18 @@ def _leaf(
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.set_defaults(func=_runner(lambda args: fn(Ctx(args))), cmd_prog=p.prog)
+    p.set_defaults(func=lambda args: fn(Ctx(args)))
     return p
 
 
 def add_parsers(sub: Any) -> None:
-    with _one_line_errors(sub):
-        _add_account(sub)
-        _add_cert(sub)
-        _add_endorse(sub)
-        v = _leaf(sub, "validators", cmd_validators, "list the current validator set")
-        _connection(v)
-        s = _leaf(sub, "status", cmd_status, "show a node's chain, height, peers and sync state")
-        _connection(s)
+    _add_account(sub)
+    _add_cert(sub)
+    _add_endorse(sub)
+    v = _leaf(sub, "validators", cmd_validators, "list the current validator set")
+    _connection(v)
+    s = _leaf(sub, "status", cmd_status, "show a node's chain, height, peers and sync state")
+    _connection(s)
 
 
 def _group(sub: Any, name: str, help: str) -> Any:
@@ -1310,17 +1256,24 @@ def _group(sub: Any, name: str, help: str) -> Any:
 def _add_account(sub: Any) -> None:
     ss = _group(sub, "account", "create and inspect accounts, send tokens")
     p = _leaf(ss, "new", cmd_account_new, "create an account key file (mode 0600)")
-    p.add_argument("--out", required=True, metavar="KEY.json", help="where to write the key")
+    p.add_argument("--out", required=True, metavar="ACCOUNT.json", help="where to write the key")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    add_json(p)
 
     p = _leaf(ss, "show", cmd_account_show, "show an account's balance and nonce")
     p.add_argument("address", nargs="?", help="account address (40 hex digits)")
-    p.add_argument("--key", metavar="KEY.json", help="show the account of this key file")
+    _account_key(p, "show the account of this dpkid key file", required=False, old=("--key",))
     _connection(p)
 
-    p = _leaf(ss, "transfer", cmd_account_transfer, "send tokens to another account")
-    p.add_argument("--key", required=True, metavar="KEY.json", help="the sending account's key")
+    p = _leaf(
+        ss,
+        "transfer",
+        cmd_account_transfer,
+        "send tokens to another account",
+        "Send tokens. The sender's committed balance is checked first: a transfer it\n"
+        "cannot cover (amount plus fee) is refused, exit status 1, and nothing is sent.",
+    )
+    _account_key(p, "the sending account's dpkid key file", old=("--key",))
     p.add_argument("--to", required=True, metavar="ADDRESS", help="recipient address")
     p.add_argument("--amount", required=True, type=_positive, metavar="N")
     _tx_opts(p, "wait until the transfer is committed and show the new balance")
@@ -1328,7 +1281,7 @@ def _add_account(sub: Any) -> None:
 
 
 def _add_cert(sub: Any) -> None:
-    ss = _group(sub, "cert", "apply for, inspect, renew and revoke certificates")
+    ss = _group(sub, "cert", "apply for, inspect, export, renew and revoke certificates")
     p = _leaf(
         ss,
         "apply",
@@ -1336,9 +1289,9 @@ def _add_cert(sub: Any) -> None:
         "apply for a DV, OV or EV certificate",
         "Apply for a certificate and print the domain-control challenges to publish.\n"
         "Domain names may be given in Unicode (U-labels); they are converted to A-labels.\n"
-        "The subject key is read from a PEM (or DER) private or public key, or from a CSR\n"
-        "whose signature is verified; a CSR's DNS subjectAltNames are used when no --domain\n"
-        "is given. The escrow defaults to the policy fee of the type, read from\n"
+        "The certificate's key is read from a PEM (or DER) private or public key, or from\n"
+        "a CSR whose signature is verified; a CSR's DNS subjectAltNames are used when no\n"
+        "--domain is given. The escrow defaults to the policy fee of the type, read from\n"
         "HOME/genesis.json (so give --escrow when connecting with --socket only).",
     )
     p.add_argument(
@@ -1348,11 +1301,12 @@ def _add_cert(sub: Any) -> None:
         "--domain", action="append", metavar="D", help="a name to certify (repeat for more)"
     )
     k = p.add_mutually_exclusive_group()
-    k.add_argument("--key", metavar="KEY.pem", help="subject private or public key (PEM/DER)")
-    k.add_argument("--csr", metavar="CSR.pem", help="a certificate signing request (PEM/DER)")
-    p.add_argument(
-        "--account", required=True, metavar="ACCOUNT_KEY.json", help="the paying applicant"
+    ck = k.add_argument(
+        "--cert-key", metavar="KEY.pem", help="the certificate's private or public key (PEM/DER)"
     )
+    hidden_alias(p, ck, "--key")
+    k.add_argument("--csr", metavar="CSR.pem", help="a certificate signing request (PEM/DER)")
+    _account_key(p, "the paying applicant's dpkid key file")
     org = p.add_argument_group("organization (OV and EV only)")
     for name, what in (
         ("name", "legal name (required; default: the CSR's O)"),
@@ -1401,14 +1355,14 @@ def _add_cert(sub: Any) -> None:
         "revoke",
         cmd_cert_revoke,
         "revoke a certificate (as its owner, or as the holder of its key)",
-        "Revoke a certificate. The owning account revokes with --account alone; whoever\n"
-        "holds the certificate's private key revokes with --cert-key KEY.pem, paying the\n"
-        "fee from --account.",
+        "Revoke a certificate. The owning account revokes with --account-key alone;\n"
+        "whoever holds the certificate's private key revokes with --cert-key KEY.pem,\n"
+        "paying the fee from --account-key.",
     )
     p.add_argument("id", metavar="ID", help="certificate id")
     p.add_argument("--reason", required=True, choices=list(REASONS))
-    p.add_argument("--account", required=True, metavar="KEY.json", help="owner or payer account")
-    p.add_argument("--cert-key", metavar="KEY.pem", help="the certificate's private key")
+    _account_key(p, "the owner's or payer's dpkid key file")
+    p.add_argument("--cert-key", metavar="KEY.pem", help="the certificate's private key (PEM/DER)")
     _tx_opts(p)
     _connection(p)
 
@@ -1419,34 +1373,23 @@ def _add_cert(sub: Any) -> None:
         "renew a certificate (optionally rotating its key); validation runs again",
     )
     p.add_argument("id", metavar="ID", help="certificate id")
-    p.add_argument("--account", required=True, metavar="KEY.json", help="the owning account")
-    p.add_argument("--new-key", metavar="KEY.pem", help="new subject key (private, public or CSR)")
+    _account_key(p, "the owning account's dpkid key file")
+    _key_arg(
+        p,
+        "--new-cert-key",
+        "KEY.pem",
+        "the certificate's new key (private, public or CSR; PEM/DER)",
+        old=("--new-key",),
+    )
     p.add_argument("--days", type=_positive, default=None)
     p.add_argument("--escrow", type=_non_negative, default=None)
     _prepare_opt(p)
     _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
     _connection(p)
-    _add_cert_export(ss)
 
+    from dpkid.cli.verify import add_export_parser
 
-def _add_cert_export(ss: Any) -> None:
-    from dpkid.cli.verify import cmd_export
-
-    e = ss.add_parser(
-        "export",
-        help="write an issued certificate as an X.509 v3 PEM (checked against a proof)",
-        description="Fetch the certificate record with its Merkle proof, check the proof, and\n"
-        "write it as X.509 v3. With --key (the subject private key) the certificate is\n"
-        "self-signed, proving possession; otherwise it is signed by the chain's public\n"
-        "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    e.add_argument("cert_id", help="certificate id (64 hex digits)")
-    e.add_argument("--home", default=None, help="node home (socket HOME/dpkid.sock)")
-    e.add_argument("--socket", dest="rpc", default=None, help="node RPC socket path")
-    e.add_argument("--key", default=None, help="subject private key PEM: self-sign")
-    e.add_argument("--out", default=None, metavar="FILE.pem", help="write here (default stdout)")
-    e.set_defaults(func=cmd_export)
+    add_export_parser(ss, "export")
 
 
 def _add_endorse(sub: Any) -> None:
@@ -1460,7 +1403,7 @@ def _add_endorse(sub: Any) -> None:
         "There is no RPC that lists applications: this scans the transactions of the\n"
         "last --blocks blocks for applications and renewals, so older ones are missed.",
     )
-    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    _endorser_key(p)
     p.add_argument("--blocks", type=_positive, default=DEFAULT_SCAN_BLOCKS, metavar="N")
     _connection(p)
 
@@ -1470,7 +1413,7 @@ def _add_endorse(sub: Any) -> None:
     ):
         p = _leaf(ss, name, fn, helptext)
         p.add_argument("app_id", metavar="APP_ID")
-        p.add_argument("--key", required=True, metavar="ENDORSER.json")
+        _endorser_key(p)
         p.add_argument("--reason", required=name == "reject", default=None)
         _tx_opts(p)
         _connection(p)
@@ -1482,7 +1425,7 @@ def _add_endorse(sub: Any) -> None:
         "withdraw this endorser's endorsement of an issued certificate",
     )
     p.add_argument("cert_id", metavar="CERT_ID")
-    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    _endorser_key(p)
     p.add_argument("--reason", default=None)
     _tx_opts(p)
     _connection(p)
@@ -1494,7 +1437,7 @@ def _add_endorse(sub: Any) -> None:
         "vote to revoke an OV/EV certificate (revoked once the policy quorum votes)",
     )
     p.add_argument("cert_id", metavar="CERT_ID")
-    p.add_argument("--key", required=True, metavar="ENDORSER.json")
+    _endorser_key(p)
     p.add_argument("--reason", required=True, choices=list(REASONS))
     _tx_opts(p)
     _connection(p)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from dpkid.cli.common import EXIT_HELP, EXIT_NO, EXIT_OK, UsageError, add_json, print_json
 from dpkid.sim.runner import run_scenario
 from dpkid.sim.settings import Scenario, ScenarioError, scenario_from_toml, validate
 
@@ -52,9 +52,14 @@ def plot(report: dict[str, Any], out: Path) -> None:
 def cmd_sim_run(args: argparse.Namespace) -> int:
     try:
         sc = load_scenario(args.scenario)
-    except (OSError, ScenarioError, ValueError, TypeError) as exc:
-        print(f"dpkid sim: cannot load {args.scenario}: {exc}")
-        return 2
+    except FileNotFoundError:
+        raise UsageError(f"scenario {args.scenario} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read scenario {args.scenario}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"scenario {args.scenario} is not a TOML manifest (not text)") from None
+    except (ScenarioError, ValueError, TypeError) as exc:
+        raise UsageError(f"scenario {args.scenario}: {exc}") from None
     if args.seed is not None:
         sc.seed = args.seed
     if args.peers is not None:
@@ -62,8 +67,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     try:
         validate(sc)  # the overrides must still fit the partitions and crashes
     except ScenarioError as exc:
-        print(f"dpkid sim: {args.scenario} with these options: {exc}")
-        return 2
+        raise UsageError(f"{args.scenario} with these options: {exc}") from None
     repro = repro_command(args.scenario, sc.seed, args.peers)
     report = run_scenario(sc, repro, time.perf_counter, time.process_time)
     ok = (
@@ -78,7 +82,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     if not ok:
         out["reproduce"] = repro
     if args.json:
-        print(json.dumps(out, sort_keys=True))
+        print_json(out)
     else:
         print(
             f"scenario {out['scenario']}  seed {out['seed']}  signature check: {out['sig_check']}"
@@ -110,20 +114,28 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"plot written to {args.plot}")
     if not ok:
-        print(f"VIOLATION with seed {sc.seed}; reproduce with: {repro}")
-        return 1
-    return 0
+        if not args.json:  # under --json, out["reproduce"] says it
+            print(f"VIOLATION with seed {sc.seed}; reproduce with: {repro}")
+        return EXIT_NO
+    return EXIT_OK
 
 
 def add_parser(sub: Any) -> None:
-    s = sub.add_parser("sim", help="deterministic network simulation of many peers")
+    s = sub.add_parser(
+        "sim", help="deterministic network simulation of many peers", epilog=EXIT_HELP
+    )
     ssub = s.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
-    r = ssub.add_parser("run", help="run a scenario manifest (simulations/*.toml)")
+    r = ssub.add_parser(
+        "run",
+        help="run a scenario manifest (simulations/*.toml)",
+        description="Run a scenario manifest; exit 1 on a safety, policy or liveness violation.",
+        epilog=EXIT_HELP,
+    )
     r.add_argument("scenario", help="path to a scenario .toml")
     r.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     r.add_argument(
         "--peers", type=int, default=None, help="override the peer count (full nodes fill up)"
     )
-    r.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(r)
     r.add_argument("--plot", metavar="FILE.png", help="plot committed tx/s and latency")
     r.set_defaults(func=cmd_sim_run)

@@ -1,142 +1,223 @@
-"""`dpkid verify` and `dpkid export-cert`: light-client checks and X.509 export."""
+"""`dpkid verify` and `dpkid cert export`: light-client checks and X.509 export."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dpkid.client.lightclient import VerifyError
-from dpkid.client.rpc import RpcClientError, call_sync
-from dpkid.core.types import Genesis
-from dpkid.daemon.config import ConfigError, read_genesis
+from dpkid.cli.common import (
+    EXIT_HELP,
+    EXIT_NO,
+    EXIT_OK,
+    Progress,
+    Refused,
+    UsageError,
+    add_node_args,
+    hidden_alias,
+    node_call,
+    node_client,
+    print_json,
+    progress_for,
+    read_bytes,
+    trusted_genesis,
+    write_file,
+)
+from dpkid.client.lightclient import CertVerdict
+from dpkid.core.types import Header
 
 
-def rpc_for(args: argparse.Namespace) -> Any:
-    home = Path(args.home) if getattr(args, "home", None) else Path(".")
-    sock = getattr(args, "rpc", None)
+def header_progress(progress: Progress) -> Callable[[Header, int], None]:
+    """An ``on_header`` for the light-client walk: "verified headers N/M"."""
 
-    def call(method: str, params: dict[str, Any]) -> Any:
-        return call_sync(home, method, params, socket_path=sock)
+    def on_header(header: Header, target: int) -> None:
+        progress(f"verifying headers from genesis: {header.height}/{target}")
+        if header.height == target:
+            progress.done(f"verified {target} headers")
 
-    return call
+    return on_header
 
 
-def trusted_genesis(args: argparse.Namespace) -> Genesis:
-    path = (
-        Path(args.trust)
-        if args.trust
-        else (Path(args.home) / "genesis.json" if args.home else None)
-    )
-    if path is None:
-        raise ConfigError("give --trust genesis.json (or --home of a node whose genesis you trust)")
+def verdict_doc(verdict: CertVerdict) -> dict[str, Any]:
+    return verdict.as_json()
+
+
+def not_checkable(reason: str) -> dict[str, Any]:
+    """The verdict document of a certificate the ledger cannot speak for."""
+    return {
+        "valid": False,
+        "status": "unknown",
+        "reason": reason,
+        "height": None,
+        "time_ms": None,
+        "cert_type": None,
+        "certificate": None,
+    }
+
+
+def load_certificate(path: str) -> Any:
+    """The ParsedCert of a PEM/DER file; UsageError names the file and what it is."""
+    from dpkid.client.verify import NotACertificate, parse_pem
+
+    data = read_bytes(path, "certificate")
     try:
-        return read_genesis(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        return parse_pem(data)
+    except NotACertificate as exc:
+        raise UsageError(f"{path} is {exc}") from None
+
+
+def print_verdict(args: argparse.Namespace, doc: dict[str, Any], lines: list[str]) -> int:
+    if args.json:
+        print_json(doc)
+    else:
+        for line in lines:
+            print(line)
+    return EXIT_OK if doc["valid"] else EXIT_NO
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dpkid.client.verify import parse_pem, verify_certificate
+    from dpkid.client.verify import CertificateError, verify_certificate
 
+    genesis = trusted_genesis(args)
+    parsed = load_certificate(args.cert)
     try:
-        genesis = trusted_genesis(args)
-        pem = Path(args.cert).read_bytes()
-        parsed = parse_pem(pem)
-        verdict = verify_certificate(rpc_for(args), genesis, parsed, max_header_age_s=args.max_age)
-    except (ConfigError, OSError) as exc:
-        return _fail(args, 2, f"error: {exc}")
-    except VerifyError as exc:
-        return _fail(args, 2, f"verification error (do not trust this node): {exc}")
-    except RpcClientError as exc:
-        return _fail(args, 2, f"node error: {exc.message}")
-    out = verdict.as_json()
-    if args.json:
-        print(json.dumps(out, sort_keys=True))
-    else:
-        word = "VALID" if verdict.valid else "NOT VALID"
-        typ = verdict.cert.cert_type if verdict.cert else "-"
-        print(f"{word}: {verdict.reason}")
-        print(f"  status {verdict.status}, type {typ}, judged at verified height {verdict.height}")
-        if verdict.cert:
-            print(f"  domains {', '.join(verdict.cert.domains)}")
-            print(f"  certificate id {verdict.cert.cert_id.hex()}")
-    return 0 if verdict.valid else 1
+        verdict = verify_certificate(
+            node_call(args),
+            genesis,
+            parsed,
+            max_header_age_s=args.max_age,
+            on_header=header_progress(progress_for(args)),
+        )
+    except CertificateError as exc:
+        reason = f"{args.cert}: {exc}"
+        return print_verdict(args, not_checkable(reason), [f"NOT VALID: {reason}"])
+    typ = verdict.cert.cert_type if verdict.cert else "-"
+    lines = [
+        f"{'VALID' if verdict.valid else 'NOT VALID'}: {verdict.reason}",
+        f"  status {verdict.status}, type {typ}, judged at verified height {verdict.height}",
+    ]
+    if verdict.cert:
+        lines.append(f"  domains {', '.join(verdict.cert.domains)}")
+        lines.append(f"  certificate id {verdict.cert.cert_id.hex()}")
+    return print_verdict(args, verdict_doc(verdict), lines)
 
 
-def _fail(args: argparse.Namespace, code: int, msg: str) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"valid": False, "status": "error", "reason": msg}))
-    else:
-        print(f"dpkid: {msg}", file=sys.stderr)
-    return code
+def _cert_id(text: str) -> bytes:
+    t = text.strip().lower().removeprefix("0x")
+    try:
+        cert_id = bytes.fromhex(t)
+    except ValueError:
+        cert_id = b""
+    if len(cert_id) != 32:
+        raise UsageError(f"the certificate id is 64 hex digits, not {text[:80]!r}")
+    return cert_id
+
+
+def _subject_key(path: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    data = read_bytes(path, "key file")
+    if data.lstrip().startswith(b"{") and b'"seed"' in data:
+        raise UsageError(
+            f"{path} is a dpkid key file (an account or endorser key); --cert-key takes the "
+            "certificate's private key (PEM or DER)"
+        )
+    loader = (
+        serialization.load_pem_private_key
+        if b"-----BEGIN" in data
+        else serialization.load_der_private_key
+    )
+    try:
+        return loader(data, password=None)
+    except TypeError:
+        raise UsageError(f"{path} is an encrypted private key; give it unencrypted") from None
+    except Exception:
+        raise UsageError(f"{path} is not a private key (PEM or DER)") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-
     from dpkid.client.lightclient import decode_header
     from dpkid.client.x509 import ExportError, to_pem, to_x509
     from dpkid.core.state.proofs import ProofError, decode_proof, verify_cert
 
+    cert_id = _cert_id(args.cert_id)
+    key = _subject_key(args.cert_key) if args.cert_key else None
+    client = node_client(args)
+    status = client.status()
+    res = client.call("cert_proof", {"cert_id": cert_id.hex()})
+    header = decode_header(res["header_bytes"])
     try:
-        cert_id = bytes.fromhex(args.cert_id)
-        if len(cert_id) != 32:
-            raise ValueError
-    except ValueError:
-        print("dpkid export-cert: the certificate id is 64 hex digits", file=sys.stderr)
-        return 2
-    try:
-        rpc = rpc_for(args)
-        status = rpc("status", {})
-        res = rpc("cert_proof", {"cert_id": cert_id.hex()})
-        header = decode_header(res["header_bytes"])
         cert = verify_cert(header.app_hash, cert_id, decode_proof(bytes.fromhex(res["proof"])))
-        if cert is None:
-            print(
-                f"dpkid export-cert: no certificate {args.cert_id} on the ledger", file=sys.stderr
-            )
-            return 1
-        key = None
-        if args.key:
-            loaded = serialization.load_pem_private_key(Path(args.key).read_bytes(), password=None)
-            key = loaded
-        x = to_x509(cert, status["chain_id"], header.height, signing_key=key)  # type: ignore[arg-type]
-    except (OSError, ValueError, ExportError, ProofError, VerifyError) as exc:
-        print(f"dpkid export-cert: {exc}", file=sys.stderr)
-        return 2
-    except RpcClientError as exc:
-        print(f"dpkid export-cert: node error: {exc.message}", file=sys.stderr)
-        return 1
+    except (ProofError, ValueError) as exc:
+        raise UsageError(f"the node's proof for {cert_id.hex()} does not verify: {exc}") from None
+    if cert is None:
+        raise Refused(f"no certificate {cert_id.hex()} on the ledger")
+    try:
+        x = to_x509(cert, status["chain_id"], header.height, signing_key=key)
+    except ExportError as exc:
+        raise UsageError(f"{args.cert_key}: {exc}") from None
     pem = to_pem(x)
     if args.out:
-        Path(args.out).write_bytes(pem)
+        write_file(Path(args.out), pem, "certificate")
+    if args.json:
+        print_json(
+            {
+                "cert_id": cert_id.hex(),
+                "file": args.out,
+                "pem": pem.decode(),
+                "self_signed": key is not None,
+            }
+        )
+    elif args.out:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(pem.decode())
-    return 0
+    return EXIT_OK
+
+
+def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
+    """`cert export` (and its hidden old name, the top-level `export-cert`)."""
+    text = "write an issued certificate as an X.509 v3 PEM (checked against a proof)"
+    kw: dict[str, Any] = {} if hidden else {"help": text}
+    e = sub.add_parser(
+        name,
+        description="Fetch the certificate record with its Merkle proof, check the proof, and\n"
+        "write it as X.509 v3. With --cert-key (the certificate's private key) it is\n"
+        "self-signed, proving possession; otherwise it is signed by the chain's public\n"
+        "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
+    e.add_argument("cert_id", metavar="CERT_ID", help="certificate id (64 hex digits)")
+    k = e.add_argument(
+        "--cert-key",
+        metavar="KEY.pem",
+        default=None,
+        help="the certificate's private key: self-sign",
+    )
+    hidden_alias(e, k, "--key")
+    e.add_argument("--out", default=None, metavar="FILE.pem", help="write here (default stdout)")
+    add_node_args(e)
+    e.set_defaults(func=cmd_export)
 
 
 def add_parsers(sub: Any) -> None:
-    v = sub.add_parser("verify", help="verify a certificate against the ledger, trusting no node")
-    v.add_argument("cert", help="certificate file (PEM or DER)")
-    v.add_argument(
-        "--home", default=None, help="a node home (its socket; its genesis if no --trust)"
+    v = sub.add_parser(
+        "verify",
+        help="verify a certificate against the ledger, trusting no node",
+        description="Verify a certificate against the ledger, trusting only the genesis: every\n"
+        "header's commit from genesis up, then the certificate's Merkle proof. Exit 0 valid,\n"
+        "1 not valid (revoked, expired, unknown, another chain), 2 no answer could be had\n"
+        "(a bad file, the node unreachable, or answers that do not verify).",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("--rpc", default=None, help="path of a node's RPC socket")
-    v.add_argument("--trust", default=None, help="the genesis.json you trust")
+    v.add_argument("cert", metavar="CERT.pem", help="certificate file (PEM or DER)")
     v.add_argument("--max-age", type=int, default=600, help="reject headers older than this (s)")
-    v.add_argument("--json", action="store_true")
+    add_node_args(v, genesis=True)
     v.set_defaults(func=cmd_verify)
 
-    e = sub.add_parser("export-cert", help="write an issued certificate as X.509 PEM")
-    e.add_argument("cert_id")
-    e.add_argument("--home", default=None)
-    e.add_argument("--rpc", default=None)
-    e.add_argument(
-        "--key", default=None, help="subject private key PEM: self-sign (proves possession)"
-    )
-    e.add_argument("--out", default=None)
-    e.set_defaults(func=cmd_export)
+    add_export_parser(sub, "export-cert", hidden=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from dpkid.client.lightclient import (
@@ -29,7 +30,7 @@ from dpkid.client.lightclient import (
 )
 from dpkid.client.x509 import claimed_type, parse_ledger_ref
 from dpkid.core.consensus.messages import header_hash
-from dpkid.core.node.core import valset_hash
+from dpkid.core.consensus.validity import valset_hash
 from dpkid.core.state.proofs import decode_proof
 from dpkid.core.types import Genesis, Header
 
@@ -37,6 +38,16 @@ RpcCall = Callable[[str, dict[str, Any]], Any]
 DEFAULT_MAX_HEADER_AGE_S = 600
 HEADERS_PAGE = 100
 MAX_HEADERS = 1_000_000
+
+
+class CertificateError(VerifyError):
+    """The certificate itself cannot be checked against this ledger: it carries
+    no dpkid ledger reference, or it names another chain. A fault of the file,
+    not of the node asked."""
+
+
+class NotACertificate(CertificateError):
+    """The bytes are not an X.509 certificate (PEM or DER) at all."""
 
 
 @dataclass
@@ -49,26 +60,41 @@ class ParsedCert:
 
 
 def parse_pem(pem: bytes) -> ParsedCert:
-    try:
-        c = x509.load_pem_x509_certificate(pem)
-    except ValueError:
+    """A certificate's checkable fields from PEM or DER bytes. NotACertificate
+    (a VerifyError) completes "FILE is ...": what the bytes are instead."""
+    if b"-----BEGIN" in pem:
         try:
-            c = x509.load_der_x509_certificate(pem)
-        except ValueError as exc:
-            raise VerifyError(f"not an X.509 certificate: {exc}") from None
+            c = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            label = pem.split(b"-----BEGIN", 1)[1].split(b"-----", 1)[0].strip()
+            if label and label != b"CERTIFICATE" and len(label) < 40 and label.isascii():
+                raise NotACertificate(
+                    f"not a PEM certificate (it holds a {label.decode()})"
+                ) from None
+            raise NotACertificate("not a PEM certificate (its PEM block does not parse)") from None
+        return parsed_from_x509(c)
+    try:
+        c = x509.load_der_x509_certificate(pem)
+    except ValueError:
+        raise NotACertificate("not a PEM certificate (nor a DER one)") from None
     return parsed_from_x509(c)
 
 
 def parsed_from_x509(c: x509.Certificate) -> ParsedCert:
-    ref = parse_ledger_ref(c)
     try:
-        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        domains = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        domains = []
-    spki = c.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+        ref = parse_ledger_ref(c)
+        try:
+            san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            domains = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            domains = []
+        spki = c.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise NotACertificate(
+            f"a certificate whose key or extensions cannot be read ({exc})"
+        ) from None
     return ParsedCert(
         ref["cert_id"] if ref else None,
         ref["chain_id"] if ref else None,
@@ -81,7 +107,8 @@ def parsed_from_x509(c: x509.Certificate) -> ParsedCert:
 def walk_headers(
     rpc: RpcCall, genesis: Genesis, upto: int, on_header: Callable[[Header], None] | None = None
 ) -> TrustedState:
-    """Verify every header 1..upto from the genesis set, following set changes."""
+    """Verify every header 1..upto from the genesis set, following set changes;
+    ``on_header`` sees each verified header (progress, hashes)."""
     t = trust_genesis(genesis)
     while t.height < upto:
         page = rpc(
@@ -113,17 +140,23 @@ def verify_certificate(
     parsed: ParsedCert,
     now_ms: int | None = None,
     max_header_age_s: int = DEFAULT_MAX_HEADER_AGE_S,
+    on_header: Callable[[Header, int], None] | None = None,
 ) -> CertVerdict:
+    """The verdict on ``parsed``; ``on_header(header, target_height)`` sees each
+    header of the light-client walk as it is verified (for progress)."""
     if parsed.chain_id is not None and parsed.chain_id != genesis.chain_id:
-        raise VerifyError(
+        raise CertificateError(
             f"certificate is from chain {parsed.chain_id!r}, we trust {genesis.chain_id!r}"
         )
     cert_id = parsed.cert_id
     if cert_id is None:
-        raise VerifyError("certificate carries no dpkid ledger reference")
+        raise CertificateError("certificate carries no dpkid ledger reference")
     res = rpc("cert_proof", {"cert_id": cert_id.hex()})
     header = decode_header(res["header_bytes"])
-    trusted = walk_headers(rpc, genesis, header.height)
+    target = header.height
+    trusted = walk_headers(
+        rpc, genesis, target, None if on_header is None else lambda hd: on_header(hd, target)
+    )
     assert trusted.header is not None
     if header_hash(trusted.header) != header_hash(header):
         raise VerifyError("the proof's header is not the one the verified chain has at that height")

@@ -69,6 +69,15 @@ def ledger_ref(chain_id: str, height: int, cert_id: bytes, log_index: int) -> st
     return f"dpkid:{chain_id}:{height}:{cert_id.hex()}:{log_index}"
 
 
+def ledger_ref_extension(
+    chain_id: str, height: int, cert_id: bytes, log_index: int
+) -> x509.UnrecognizedExtension:
+    """The X.509 extension that points at the ledger record (non-critical)."""
+    return x509.UnrecognizedExtension(
+        OID_LEDGER_REF, _der_utf8(ledger_ref(chain_id, height, cert_id, log_index))
+    )
+
+
 def parse_ledger_ref(cert: x509.Certificate) -> dict[str, Any] | None:
     try:
         ext = cert.extensions.get_extension_for_oid(OID_LEDGER_REF)
@@ -168,10 +177,7 @@ def to_x509(
             critical=False,
         )
         .add_extension(
-            x509.UnrecognizedExtension(
-                OID_LEDGER_REF,
-                _der_utf8(ledger_ref(chain_id, cert.issued_height, cert.cert_id, cert.log_index)),
-            ),
+            ledger_ref_extension(chain_id, cert.issued_height, cert.cert_id, cert.log_index),
             critical=False,
         )
     )
