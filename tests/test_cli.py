@@ -794,7 +794,11 @@ def test_rpc_over_tcp_with_the_token(
     r = run(capsys, monkeypatch, "status", "--rpc", "127.0.0.1:1", "--json")
     assert "--rpc-token" in json_error(r, 2)
     r = run(capsys, monkeypatch, "status", "--rpc", "/tmp/x.sock", "--json")
+    assert "give a socket path as --socket PATH" in json_error(r, 2)
+    r = run(capsys, monkeypatch, "status", "--rpc", "localhost", "--json")
     assert "is not HOST:PORT" in json_error(r, 2)
+    r = run(capsys, monkeypatch, "status", "--rpc", "localhost:1", "--socket", "x", "--json")
+    assert "not both" in json_error(r, 2)
 
 
 def test_transfer_refused_when_the_balance_is_too_low(

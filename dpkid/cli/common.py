@@ -381,6 +381,11 @@ def node_client(args: argparse.Namespace) -> SyncClient:
     if sock and rpc:
         raise UsageError("give the node as --socket PATH or --rpc HOST:PORT, not both")
     if rpc:
+        if "/" in rpc or rpc.endswith(".sock"):
+            raise UsageError(
+                f"--rpc takes HOST:PORT of the node's TCP listener, not {rpc!r}; "
+                "give a socket path as --socket PATH"
+            )
         host, port = parse_host_port(rpc, "--rpc")
         token_file = getattr(args, "rpc_token", None)
         if token_file is None:
