@@ -647,7 +647,12 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
     fails(dpkid("status", "--socket", str(tn.tmp / "none.sock")), 2, "cannot reach the node")
     empty = tn.tmp / "empty-home"
     empty.mkdir(exist_ok=True)
-    fails(dpkid("validators", "--home", str(empty), "--json"), 2, "cannot reach the node")
+    fails(dpkid("validators", "--home", str(empty)), 2, "cannot reach the node")
+    # Under --json the error is the one JSON document on stdout, and stderr is quiet.
+    res = dpkid("validators", "--home", str(empty), "--json")
+    assert res.returncode == 2 and res.stderr == ""
+    doc = json.loads(res.stdout)
+    assert doc["exit_code"] == 2 and "cannot reach the node" in doc["error"]
     fails(dpkid("account", "show", "00" * 20, "--home", str(empty)), 2, "cannot reach the node")
 
 

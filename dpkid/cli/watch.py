@@ -124,7 +124,7 @@ def cmd_tls_check(args: argparse.Namespace) -> int:
         return print_verdict(
             args,
             not_checkable(reason) | {"status": "mismatch"} | extra,
-            [f"NOT VALID: {reason}"],
+            [f"NOT VALID: {reason}", "  status mismatch, judged on the certificate it sent"],
         )
     parsed.domains = [name]
     try:
