@@ -286,12 +286,13 @@ def _load_csr(path: str) -> SubjectInput:
     from dpkid.core.keys import spki_der_of
 
     data = read_bytes(path, "CSR")
+    _not_a_dpkid_key(path, data)
     try:
         csr = (
             x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
         )
-    except ValueError as exc:
-        raise UsageError(f"{path} is not a readable CSR: {exc}") from None
+    except ValueError:
+        raise UsageError(f"{path} is not a certificate signing request (PEM or DER)") from None
     try:
         ok = csr.is_signature_valid
         pub = csr.public_key()
