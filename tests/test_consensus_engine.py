@@ -1863,3 +1863,24 @@ def test_restarted_validators_without_resend_still_move_on_stall_timers() -> Non
     h.feed(Timeout(1, PRECOMMIT_STALL))
     assert h.hs.round == 2 and h.hs.timer_armed()
     assert h.state().locked == (1, "A")  # the lock survived the restart
+
+
+def test_a_height_decided_before_start_starts_no_round() -> None:
+    """L49 holds in any round, also before L10: a node that receives a proposal
+    and 2f+1 precommits before it starts the height has decided it, and start
+    must not begin round 0 of a decided height (sweep seed 86 did, and broke
+    the invariant decision <=> committed)."""
+    h = Harness(me=3)
+    done = St(0, COMMITTED, decision="A")
+    run(
+        h,
+        [
+            # The rules apply to what arrives before start (round 0 is where a
+            # fresh height is), so the proposal is prevoted at once.
+            Step("L22 before start", Prop(0, "A"), prevote(0, "A"), St(0, PREVOTE_STEP)),
+            Step("no quorum yet", pc((0, 1), 0, "A"), NOTHING, St(0, PREVOTE_STEP)),
+            Step("L49-L51 before start", pc(2, 0, "A"), decide(0, "A"), done),
+            Step("start: no round of a decided height", Start(), NOTHING, done),
+            Step("decided: timeouts do nothing", Timeout(0, PROPOSE), NOTHING, done),
+        ],
+    )

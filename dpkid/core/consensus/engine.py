@@ -409,7 +409,11 @@ class HeightState:
         """Begin the height at round 0 (L10: StartRound(0))."""
         self.now_ms = now_ms
         eff: list[Effect] = []
-        if not self._started:
+        if not self._started and self.decision is not None:
+            # Messages that came before start already decided the height (L49
+            # holds in any round): there is no round to start.
+            self._started = True
+        elif not self._started:
             self._started = True
             ss = self.sign_state
             first = 0
