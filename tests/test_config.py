@@ -15,7 +15,13 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpkid.daemon.config import ConfigError, NodeSettings, read_settings, settings_to_toml
+from dpkid.daemon.config import (
+    ConfigError,
+    NodeSettings,
+    read_genesis,
+    read_settings,
+    settings_to_toml,
+)
 
 FIELDS = [f.name for f in fields(NodeSettings)]
 toml_values = st.recursive(
@@ -101,3 +107,25 @@ def test_defaults_are_the_engines_and_the_nodes() -> None:
     assert s.timeout_commit_ms == TimeoutConfig().commit_ms == Scenario().timeout_commit_ms
     assert s.gossip_interval_ms == NodeConfig().gossip_interval_ms == Scenario().gossip_interval_ms
     assert asdict(s).keys() == {f.name for f in fields(NodeSettings)}
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("not json", "not JSON (line 1, column 1)"),
+        ("[]", "not a JSON object"),
+        ('{"genesis_time_ms": 1}', "missing field 'chain_id'"),
+        ('{"chain_id": "c", "genesis_time_ms": "x", "validators": []}', "wrong value"),
+        ('{"chain_id": "c", "policy": 3}', '"policy" is not an object'),
+    ],
+)
+def test_bad_genesis_is_one_line_naming_the_file_and_the_field(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "genesis.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_genesis(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and says in msg, msg
+    assert "KeyError" not in msg and "Expecting" not in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -74,6 +75,15 @@ def test_four_validators_commit_agree_and_include_txs(net: LocalNet) -> None:
         assert b["header"]["evidence_hash"] == (sha256(ev).hex() if ev else "")
     st = [net.rpc(i, "status") for i in range(4)]
     assert all(s["chain_id"] == net.info["chain_id"] and s["peers"] >= 2 for s in st)
+    # A healthy network on the default config logs no warning and no error: an
+    # operator's alerting on warnings must not fire on a good day.
+    for i in range(4):
+        loud = [
+            line
+            for line in net.log_text(i).splitlines()
+            if line.startswith("{") and json.loads(line).get("level") in ("warning", "error")
+        ]
+        assert not loud, f"node{i}: {loud[:3]}"
 
 
 def test_one_validator_down_chain_stays_live_and_it_rejoins(net: LocalNet) -> None:

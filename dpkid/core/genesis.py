@@ -47,9 +47,17 @@ def genesis_to_json(g: Genesis) -> str:
 
 
 def genesis_from_json(text: str) -> Genesis:
+    """Parse and check a genesis; GenesisError says which part is wrong."""
     try:
         d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GenesisError(f"not JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(d, dict):
+        raise GenesisError("not a JSON object")
+    try:
         pol = d.get("policy", {})
+        if not isinstance(pol, dict):
+            raise GenesisError('"policy" is not an object')
         unknown = set(pol) - set(Policy.__struct_fields__)
         if unknown:
             raise GenesisError(f"unknown policy fields: {sorted(unknown)}")
@@ -71,10 +79,13 @@ def genesis_from_json(text: str) -> Genesis:
         )
     except GenesisError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GenesisError(f"bad genesis: {exc}") from None
+    except KeyError as exc:
+        raise GenesisError(f"missing field {exc.args[0]!r}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A value of the wrong type or format (hex, integer); the text names it.
+        raise GenesisError(f"a field has a wrong value ({exc})") from None
     # Round-trip through the canonical codec so every bound is checked.
     try:
         return codec.decode(codec.encode(g), Genesis)
     except codec.DecodeError as exc:
-        raise GenesisError(f"bad genesis: {exc}") from None
+        raise GenesisError(f"out of bounds: {exc}") from None

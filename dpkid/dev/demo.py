@@ -422,7 +422,10 @@ def print_table(steps: list[Step], summary: dict[str, Any]) -> None:
 
 def run_demo(keep: bool, as_json: bool, workdir: str | None) -> int:
     def progress(msg: str) -> None:
-        print(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
+        # Progress of long work goes to stderr, and --json keeps it quiet: stdout
+        # holds only the result (the table, or the one JSON object).
+        if not as_json:
+            print(msg, file=sys.stderr, flush=True)
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="dpkid-demo-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -554,7 +554,10 @@ class NodeCore:
         return self.hs.waiting_for()
 
     def stalled_ms(self, now_ms: int) -> int:
-        """How long consensus has not moved, against the bound the watchdog uses."""
+        """How long consensus has not moved, against the bound the watchdog uses.
+        Before Start nothing is expected to move (and no progress time is known)."""
+        if not self._started:
+            return 0
         return max(0, now_ms - self.last_progress_ms)
 
     def stall_bound_ms(self, rounds: int) -> int:
