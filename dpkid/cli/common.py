@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -249,6 +250,23 @@ def progress_for(args: argparse.Namespace) -> Progress:
 
 
 # ====================================================================== parsers
+
+
+def add_command(
+    sub: Any, name: str, help: str, description: str = "", hidden: bool = False
+) -> argparse.ArgumentParser:
+    """A command's parser under ``sub``: its ``description`` kept as written (default
+    the ``help`` line) and the exit statuses as epilog; ``hidden``, its parent's help
+    does not list it."""
+    kw: dict[str, Any] = {} if hidden else {"help": help}
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        description=description or help,
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
+    return p
 
 
 def hidden_alias(parser: argparse.ArgumentParser, action: argparse.Action, *names: str) -> None:
@@ -505,29 +523,38 @@ def json_error_where(exc: json.JSONDecodeError) -> str:
     return f"line {exc.lineno}, column {exc.colno}"
 
 
-def read_json_file(path: Path, what: str) -> Any:
-    """A JSON document; UsageError names the file and what is wrong with it."""
+@contextmanager
+def _reading(path: str | Path, what: str) -> Iterator[None]:
+    """A missing or unreadable file as a UsageError naming the file and what it is."""
     try:
-        text = path.read_text()
+        yield
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not JSON (it is not text)") from None
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    with _reading(path, what):
+        return Path(path).read_bytes()
+
+
+def read_text(path: str | Path, what: str, not_text: str) -> str:
+    """A text file; one that is not text is the UsageError "{what} {path} {not_text}"."""
+    with _reading(path, what):
+        try:
+            return Path(path).read_text()
+        except UnicodeDecodeError:
+            raise UsageError(f"{what} {path} {not_text}") from None
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON document; UsageError names the file and what is wrong with it."""
+    text = read_text(path, what, "is not JSON (it is not text)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} {path} is not JSON ({json_error_where(exc)})") from None
-
-
-def read_bytes(path: str | Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def write_file(path: Path, data: bytes | str, what: str = "") -> None:

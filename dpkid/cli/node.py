@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpkid.cli.common import (
-    EXIT_HELP,
     EXIT_OK,
     UsageError,
+    add_command,
     add_json,
     add_node_args,
     json_error_where,
@@ -255,23 +255,12 @@ def cmd_rpc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parser(sub: Any, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return p
-
-
 def _home_arg(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--home", metavar="DIR", default=None, help=f"{help} (default $DPKID_HOME)")
 
 
 def add_parsers(sub: Any) -> None:
-    p = _parser(sub, "init", "create one node's home: key (0600), config, data dir")
+    p = add_command(sub, "init", "create one node's home: key (0600), config, data dir")
     _home_arg(p, "the node home to create")
     p.add_argument("--moniker", default="", help="the node's name (default: the home's name)")
     p.add_argument("--port", type=int, default=26656, help="the p2p listen port")
@@ -279,7 +268,7 @@ def add_parsers(sub: Any) -> None:
     add_json(p)
     p.set_defaults(func=cmd_init)
 
-    t = _parser(sub, "testnet", "write a ready local network of N validators")
+    t = add_command(sub, "testnet", "write a ready local network of N validators")
     t.add_argument("--validators", type=int, default=4)
     t.add_argument("--endorsers", type=int, default=3)
     t.add_argument("--accounts", type=int, default=4)
@@ -303,7 +292,7 @@ def add_parsers(sub: Any) -> None:
     add_json(t)
     t.set_defaults(func=cmd_testnet)
 
-    s = _parser(sub, "start", "run a node until SIGINT/SIGTERM")
+    s = add_command(sub, "start", "run a node until SIGINT/SIGTERM")
     _home_arg(s, "the node home")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     s.add_argument("--log-format", choices=["json", "console", "auto"], default=None)
@@ -314,7 +303,7 @@ def add_parsers(sub: Any) -> None:
     )
     s.set_defaults(func=cmd_start)
 
-    r = _parser(
+    r = add_command(
         sub,
         "rpc",
         "call a JSON-RPC method on a node and print the result",

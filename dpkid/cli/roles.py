@@ -31,6 +31,7 @@ from dpkid.cli.common import (
     Refused,
     UsageError,
     WaitTimeout,
+    add_command,
     add_json,
     add_node_args,
     hidden_alias,
@@ -1228,13 +1229,7 @@ def _prepare_opt(p: argparse.ArgumentParser) -> None:
 def _leaf(
     sub: Any, name: str, fn: Callable[[Ctx], int], help: str, description: str = ""
 ) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, name, help, description)
     p.set_defaults(func=lambda args: fn(Ctx(args)))
     return p
 

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dpkid.cli.common import EXIT_HELP, EXIT_NO, EXIT_OK, UsageError, add_json, print_json
+from dpkid.cli.common import (
+    EXIT_HELP,
+    EXIT_NO,
+    EXIT_OK,
+    UsageError,
+    add_json,
+    print_json,
+    read_text,
+)
 from dpkid.sim.runner import run_scenario
 from dpkid.sim.settings import Scenario, ScenarioError, scenario_from_toml, validate
 
@@ -50,14 +58,9 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 
 def cmd_sim_run(args: argparse.Namespace) -> int:
+    text = read_text(args.scenario, "scenario", "is not a TOML manifest (not text)")
     try:
-        sc = load_scenario(args.scenario)
-    except FileNotFoundError:
-        raise UsageError(f"scenario {args.scenario} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario {args.scenario}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"scenario {args.scenario} is not a TOML manifest (not text)") from None
+        sc = scenario_from_toml(text, str(args.scenario))
     except (ScenarioError, ValueError, TypeError) as exc:
         raise UsageError(f"scenario {args.scenario}: {exc}") from None
     if args.seed is not None:

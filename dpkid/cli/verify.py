@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from dpkid.cli.common import (
-    EXIT_HELP,
     EXIT_NO,
     EXIT_OK,
     Progress,
     Refused,
     UsageError,
+    add_command,
     add_node_args,
     hidden_alias,
     node_call,
@@ -26,7 +26,7 @@ from dpkid.cli.common import (
     write_file,
 )
 from dpkid.client.lightclient import CertVerdict
-from dpkid.core.types import Header
+from dpkid.core.types import Genesis, Header
 
 
 def header_progress(progress: Progress) -> Callable[[Header, int], None]:
@@ -38,10 +38,6 @@ def header_progress(progress: Progress) -> Callable[[Header, int], None]:
             progress.done(f"verified {target} headers")
 
     return on_header
-
-
-def verdict_doc(verdict: CertVerdict) -> dict[str, Any]:
-    return verdict.as_json()
 
 
 def not_checkable(reason: str) -> dict[str, Any]:
@@ -77,11 +73,20 @@ def print_verdict(args: argparse.Namespace, doc: dict[str, Any], lines: list[str
     return EXIT_OK if doc["valid"] else EXIT_NO
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def print_ledger_verdict(
+    args: argparse.Namespace,
+    genesis: Genesis,
+    parsed: Any,
+    who: str,
+    lines: Callable[[CertVerdict], list[str]],
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Verify ``parsed`` on the ledger, trusting only ``genesis``, and print the verdict
+    (with ``extra`` in its document). One the ledger cannot speak for is NOT VALID,
+    "``who``: why"."""
     from dpkid.client.verify import CertificateError, verify_certificate
 
-    genesis = trusted_genesis(args)
-    parsed = load_certificate(args.cert)
+    more = extra or {}
     try:
         verdict = verify_certificate(
             node_call(args),
@@ -91,8 +96,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             on_header=header_progress(progress_for(args)),
         )
     except CertificateError as exc:
-        reason = f"{args.cert}: {exc}"
-        return print_verdict(args, not_checkable(reason), [f"NOT VALID: {reason}"])
+        reason = f"{who}: {exc}"
+        return print_verdict(args, not_checkable(reason) | more, [f"NOT VALID: {reason}"])
+    return print_verdict(args, verdict.as_json() | more, lines(verdict))
+
+
+def _verdict_lines(verdict: CertVerdict) -> list[str]:
     typ = verdict.cert.cert_type if verdict.cert else "-"
     lines = [
         f"{'VALID' if verdict.valid else 'NOT VALID'}: {verdict.reason}",
@@ -101,7 +110,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if verdict.cert:
         lines.append(f"  domains {', '.join(verdict.cert.domains)}")
         lines.append(f"  certificate id {verdict.cert.cert_id.hex()}")
-    return print_verdict(args, verdict_doc(verdict), lines)
+    return lines
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    genesis = trusted_genesis(args)
+    parsed = load_certificate(args.cert)
+    return print_ledger_verdict(args, genesis, parsed, args.cert, _verdict_lines)
 
 
 def _cert_id(text: str) -> bytes:
@@ -179,17 +194,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
     """`cert export` (and its hidden old name, the top-level `export-cert`)."""
-    text = "write an issued certificate as an X.509 v3 PEM (checked against a proof)"
-    kw: dict[str, Any] = {} if hidden else {"help": text}
-    e = sub.add_parser(
+    e = add_command(
+        sub,
         name,
-        description="Fetch the certificate record with its Merkle proof, check the proof, and\n"
+        "write an issued certificate as an X.509 v3 PEM (checked against a proof)",
+        "Fetch the certificate record with its Merkle proof, check the proof, and\n"
         "write it as X.509 v3. With --cert-key (the certificate's private key) it is\n"
         "self-signed, proving possession; otherwise it is signed by the chain's public\n"
         "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kw,
+        hidden=hidden,
     )
     e.add_argument("cert_id", metavar="CERT_ID", help="certificate id (64 hex digits)")
     k = e.add_argument(
@@ -205,15 +218,14 @@ def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    v = sub.add_parser(
+    v = add_command(
+        sub,
         "verify",
-        help="verify a certificate against the ledger, trusting no node",
-        description="Verify a certificate against the ledger, trusting only the genesis: every\n"
+        "verify a certificate against the ledger, trusting no node",
+        "Verify a certificate against the ledger, trusting only the genesis: every\n"
         "header's commit from genesis up, then the certificate's Merkle proof. Exit 0 valid,\n"
         "1 not valid (revoked, expired, unknown, another chain), 2 no answer could be had\n"
         "(a bad file, the node unreachable, or answers that do not verify).",
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("cert", metavar="CERT.pem", help="certificate file (PEM or DER)")
     v.add_argument("--max-age", type=int, default=600, help="reject headers older than this (s)")

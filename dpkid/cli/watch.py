@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from dpkid.cli.common import (
-    EXIT_HELP,
     EXIT_NO,
     EXIT_OK,
     Progress,
     UsageError,
     WaitTimeout,
+    add_command,
     add_genesis_arg,
     add_json,
     add_node_args,
@@ -35,8 +35,8 @@ from dpkid.cli.common import (
     trusted_genesis,
     write_file,
 )
-from dpkid.cli.verify import header_progress, not_checkable, print_verdict
-from dpkid.client.lightclient import VerifyError
+from dpkid.cli.verify import not_checkable, print_ledger_verdict, print_verdict
+from dpkid.client.lightclient import CertVerdict, VerifyError
 from dpkid.daemon.config import ConfigError, Home
 
 TLS_PORT: Final = 443
@@ -92,7 +92,7 @@ def _check_name(name: str, given: bool) -> str:
 def cmd_tls_check(args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    from dpkid.client.verify import CertificateError, parsed_from_x509, verify_certificate
+    from dpkid.client.verify import CertificateError, parsed_from_x509
     from dpkid.core.domains import domain_matches
 
     host, port = parse_target(args.target)
@@ -127,26 +127,15 @@ def cmd_tls_check(args: argparse.Namespace) -> int:
             [f"NOT VALID: {reason}", "  status mismatch, judged on the certificate it sent"],
         )
     parsed.domains = [name]
-    try:
-        verdict = verify_certificate(
-            node_call(args),
-            genesis,
-            parsed,
-            max_header_age_s=args.max_age,
-            on_header=header_progress(progress_for(args)),
-        )
-    except CertificateError as exc:
-        reason = f"the certificate of {server}: {exc}"
-        return print_verdict(args, not_checkable(reason) | extra, [f"NOT VALID: {reason}"])
-    word = "VALID" if verdict.valid else "NOT VALID"
-    return print_verdict(
-        args,
-        verdict.as_json() | extra,
-        [
+
+    def lines(verdict: CertVerdict) -> list[str]:
+        word = "VALID" if verdict.valid else "NOT VALID"
+        return [
             f"{word}: {server} ({name}): {verdict.reason}",
             f"  status {verdict.status}, judged at verified height {verdict.height}",
-        ],
-    )
+        ]
+
+    return print_ledger_verdict(args, genesis, parsed, f"the certificate of {server}", lines, extra)
 
 
 # ------------------------------------------------------------------ audit
@@ -491,19 +480,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parser(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help,
-        description=description,
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return p
-
-
 def add_parsers(sub: Any) -> None:
-    t = _parser(
+    t = add_command(
         sub,
         "tls-check",
         "TLS handshake, then verify the server certificate on the ledger",
@@ -530,7 +508,7 @@ def add_parsers(sub: Any) -> None:
     add_node_args(t, genesis=True)
     t.set_defaults(func=cmd_tls_check)
 
-    a = _parser(
+    a = add_command(
         sub,
         "audit",
         "verify every header, commit, link and log consistency",
@@ -545,7 +523,7 @@ def add_parsers(sub: Any) -> None:
     add_node_args(a, genesis=True)
     a.set_defaults(func=cmd_audit)
 
-    m = _parser(
+    m = add_command(
         sub,
         "monitor",
         "watch certificate events for domains as a gossip peer",
