@@ -1197,6 +1197,9 @@ def _endorser_key(p: argparse.ArgumentParser) -> None:
     )
 
 
+WAIT_ISSUED: Final = "then wait until issued, rejected or expired (exit 0 only if issued)"
+
+
 def _tx_opts(p: argparse.ArgumentParser, wait_help: str | None = None) -> None:
     p.add_argument(
         "--fee",
@@ -1316,7 +1319,7 @@ def _add_cert(sub: Any) -> None:
     p.add_argument("--days", type=_positive, default=None, help="validity (default policy max)")
     p.add_argument("--escrow", type=_non_negative, default=None, help="escrow (default: type fee)")
     _prepare_opt(p)
-    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _tx_opts(p, WAIT_ISSUED)
     _connection(p)
 
     p = _leaf(
@@ -1326,21 +1329,20 @@ def _add_cert(sub: Any) -> None:
         "submit an application saved by `cert apply --prepare` / `cert renew --prepare`",
     )
     p.add_argument("file", metavar="PREPARED.json")
-    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _tx_opts(p, WAIT_ISSUED)
     _connection(p)
 
-    p = _leaf(
-        ss,
-        "status",
-        cmd_cert_status,
-        "a certificate's or application's status (exit 1 unless valid/pending/issued)",
-    )
-    p.add_argument("id", metavar="ID", help="certificate id or application id")
-    _connection(p)
-
-    p = _leaf(ss, "show", cmd_cert_show, "the full record of a certificate or application")
-    p.add_argument("id", metavar="ID", help="certificate id or application id")
-    _connection(p)
+    for name, fn, helptext in (
+        (
+            "status",
+            cmd_cert_status,
+            "a certificate's or application's status (exit 1 unless valid/pending/issued)",
+        ),
+        ("show", cmd_cert_show, "the full record of a certificate or application"),
+    ):
+        p = _leaf(ss, name, fn, helptext)
+        p.add_argument("id", metavar="ID", help="certificate id or application id")
+        _connection(p)
 
     p = _leaf(ss, "list", cmd_cert_list, "certificates for a domain name")
     p.add_argument("--domain", required=True, metavar="D")
@@ -1380,7 +1382,7 @@ def _add_cert(sub: Any) -> None:
     p.add_argument("--days", type=_positive, default=None)
     p.add_argument("--escrow", type=_non_negative, default=None)
     _prepare_opt(p)
-    _tx_opts(p, "then wait until issued, rejected or expired (exit 0 only if issued)")
+    _tx_opts(p, WAIT_ISSUED)
     _connection(p)
 
     from dpkid.cli.verify import add_export_parser
