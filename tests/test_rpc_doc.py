@@ -38,31 +38,25 @@ PARAM_HELPERS = frozenset({"param", "hex_param"})
 # ------------------------------------------------------------------ the source side
 
 
-def _build_rpc(tree: ast.Module) -> ast.FunctionDef:
+def _methods_dict(tree: ast.Module) -> ast.Dict:
+    """The module-level ``METHODS = {...}`` table of rpc_methods.py."""
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == "build_rpc":
-            return node
-    raise AssertionError("build_rpc not found in rpc_methods.py")
-
-
-def _methods_dict(fn: ast.FunctionDef) -> ast.Dict:
-    for node in ast.walk(fn):
         target: ast.expr | None = None
         value: ast.expr | None = None
         if isinstance(node, ast.AnnAssign):
             target, value = node.target, node.value
         elif isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], node.value
-        if isinstance(target, ast.Name) and target.id == "methods" and isinstance(value, ast.Dict):
+        if isinstance(target, ast.Name) and target.id == "METHODS" and isinstance(value, ast.Dict):
             return value
-    raise AssertionError("no `methods = {...}` dict in build_rpc")
+    raise AssertionError("no module-level `METHODS = {...}` in rpc_methods.py")
 
 
 def registered_methods() -> dict[str, str]:
-    """Method name -> name of its handler function, from the source of build_rpc."""
-    fn = _build_rpc(ast.parse(RPC_METHODS_PY.read_text(encoding="utf-8")))
+    """Method name -> name of its handler function, from the METHODS table."""
+    table = _methods_dict(ast.parse(RPC_METHODS_PY.read_text(encoding="utf-8")))
     out: dict[str, str] = {}
-    for key, value in zip(_methods_dict(fn).keys, _methods_dict(fn).values, strict=True):
+    for key, value in zip(table.keys, table.values, strict=True):
         assert isinstance(key, ast.Constant) and isinstance(key.value, str), "non-literal key"
         assert isinstance(value, ast.Name), f"handler of {key.value!r} is not a plain name"
         out[key.value] = value.id
@@ -70,24 +64,26 @@ def registered_methods() -> dict[str, str]:
 
 
 def handler_params() -> dict[str, set[str]]:
-    """Handler function name -> the parameter names it reads via param()/hex_param()."""
-    fn = _build_rpc(ast.parse(RPC_METHODS_PY.read_text(encoding="utf-8")))
-    out: dict[str, set[str]] = {}
-    for node in ast.walk(fn):
-        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node is not fn:
-            names: set[str] = set()
-            for call in ast.walk(node):
-                if (
-                    isinstance(call, ast.Call)
-                    and isinstance(call.func, ast.Name)
-                    and call.func.id in PARAM_HELPERS
-                    and len(call.args) >= 2
-                    and isinstance(call.args[1], ast.Constant)
-                    and isinstance(call.args[1].value, str)
-                ):
-                    names.add(call.args[1].value)
-            out[node.name] = names
-    return out
+    """Handler function name -> the parameter names it reads via param()/hex_param().
+    Handlers are top-level functions; helpers they call are counted for them too."""
+    tree = ast.parse(RPC_METHODS_PY.read_text(encoding="utf-8"))
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef)}
+
+    def reads(node: ast.AST, seen: set[str]) -> set[str]:
+        names: set[str] = set()
+        for call in ast.walk(node):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+                continue
+            f = call.func.id
+            if f in PARAM_HELPERS and len(call.args) >= 2:
+                arg = call.args[1]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    names.add(arg.value)
+            elif f in funcs and f not in seen:
+                names |= reads(funcs[f], seen | {f})
+        return names
+
+    return {name: reads(fn, {name}) for name, fn in funcs.items()}
 
 
 def rejection_codes() -> dict[str, int]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from dpkid.core import codec
+from dpkid.core.consensus.messages import Block, Commit
 from dpkid.core.domains import DomainError, validate_domain
 from dpkid.core.jsonview import to_json
 from dpkid.core.node.mempool import Refusal
@@ -170,288 +174,318 @@ class Subscriptions:
                     break
 
 
+def header_and_commit(block: Block, commit: Commit) -> dict[str, Any]:
+    """A block's header and commit as views and as the bytes a client hashes:
+    last_commit_bytes and evidence_bytes check the header's last_commit_hash and
+    evidence_hash without re-encoding the JSON views (RPC.md §6.1)."""
+    lc = block.last_commit
+    return {
+        "header": to_json(block.header),
+        "header_bytes": codec.encode(block.header).hex(),
+        "commit": to_json(commit),
+        "commit_bytes": codec.encode(commit).hex(),
+        "last_commit_bytes": codec.encode(lc).hex() if lc is not None else "",
+        "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
+    }
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What every method reads: the daemon (through its queries) and the
+    subscription table."""
+
+    d: NodeDaemon
+    subs: Subscriptions
+
+
+Method = Callable[[Ctx, Any, Connection], Awaitable[Any]]
+
+
+async def status(c: Ctx, params: Any, conn: Connection) -> Any:
+    return c.d.status()
+
+
+async def block_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    h = param(params, "height", int, 0, default=c.d.core.ledger.height)
+    if h < 1 or h > c.d.core.ledger.height:
+        raise RpcError(NOT_FOUND, f"no block at height {h} (latest is {c.d.core.ledger.height})")
+    got = c.d.store.block(h)
+    if got is None:
+        raise RpcError(NOT_FOUND, f"block {h} is not stored")
+    block, commit = got
+    return {
+        "height": h,
+        "hash": block.hash.hex(),
+        "txs": [t.hex() for t in block.txs],
+        "evidence": to_json(block.evidence),
+        "last_commit": to_json(block.last_commit),
+        **header_and_commit(block, commit),
+    }
+
+
+async def headers_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    """Headers with their commits, for light clients walking the chain."""
+    start = param(params, "from", int, 0, default=1)
+    count = max(1, min(param(params, "count", int, 1, default=100), 100))
+    if start < 1 or start > 2**62:
+        raise RpcError(INVALID_PARAMS, "from must be between 1 and 2**62")
+    out = []
+    for block, commit in c.d.store.blocks(start, count):
+        out.append(
+            {
+                "height": block.header.height,
+                "header_bytes": codec.encode(block.header).hex(),
+                "commit_bytes": codec.encode(commit).hex(),
+            }
+        )
+    return {"latest": c.d.core.ledger.height, "headers": out}
+
+
+async def tx_submit(c: Ctx, params: Any, conn: Connection) -> Any:
+    raw = hex_param(params, "tx", index=0, max_len=MAX_TX_BYTES + 1)
+    v = await c.d.submit_tx(raw)
+    code, why, h = v.verdict, v.why, v.tx_hash
+    if isinstance(code, Refusal):
+        # Not the transaction's fault: the same bytes may be sent again later.
+        raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
+    if code != Code.OK:
+        raise app_error(code, why)
+    return {"hash": h.hex(), "status": why}
+
+
+async def tx_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    h = hex_param(params, "hash", 32)
+    loc = c.d.store.tx_location(h)
+    if loc is None:
+        return {"hash": h.hex(), "committed": False, "pending": c.d.core.tx_pending(h)}
+    height, idx, receipt = loc
+    return {
+        "hash": h.hex(),
+        "committed": True,
+        "height": height,
+        "index": idx,
+        "code": receipt.code,
+        "code_name": code_name(receipt.code),
+        "log": receipt.log,
+        "receipt": to_json(receipt),
+    }
+
+
+async def account_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    addr = hex_param(params, "address", 20)
+    st = c.d.core.ledger
+    a = st.account(addr)
+    pending = c.d.core.pending_count(addr)
+    return {
+        "address": addr.hex(),
+        "exists": a is not None,
+        "balance": a.balance if a else 0,
+        "nonce": a.nonce if a else 0,
+        "next_nonce": (a.nonce if a else 0) + pending,
+        "pubkey": a.pubkey.hex() if a else "",
+        "height": st.height,
+    }
+
+
+def state_and_record(c: Ctx, params: Any, name: str, what: str) -> tuple[Any, Any]:
+    """The state now and its record whose 32-byte id is the hex param ``name``;
+    NOT_FOUND if none. ``what`` ("certificate", "application") is both the
+    state's getter and the word in the error."""
+    rid = hex_param(params, name, 32)
+    st = c.d.core.ledger
+    rec = getattr(st, what)(rid)
+    if rec is None:
+        raise RpcError(NOT_FOUND, f"no such {what}", {name: rid.hex()})
+    return st, rec
+
+
+def domain_param(c: Ctx, params: Any) -> str:
+    """The ``domain`` param in its canonical form; INVALID_PARAMS if it is not a name."""
+    try:
+        return validate_domain(param(params, "domain", str))
+    except DomainError as exc:
+        raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+
+
+async def cert_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    st, cert = state_and_record(c, params, "cert_id", "certificate")
+    return {
+        "height": st.height,
+        "time_ms": st.time_ms,
+        "certificate": cert_view(cert, st.time_ms),
+    }
+
+
+async def certs_by_domain(c: Ctx, params: Any, conn: Connection) -> Any:
+    dom = domain_param(c, params)
+    st = c.d.core.ledger
+    certs = st.certs_by_domain(dom)[-MAX_LIST:]
+    return {
+        "height": st.height,
+        "domain": dom,
+        "certificates": [cert_view(c, st.time_ms) for c in certs],
+    }
+
+
+async def application_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    st, app = state_and_record(c, params, "app_id", "application")
+    from dpkid.core.challenges import challenge_for
+
+    v = to_json(app)
+    v["challenge"] = challenge_for(app).as_json()
+    return {"height": st.height, "application": v}
+
+
+async def cert_proof(c: Ctx, params: Any, conn: Connection) -> Any:
+    """A proof against the latest header's app hash, with that header and its commit."""
+    if isinstance(params, dict) and "domain" in params:
+        key = key_domain(domain_param(c, params))
+    elif isinstance(params, dict) and "address" in params:
+        key = key_account(hex_param(params, "address", 20))
+    else:
+        key = key_cert(hex_param(params, "cert_id", 32))
+    return record_proof(c, key)
+
+
+def record_proof(c: Ctx, key: bytes) -> dict[str, Any]:
+    st = c.d.core.ledger
+    try:
+        prev_h, root, value, path = st.prove_previous(key)
+    except ValueError:
+        raise RpcError(NOT_READY, "no proof yet: retry after the next block") from None
+    header_h = prev_h + 1
+    got = c.d.store.block(header_h)
+    if got is None:
+        raise RpcError(NOT_READY, "header not stored yet")
+    block, commit = got
+    if block.header.app_hash != root:
+        raise RpcError(NOT_READY, "state moved on; retry")
+    proof = RecordProof(key, value is not None, value or b"", path)
+    return {
+        "height": header_h,
+        "state_height": prev_h,
+        "app_hash": root.hex(),
+        **header_and_commit(block, commit),
+        "present": value is not None,
+        "record": to_json(st.get_previous(key)) if value is not None else None,
+        "proof": codec.encode(proof).hex(),
+    }
+
+
+async def log_checkpoint(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The certificate log's size and root, proven through the meta record."""
+    out = record_proof(c, K_META)
+    meta = c.d.core.ledger.get_previous(K_META)
+    out["log_size"] = meta.log_size
+    out["log_root"] = meta.log_root.hex()
+    return out
+
+
+async def log_proof(c: Ctx, params: Any, conn: Connection) -> Any:
+    log = c.d.core.ledger.log
+    if isinstance(params, dict) and "old_size" in params:
+        old = param(params, "old_size", int)
+        new = param(params, "new_size", int, default=log.size)
+        if not 0 <= old <= new <= log.size:
+            raise RpcError(INVALID_PARAMS, f"need 0 <= old_size <= new_size <= {log.size}")
+        return {
+            "old_size": old,
+            "new_size": new,
+            "old_root": log.root(old).hex(),
+            "new_root": log.root(new).hex(),
+            "proof": [x.hex() for x in log.consistency_proof(old, new)],
+        }
+    index = param(params, "index", int, 0)
+    size = param(params, "size", int, 1, default=log.size)
+    if not 0 <= index < size <= log.size:
+        raise RpcError(INVALID_PARAMS, f"need 0 <= index < size <= {log.size}")
+    entry = c.d.core.ledger.log_entry(index)
+    return {
+        "index": index,
+        "size": size,
+        "root": log.root(size).hex(),
+        "leaf": codec.encode(entry).hex(),
+        "entry": to_json(entry),
+        "proof": [x.hex() for x in log.inclusion_proof(index, size)],
+    }
+
+
+async def endorsers_list(c: Ctx, params: Any, conn: Connection) -> Any:
+    st = c.d.core.ledger
+    return {"height": st.height, "endorsers": to_json(st.endorsers.endorsers)}
+
+
+async def validators_at(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The set that signed commits at ``height``; a light client checks its
+    hash against the header's validators_hash."""
+    h = param(params, "height", int)
+    if h < 1 or h > c.d.core.ledger.height + 1:
+        raise RpcError(NOT_FOUND, f"no validator set known for height {h}")
+    vals = c.d.store.valset_at(h)
+    if vals is None:
+        raise RpcError(NOT_FOUND, f"no validator set stored for height {h}")
+    return {"height": h, "validators": [{"pubkey": pk.hex(), "power": p} for pk, p in vals]}
+
+
+async def validators_list(c: Ctx, params: Any, conn: Connection) -> Any:
+    st = c.d.core.ledger
+    vals = to_json(st.validators.validators)
+    total = sum(v.power for v in st.validators.validators)
+    return {
+        "height": st.height,
+        "total_power": total,
+        "validators": vals,
+        "pending_changes": to_json(st.pending_validator_changes.changes),
+    }
+
+
+async def subscribe(c: Ctx, params: Any, conn: Connection) -> Any:
+    topic = param(params, "topic", str)
+    if topic not in SUB_TOPICS:
+        raise RpcError(INVALID_PARAMS, f"topic must be one of {list(SUB_TOPICS)}")
+    filt: dict[str, Any] = {}
+    if isinstance(params, dict) and params.get("domain"):
+        try:
+            filt["domain"] = validate_domain(param(params, "domain", str))
+        except DomainError as exc:
+            raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
+    if isinstance(params, dict) and params.get("app_id"):
+        filt["app_id"] = hex_param(params, "app_id", 32).hex()
+    return {"subscription": c.subs.add(conn, topic, filt), "topic": topic}
+
+
+async def unsubscribe(c: Ctx, params: Any, conn: Connection) -> Any:
+    sid = param(params, "subscription", int)
+    return {"unsubscribed": c.subs.remove(conn, sid)}
+
+
+# Method name -> handler (RPC.md §7; tests/test_rpc_doc.py reads this table).
+METHODS: dict[str, Method] = {
+    "status": status,
+    "block_get": block_get,
+    "headers_get": headers_get,
+    "tx_submit": tx_submit,
+    "tx_get": tx_get,
+    "account_get": account_get,
+    "cert_get": cert_get,
+    "certs_by_domain": certs_by_domain,
+    "application_get": application_get,
+    "cert_proof": cert_proof,
+    "log_checkpoint": log_checkpoint,
+    "log_proof": log_proof,
+    "endorsers_list": endorsers_list,
+    "validators_list": validators_list,
+    "validators_at": validators_at,
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+}
+
+
 def build_rpc(d: NodeDaemon) -> RpcServer:
     subs = Subscriptions(d)
     d.block_listeners.append(subs.on_block)
-
-    def state_now() -> Any:
-        return d.core.ledger
-
-    async def status(params: Any, conn: Connection) -> Any:
-        return d.status()
-
-    async def block_get(params: Any, conn: Connection) -> Any:
-        h = param(params, "height", int, 0, default=d.core.ledger.height)
-        if h < 1 or h > d.core.ledger.height:
-            raise RpcError(NOT_FOUND, f"no block at height {h} (latest is {d.core.ledger.height})")
-        got = d.store.block(h)
-        if got is None:
-            raise RpcError(NOT_FOUND, f"block {h} is not stored")
-        block, commit = got
-        return {
-            "height": h,
-            "hash": block.hash.hex(),
-            "header": to_json(block.header),
-            "header_bytes": codec.encode(block.header).hex(),
-            "txs": [t.hex() for t in block.txs],
-            "evidence": to_json(block.evidence),
-            "last_commit": to_json(block.last_commit),
-            "commit": to_json(commit),
-            "commit_bytes": codec.encode(commit).hex(),
-            # The bytes a client hashes to check last_commit_hash and evidence_hash,
-            # without re-encoding the JSON views.
-            "last_commit_bytes": (
-                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
-            ),
-            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
-        }
-
-    async def headers_get(params: Any, conn: Connection) -> Any:
-        """Headers with their commits, for light clients walking the chain."""
-        start = param(params, "from", int, 0, default=1)
-        count = max(1, min(param(params, "count", int, 1, default=100), 100))
-        if start < 1 or start > 2**62:
-            raise RpcError(INVALID_PARAMS, "from must be between 1 and 2**62")
-        out = []
-        for block, commit in d.store.blocks(start, count):
-            out.append(
-                {
-                    "height": block.header.height,
-                    "header_bytes": codec.encode(block.header).hex(),
-                    "commit_bytes": codec.encode(commit).hex(),
-                }
-            )
-        return {"latest": d.core.ledger.height, "headers": out}
-
-    async def tx_submit(params: Any, conn: Connection) -> Any:
-        raw = hex_param(params, "tx", index=0, max_len=MAX_TX_BYTES + 1)
-        v = await d.submit_tx(raw)
-        code, why, h = v.verdict, v.why, v.tx_hash
-        if isinstance(code, Refusal):
-            # Not the transaction's fault: the same bytes may be sent again later.
-            raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
-        if code != Code.OK:
-            raise app_error(code, why)
-        return {"hash": h.hex(), "status": why}
-
-    async def tx_get(params: Any, conn: Connection) -> Any:
-        h = hex_param(params, "hash", 32)
-        loc = d.store.tx_location(h)
-        if loc is None:
-            return {"hash": h.hex(), "committed": False, "pending": d.core.tx_pending(h)}
-        height, idx, receipt = loc
-        return {
-            "hash": h.hex(),
-            "committed": True,
-            "height": height,
-            "index": idx,
-            "code": receipt.code,
-            "code_name": code_name(receipt.code),
-            "log": receipt.log,
-            "receipt": to_json(receipt),
-        }
-
-    async def account_get(params: Any, conn: Connection) -> Any:
-        addr = hex_param(params, "address", 20)
-        st = state_now()
-        a = st.account(addr)
-        pending = d.core.pending_count(addr)
-        return {
-            "address": addr.hex(),
-            "exists": a is not None,
-            "balance": a.balance if a else 0,
-            "nonce": a.nonce if a else 0,
-            "next_nonce": (a.nonce if a else 0) + pending,
-            "pubkey": a.pubkey.hex() if a else "",
-            "height": st.height,
-        }
-
-    def state_and_record(params: Any, name: str, what: str) -> tuple[Any, Any]:
-        """The state now and its record whose 32-byte id is the hex param ``name``;
-        NOT_FOUND if none. ``what`` ("certificate", "application") is both the
-        state's getter and the word in the error."""
-        rid = hex_param(params, name, 32)
-        st = state_now()
-        rec = getattr(st, what)(rid)
-        if rec is None:
-            raise RpcError(NOT_FOUND, f"no such {what}", {name: rid.hex()})
-        return st, rec
-
-    def domain_param(params: Any) -> str:
-        """The ``domain`` param in its canonical form; INVALID_PARAMS if it is not a name."""
-        try:
-            return validate_domain(param(params, "domain", str))
-        except DomainError as exc:
-            raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
-
-    async def cert_get(params: Any, conn: Connection) -> Any:
-        st, cert = state_and_record(params, "cert_id", "certificate")
-        return {
-            "height": st.height,
-            "time_ms": st.time_ms,
-            "certificate": cert_view(cert, st.time_ms),
-        }
-
-    async def certs_by_domain(params: Any, conn: Connection) -> Any:
-        dom = domain_param(params)
-        st = state_now()
-        certs = st.certs_by_domain(dom)[-MAX_LIST:]
-        return {
-            "height": st.height,
-            "domain": dom,
-            "certificates": [cert_view(c, st.time_ms) for c in certs],
-        }
-
-    async def application_get(params: Any, conn: Connection) -> Any:
-        st, app = state_and_record(params, "app_id", "application")
-        from dpkid.core.challenges import challenge_for
-
-        v = to_json(app)
-        v["challenge"] = challenge_for(app).as_json()
-        return {"height": st.height, "application": v}
-
-    async def cert_proof(params: Any, conn: Connection) -> Any:
-        """A proof against the latest header's app hash, with that header and its commit."""
-        if isinstance(params, dict) and "domain" in params:
-            key = key_domain(domain_param(params))
-        elif isinstance(params, dict) and "address" in params:
-            key = key_account(hex_param(params, "address", 20))
-        else:
-            key = key_cert(hex_param(params, "cert_id", 32))
-        return record_proof(key)
-
-    def record_proof(key: bytes) -> dict[str, Any]:
-        st = state_now()
-        try:
-            prev_h, root, value, path = st.prove_previous(key)
-        except ValueError:
-            raise RpcError(NOT_READY, "no proof yet: retry after the next block") from None
-        header_h = prev_h + 1
-        got = d.store.block(header_h)
-        if got is None:
-            raise RpcError(NOT_READY, "header not stored yet")
-        block, commit = got
-        if block.header.app_hash != root:
-            raise RpcError(NOT_READY, "state moved on; retry")
-        proof = RecordProof(key, value is not None, value or b"", path)
-        return {
-            "height": header_h,
-            "state_height": prev_h,
-            "app_hash": root.hex(),
-            "header": to_json(block.header),
-            "header_bytes": codec.encode(block.header).hex(),
-            "commit": to_json(commit),
-            "commit_bytes": codec.encode(commit).hex(),
-            # The bytes a client hashes to check last_commit_hash and evidence_hash,
-            # without re-encoding the JSON views.
-            "last_commit_bytes": (
-                codec.encode(block.last_commit).hex() if block.last_commit is not None else ""
-            ),
-            "evidence_bytes": codec.encode(block.evidence).hex() if block.evidence else "",
-            "present": value is not None,
-            "record": to_json(st.get_previous(key)) if value is not None else None,
-            "proof": codec.encode(proof).hex(),
-        }
-
-    async def log_checkpoint(params: Any, conn: Connection) -> Any:
-        """The certificate log's size and root, proven through the meta record."""
-        out = record_proof(K_META)
-        meta = d.core.ledger.get_previous(K_META)
-        out["log_size"] = meta.log_size
-        out["log_root"] = meta.log_root.hex()
-        return out
-
-    async def log_proof(params: Any, conn: Connection) -> Any:
-        log = d.core.ledger.log
-        if isinstance(params, dict) and "old_size" in params:
-            old = param(params, "old_size", int)
-            new = param(params, "new_size", int, default=log.size)
-            if not 0 <= old <= new <= log.size:
-                raise RpcError(INVALID_PARAMS, f"need 0 <= old_size <= new_size <= {log.size}")
-            return {
-                "old_size": old,
-                "new_size": new,
-                "old_root": log.root(old).hex(),
-                "new_root": log.root(new).hex(),
-                "proof": [x.hex() for x in log.consistency_proof(old, new)],
-            }
-        index = param(params, "index", int, 0)
-        size = param(params, "size", int, 1, default=log.size)
-        if not 0 <= index < size <= log.size:
-            raise RpcError(INVALID_PARAMS, f"need 0 <= index < size <= {log.size}")
-        entry = d.core.ledger.log_entry(index)
-        return {
-            "index": index,
-            "size": size,
-            "root": log.root(size).hex(),
-            "leaf": codec.encode(entry).hex(),
-            "entry": to_json(entry),
-            "proof": [x.hex() for x in log.inclusion_proof(index, size)],
-        }
-
-    async def endorsers_list(params: Any, conn: Connection) -> Any:
-        st = state_now()
-        return {"height": st.height, "endorsers": to_json(st.endorsers.endorsers)}
-
-    async def validators_at(params: Any, conn: Connection) -> Any:
-        """The set that signed commits at ``height``; a light client checks its
-        hash against the header's validators_hash."""
-        h = param(params, "height", int)
-        if h < 1 or h > d.core.ledger.height + 1:
-            raise RpcError(NOT_FOUND, f"no validator set known for height {h}")
-        vals = d.store.valset_at(h)
-        if vals is None:
-            raise RpcError(NOT_FOUND, f"no validator set stored for height {h}")
-        return {"height": h, "validators": [{"pubkey": pk.hex(), "power": p} for pk, p in vals]}
-
-    async def validators_list(params: Any, conn: Connection) -> Any:
-        st = state_now()
-        vals = to_json(st.validators.validators)
-        total = sum(v.power for v in st.validators.validators)
-        return {
-            "height": st.height,
-            "total_power": total,
-            "validators": vals,
-            "pending_changes": to_json(st.pending_validator_changes.changes),
-        }
-
-    async def subscribe(params: Any, conn: Connection) -> Any:
-        topic = param(params, "topic", str)
-        if topic not in SUB_TOPICS:
-            raise RpcError(INVALID_PARAMS, f"topic must be one of {list(SUB_TOPICS)}")
-        filt: dict[str, Any] = {}
-        if isinstance(params, dict) and params.get("domain"):
-            try:
-                filt["domain"] = validate_domain(param(params, "domain", str))
-            except DomainError as exc:
-                raise RpcError(INVALID_PARAMS, f"domain: {exc}") from None
-        if isinstance(params, dict) and params.get("app_id"):
-            filt["app_id"] = hex_param(params, "app_id", 32).hex()
-        return {"subscription": subs.add(conn, topic, filt), "topic": topic}
-
-    async def unsubscribe(params: Any, conn: Connection) -> Any:
-        sid = param(params, "subscription", int)
-        return {"unsubscribed": subs.remove(conn, sid)}
-
-    methods: dict[str, Handler] = {
-        "status": status,
-        "block_get": block_get,
-        "headers_get": headers_get,
-        "tx_submit": tx_submit,
-        "tx_get": tx_get,
-        "account_get": account_get,
-        "cert_get": cert_get,
-        "certs_by_domain": certs_by_domain,
-        "application_get": application_get,
-        "cert_proof": cert_proof,
-        "log_checkpoint": log_checkpoint,
-        "log_proof": log_proof,
-        "endorsers_list": endorsers_list,
-        "validators_list": validators_list,
-        "validators_at": validators_at,
-        "subscribe": subscribe,
-        "unsubscribe": unsubscribe,
-    }
+    c = Ctx(d, subs)
+    methods: dict[str, Handler] = {name: partial(fn, c) for name, fn in METHODS.items()}
     server = RpcServer(methods, log=lambda ev, **kw: d.log.warning(ev, **kw))
     server.on_disconnect.append(subs.drop_conn)
     return server
