@@ -185,8 +185,7 @@ at_ms = 1000
     assert "VIOLATION with seed 11" in out
     assert f"dpkid sim run {path} --seed 11" in out
     assert main(["sim", "run", path, "--seed", "11", "--json"]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    rep = json.loads(lines[0])
+    rep = json.loads(capsys.readouterr().out)  # one JSON object, nothing else
     assert rep["ok"] is False and rep["liveness_ok"] is False
     assert rep["reproduce"] == repro_command(path, 11)
     assert rep["safety_violations"] == 0  # stuck is not forked
@@ -322,14 +321,14 @@ def test_bad_manifest_exit_2(
 ) -> None:
     path = write(tmp_path, text)
     assert main(["sim", "run", path]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith(f"dpkid sim: cannot load {path}: ")
-    assert needle in out
+    err = capsys.readouterr().err  # a usage error: one line on stderr (README, exit codes)
+    assert err.startswith(f"dpkid sim run: cannot load {path}: "), err
+    assert needle in err and err.count("\n") == 1
 
 
 def test_missing_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "run", str(tmp_path / "nope.toml")]) == 2
-    assert "cannot load" in capsys.readouterr().out
+    assert "nope.toml does not exist" in capsys.readouterr().err
 
 
 def test_overrides_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -338,7 +337,7 @@ def test_overrides_are_validated(tmp_path: Path, capsys: pytest.CaptureFixture[s
         "validators = 4\nfull_nodes = 3\n\n[[network.crashes]]\nnode = 6\nat_ms = 100\n",
     )
     assert main(["sim", "run", path, "--peers", "5"]) == 2
-    assert "crash names node 6, but there are 5" in capsys.readouterr().out
+    assert "crash names node 6, but there are 5" in capsys.readouterr().err
 
 
 def test_load_scenario_errors_are_scenario_errors(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--balance", type=int, default=10_000_000)
     t.add_argument("--chain-id", default="dpkid-testnet")
     t.add_argument("--genesis-time-ms", type=int, default=None, help="default: now")
-    t.add_argument("--timeout-commit-ms", type=int, default=300)
+    t.add_argument("--timeout-commit-ms", type=int, default=NodeSettings().timeout_commit_ms)
     t.add_argument("--metrics", action="store_true", help="give each node a Prometheus port")
     t.add_argument(
         "--application-ttl-ms", type=int, default=None, help="genesis policy (default 7 days)"

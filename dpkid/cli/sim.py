@@ -62,7 +62,9 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     try:
         sc = scenario_from_toml(text, str(args.scenario))
     except (ScenarioError, ValueError, TypeError) as exc:
-        raise UsageError(f"scenario {args.scenario}: {exc}") from None
+        why = str(exc)
+        where = "" if why.startswith(f"{args.scenario}:") else f"{args.scenario}: "
+        raise UsageError(f"cannot load {where}{why}") from None
     if args.seed is not None:
         sc.seed = args.seed
     if args.peers is not None:
