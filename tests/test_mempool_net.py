@@ -1,7 +1,7 @@
 """The mempool-wedge pattern against a real node process (issue 10 §4).
 
 60 funded accounts hold back nonce 0 and send nonces 1-100 through the RPC
-socket. The node refuses what it cannot hold with the retryable -32005, and
+socket. The node refuses what it cannot hold with the retryable -32006, and
 new valid transactions from other accounts are still accepted and committed.
 """
 
@@ -52,7 +52,7 @@ def test_held_back_nonces_do_not_lock_out_new_transactions(tmp_path: Path) -> No
                     accepted += 1
                 except RpcClientError as exc:
                     assert exc.code == RETRY_LATER, exc
-                    assert exc.data["retryable"] is True
+                    assert exc.data["retryable"] is True and exc.data["retry_after_ms"] > 0
                     retry_later += 1
         assert retry_later > 0 and accepted <= POOL
         hashes = [

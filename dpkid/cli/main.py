@@ -60,7 +60,41 @@ def cmd_walkthrough(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+def cmd_bench_net(args: argparse.Namespace) -> int:
+    from dpkid.dev import benchnet
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        if args.sweep:
+            rows = benchnet.run_sweep(args.validators, args.duration, progress=progress)
+            if args.plot:
+                benchnet.plot_sweep(rows, Path(args.plot))
+            if args.json:
+                print_json({"sweep": rows})
+            else:
+                print(benchnet.sweep_table(rows))
+            return 0
+        if args.rate is None:
+            raise UsageError("bench net needs --rate R or --sweep")
+        res = benchnet.run_net(
+            args.validators, args.duration, args.rate, args.accounts, progress=progress
+        )
+    except benchnet.BenchError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print_json(res)
+    else:
+        for k, v in res.items():
+            print(f"  {k:<28} {v}")
+    return 0 if not res["errors"] else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "net":
+        return cmd_bench_net(args)
     from dpkid.dev import bench
 
     results: dict[str, Any] = {}
@@ -166,10 +200,17 @@ def build_parser() -> Parser:
     b = sub.add_parser("bench", help="measure the state machine, proofs and crypto")
     b.add_argument(
         "what",
-        choices=["state", "crypto", "smt", "proof-scaling", "all"],
+        choices=["state", "crypto", "smt", "proof-scaling", "all", "net"],
         nargs="?",
         default="state",
+        help="net: a real testnet under load (the options below marked net)",
     )
+    b.add_argument("--validators", type=int, default=4, help="net: validators")
+    b.add_argument("--duration", type=float, default=60.0, help="net: seconds of load")
+    b.add_argument("--rate", type=float, default=None, help="net: offered tx/s")
+    b.add_argument("--sweep", action="store_true", help="net: a grid of rates, fresh net each")
+    b.add_argument("--accounts", type=int, default=400, help="net: funded accounts sending")
+    b.add_argument("--plot", metavar="FILE.png", default=None, help="net --sweep: write a plot")
     b.add_argument(
         "--scale",
         type=int,

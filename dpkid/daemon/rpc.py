@@ -26,7 +26,7 @@ INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 SERVER_BUSY: Final = -32000
 # The node cannot take a transaction now (mempool full, input queue full): retry.
-RETRY_LATER: Final = -32005
+RETRY_LATER: Final = -32006  # tx_submit: retryable refusal, data.retry_after_ms
 # Application errors: -33000 - code, where code is the spec's rejection code (SPEC §10).
 APP_ERROR_BASE: Final = -33000
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 NOT_FOUND: Final = -32004
 NOT_READY: Final = -32005
+OVERLOAD_RETRY_MS: Final = 100  # RPC.md §7 tx_submit: when an overloaded node may be asked again
 MAX_SUBSCRIPTIONS_PER_CONN: Final = 32
 MAX_LIST: Final = 500
 SUB_TOPICS: Final = ("blocks", "certs", "applications")
@@ -246,8 +247,14 @@ async def tx_submit(c: Ctx, params: Any, conn: Connection) -> Any:
     v = await c.d.submit_tx(raw)
     code, why, h = v.verdict, v.why, v.tx_hash
     if isinstance(code, Refusal):
-        # Not the transaction's fault: the same bytes may be sent again later.
-        raise RpcError(RETRY_LATER, why, {"reason": code.value, "retryable": True})
+        # Not the transaction's fault: the same bytes may be sent again later. A
+        # full mempool drains when a block commits; an overloaded input queue
+        # within a step or two.
+        retry_ms = (
+            c.d.settings.timeout_commit_ms if code is Refusal.MEMPOOL_FULL else OVERLOAD_RETRY_MS
+        )
+        data = {"reason": code.value, "retryable": True, "retry_after_ms": retry_ms}
+        raise RpcError(RETRY_LATER, why, data)
     if code != Code.OK:
         raise app_error(code, why)
     return {"hash": h.hex(), "status": why}

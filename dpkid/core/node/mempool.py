@@ -17,7 +17,7 @@ from dpkid.core.types import Tx
 
 class Refusal(Enum):
     """A transaction refused for the node's sake, not its own: retry later.
-    Never a ledger code (SPEC §10); RPC reports it as -32005 (RPC.md §4.2)."""
+    Never a ledger code (SPEC §10); RPC reports it as -32006 (RPC.md §4.2)."""
 
     MEMPOOL_FULL = "mempool_full"
     OVERLOADED = "overloaded"
