@@ -436,7 +436,10 @@ class NodeDaemon:
             )
         for cb in self.block_listeners:
             cb(e)
-        if self._nursery is not None:
+        # One event per block into the gossip net, from the validator that built
+        # it: every node relays it (all subscribe), and a copy per node would
+        # ship each full block N times (WIRE.md §4.3).
+        if self._nursery is not None and e.block.header.proposer == self.key.address:
             self._nursery.start_soon(self._publish_block_event, e)
 
     async def _publish_block_event(self, e: PersistBlock) -> None:
