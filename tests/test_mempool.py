@@ -167,3 +167,40 @@ def _run_end(q: dict[int, bytes], n: int) -> int:
     while n in q:
         n += 1
     return n
+
+
+def test_clients_fill_half_the_pool_and_gossip_the_rest() -> None:
+    """Issue 12: a client's transaction is refused (retryable) once the pool is
+    half full, so the other half holds what peers gossip; otherwise a node under
+    load drops its peers' transactions, and the gaps in their nonces keep it
+    from proposing what the others accepted."""
+    mp, state = _pool(max_txs=20)
+    for a in range(10):
+        v, _why, _h, added = mp.admit(_tx(a, 0), state, local=True)
+        assert v == Code.OK and added
+    v, why, _h, added = mp.admit(_tx(10, 0), state, local=True)
+    assert v is Refusal.MEMPOOL_FULL and not added and "try again later" in why
+    for a in range(10, 20):  # gossiped: up to the whole pool
+        assert mp.admit(_tx(a, 0), state)[0] == Code.OK
+    assert len(mp) == 20 and mp.full() and mp.full(local=True)
+    assert mp.admit(_tx(20, 0), state)[0] is Refusal.MEMPOOL_FULL
+
+
+def test_a_full_pool_refuses_before_it_checks_the_signature() -> None:
+    """Refusing under overload must be cheap: a full pool says MEMPOOL_FULL even
+    to a transaction whose signature is bad, without verifying it."""
+    mp, state = _pool(max_txs=4)
+    for a in range(4):
+        mp.admit(_tx(a, 0), state)
+    forged = bytearray(_tx(5, 0))
+    forged[-3] ^= 0xFF  # inside the signature
+    calls: list[bytes] = []
+    real = mp.sig_cache.check
+
+    def counting(h: bytes, pk: bytes, msg: bytes, sig: bytes) -> bool:
+        calls.append(h)
+        return real(h, pk, msg, sig)
+
+    mp.sig_cache.check = counting  # type: ignore[method-assign]
+    assert mp.admit(bytes(forged), state)[0] is Refusal.MEMPOOL_FULL
+    assert calls == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +62,10 @@ from dpkid.daemon.metrics import Metrics
 from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignStateFile
 from dpkid.daemon.store import Store
 
-INPUT_QUEUE: Final = 10_000
+INPUT_QUEUE: Final = 10_000  # urgent inputs (consensus, timers, sync) waiting for the driver
+# Transaction inputs waiting: a few blocks' worth. Beyond it a submission is
+# refused as overloaded (retryable) rather than queued for seconds.
+BULK_QUEUE: Final = 2_000
 OUTBOX_QUEUE: Final = 10_000  # gossip waiting for the publisher; beyond it, like loss
 SYNC_PROTOCOL: Final = "/dpkid/sync/1.0.0"
 SYNC_TIMEOUT_S: Final = 10.0
@@ -127,6 +130,54 @@ class _Request:
 _Input = _Gossip | _Timer | _Submit | _Request
 
 
+class _Inbox:
+    """The driver's input queue, in two bounded lanes. Consensus (votes,
+    proposals, timers, sync) is never queued behind transactions (gossiped
+    batches, RPC submissions): the driver takes every urgent input first, so
+    under a flood of transactions consensus keeps its pace (issue 12)."""
+
+    def __init__(self, urgent_max: int, bulk_max: int) -> None:
+        self._urgent: deque[_Input] = deque()
+        self._bulk: deque[_Input] = deque()
+        self._urgent_max = urgent_max
+        self._bulk_max = bulk_max
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @staticmethod
+    def is_urgent(item: _Input) -> bool:
+        if isinstance(item, _Submit):
+            return False
+        if isinstance(item, _Gossip):
+            return not isinstance(item.msg, TxBatch)
+        return True
+
+    def put_nowait(self, item: _Input) -> bool:
+        """False when the item's lane is full (the caller decides what that means)."""
+        lane, cap = (
+            (self._urgent, self._urgent_max)
+            if self.is_urgent(item)
+            else (self._bulk, self._bulk_max)
+        )
+        if len(lane) >= cap:
+            return False
+        lane.append(item)
+        self._lot.unpark()
+        return True
+
+    async def put(self, item: _Input) -> None:
+        """For inputs that must not be lost (timers): wait for room."""
+        while not self.put_nowait(item):
+            await trio.sleep(0.001)
+
+    def bulk_len(self) -> int:
+        return len(self._bulk)
+
+    async def get(self) -> _Input:
+        while not (self._urgent or self._bulk):
+            await self._lot.park()
+        return self._urgent.popleft() if self._urgent else self._bulk.popleft()
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -160,7 +211,7 @@ class NodeDaemon:
         self.block_listeners: list[Callable[[PersistBlock], None]] = []
         self.p2p: Any = None
         self._nursery: trio.Nursery | None = None
-        self._in_send, self._in_recv = trio.open_memory_channel[_Input](INPUT_QUEUE)
+        self._inbox = _Inbox(INPUT_QUEUE, BULK_QUEUE)
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_QUEUE)
         self._answering: _Request | None = None
         self._answered = False
@@ -278,9 +329,7 @@ class NodeDaemon:
                     continue
             if topic == self.topics["blocks"]:
                 continue  # for monitors; nodes sync through the stream protocol
-            try:
-                self._in_send.send_nowait(_Gossip(peer, msg))
-            except trio.WouldBlock:
+            if not self._inbox.put_nowait(_Gossip(peer, msg)):
                 self.metrics.bad_messages.inc()  # overloaded: like gossip loss, re-gossip recovers
 
     async def _serve_sync(self, data: bytes, peer: str) -> bytes:
@@ -294,25 +343,24 @@ class NodeDaemon:
         if not isinstance(req, (BlockRequest, ProposalRequest)):
             return empty
         send, recv = trio.open_memory_channel[bytes](1)
-        try:
-            self._in_send.send_nowait(_Request(peer, req, send))
-        except trio.WouldBlock:
+        if not self._inbox.put_nowait(_Request(peer, req, send)):
             return empty  # overloaded: the peer asks another or again
         with trio.move_on_after(SYNC_TIMEOUT_S):
             return await recv.receive()
         return empty
 
     async def submit_tx(self, raw: bytes) -> TxVerdict:
+        if self.core.mempool_full():
+            return TxVerdict(Refusal.MEMPOOL_FULL, "mempool is full, try again later", sha256(raw))
         send, recv = trio.open_memory_channel[TxVerdict](1)
-        try:
-            self._in_send.send_nowait(_Submit(raw, send))
-        except trio.WouldBlock:
+        if not self._inbox.put_nowait(_Submit(raw, send)):
             return TxVerdict(Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw))
         return await recv.receive()
 
     # ------------------------------------------------------------------ the driver
     async def _drive(self) -> None:
-        async for item in self._in_recv:
+        while True:
+            item = await self._inbox.get()
             now = now_ms()
             inp: NodeInput
             if isinstance(item, _Timer):
@@ -402,10 +450,7 @@ class NodeDaemon:
 
     async def _timer(self, t: SetTimer) -> None:
         await trio.sleep(t.delay_ms / 1000)
-        try:
-            self._in_send.send_nowait(_Timer(t))
-        except trio.WouldBlock:
-            await self._in_send.send(_Timer(t))  # timers must not be lost
+        await self._inbox.put(_Timer(t))  # timers must not be lost
 
     async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
         """Block sync and lost-proposal fetches go over the direct stream protocol."""
@@ -422,7 +467,7 @@ class NodeDaemon:
             self.log.info("fetch_failed", peer=peer, request=type(req).__name__, error=repr(exc))
             return
         if (isinstance(resp, BlockResponse) and resp.blocks) or isinstance(resp, ProposalMsg):
-            await self._in_send.send(_Gossip(peer, resp))
+            await self._inbox.put(_Gossip(peer, resp))
 
     def _on_block(self, e: PersistBlock) -> None:
         h = e.block.header.height

@@ -116,7 +116,9 @@ class NodeConfig:
     max_block_bytes: int = 4 * 1024 * 1024
     gossip_interval_ms: int = 500
     tx_batch_max: int = 256
-    mempool_max_txs: int = 50_000
+    # About five full blocks: a node takes only what it can commit in a few
+    # seconds, and refuses the rest as retryable (RPC.md tx_submit).
+    mempool_max_txs: int = 10_000
 
 
 def validator_set_for(state: State, height: int) -> ValidatorSet:
@@ -566,7 +568,7 @@ class NodeCore:
 
     def _submit(self, raw: bytes) -> tuple[TxVerdict, list[NodeEffect]]:
         """A client's tx: admit to the mempool and gossip it in the next batch."""
-        code, why, h, added = self.mempool.admit(raw, self.state, self.now_ms)
+        code, why, h, added = self.mempool.admit(raw, self.state, self.now_ms, local=True)
         out: list[NodeEffect] = []
         if added:
             self.outbox.append(raw)
@@ -750,6 +752,11 @@ class NodeCore:
             sync_target=self.sync_target,
             is_validator=self.is_validator,
         )
+
+    def mempool_full(self) -> bool:
+        """A client's new transaction would be refused as MEMPOOL_FULL: lets a
+        shell refuse at intake, before it parses or queues anything (issue 12)."""
+        return self.mempool.full(local=True)
 
     def tx_pending(self, tx_hash: bytes) -> bool:
         return tx_hash in self.mempool.by_hash

@@ -28,6 +28,7 @@ Verdict = Code | Refusal
 # A sender may queue transactions ahead of its next nonce (they wait for the gap
 # to fill), but only this many, this far ahead, and all senders together only a
 # share of the pool: otherwise held-back nonces fill every node (issue 10 §4).
+LOCAL_SHARE_DEN: Final = 2  # clients' transactions fill at most 1/2 of the pool
 MAX_FUTURE_PER_SENDER: Final = 64
 MAX_NONCE_GAP: Final = 256
 FUTURE_SHARE_DEN: Final = 4  # future txs hold at most 1/4 of the pool
@@ -65,6 +66,16 @@ class Mempool:
 
     def __len__(self) -> int:
         return len(self.by_hash)
+
+    def full(self, local: bool = False) -> bool:
+        """No room, and nothing that an executable transaction could evict. A
+        client's transaction (``local``) finds the pool full at half its size:
+        the other half is for what peers gossip, which every node must hold too,
+        so that no node is left with gaps in a sender's nonces that keep it from
+        proposing what the others accepted (issue 12)."""
+        if local and len(self.by_hash) >= self.max_txs // LOCAL_SHARE_DEN:
+            return True
+        return len(self.by_hash) >= self.max_txs and self.future_total == 0
 
     # ------------------------------------------------------------------ classification
     def _run_end(self, sender: bytes, next_nonce: int) -> int:
@@ -111,7 +122,9 @@ class Mempool:
         verdict, why, h, _added = self.admit(raw, state, now_ms)
         return verdict, why, h
 
-    def admit(self, raw: bytes, state: State, now_ms: int = 0) -> tuple[Verdict, str, bytes, bool]:
+    def admit(
+        self, raw: bytes, state: State, now_ms: int = 0, local: bool = False
+    ) -> tuple[Verdict, str, bytes, bool]:
         """(verdict, why, tx hash, whether this call added it): a tx already in
         the pool is OK but not new, and must not be gossiped again."""
         h = sha256(raw)
@@ -119,6 +132,10 @@ class Mempool:
             return Code.OK, "already in mempool", h, False
         if h in self.seen_committed:
             return Code.BAD_NONCE, "transaction already committed", h, False
+        if self.full(local):
+            # Before the signature check: under overload, refusing must cost
+            # next to nothing, or intake eats the CPU that commits blocks.
+            return Refusal.MEMPOOL_FULL, "mempool is full, try again later", h, False
         # The ledger's own pre-checks (SPEC §4.3), so the pool admits nothing the
         # ledger would refuse before charging a fee.
         tx = check_tx_form(raw, h, self.chain_id, self.sig_cache.check)
