@@ -201,6 +201,6 @@ def test_a_full_pool_refuses_before_it_checks_the_signature() -> None:
         calls.append(h)
         return real(h, pk, msg, sig)
 
-    mp.sig_cache.check = counting  # type: ignore[method-assign]
+    mp.sig_cache.check = counting  # type: ignore[method-assign,assignment]
     assert mp.admit(bytes(forged), state)[0] is Refusal.MEMPOOL_FULL
     assert calls == []
