@@ -29,6 +29,7 @@ FIELDS = {
     "rss_mib",
     "verify_ceiling_tps",
     "ratio_to_ceiling",
+    "status_p99_ms",
 }
 
 
@@ -68,3 +69,4 @@ def test_bench_net_runs_and_its_counts_add_up(tmp_path: Path) -> None:
     assert 0 < r["latency_p50_s"] <= r["latency_p99_s"]
     assert len(r["cpu_percent"]) == 4 and len(r["rss_mib"]["end"]) == 4
     assert r["blocks"] >= 1 and r["verify_ceiling_tps"] > 0
+    assert r["status_p99_ms"] > 0 and r["status_failures"] == 0

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpkid.core import codec
-from dpkid.core.crypto import SignatureCache, SigningKey
+from dpkid.core.crypto import SignatureCache, SigningKey, sha256
 from dpkid.core.node.mempool import (
     FUTURE_SHARE_DEN,
     MAX_FUTURE_PER_SENDER,
@@ -204,3 +204,30 @@ def test_a_full_pool_refuses_before_it_checks_the_signature() -> None:
     mp.sig_cache.check = counting  # type: ignore[method-assign,assignment]
     assert mp.admit(bytes(forged), state)[0] is Refusal.MEMPOOL_FULL
     assert calls == []
+
+
+def test_an_accepted_tx_that_leaves_the_pool_says_why() -> None:
+    """Issue 12: accepted work is never silently lost. A tx whose nonce another tx
+    used, and a future tx evicted for an executable one, are reported with the
+    reason (tx_get's "dropped")."""
+    c = DevChain.create(n_accounts=3)
+    mp = Mempool(c.chain_id, SignatureCache(), max_txs=2)
+    key, to = c.keys.accounts[0], c.keys.accounts[1].address
+
+    def tx(nonce: int, amount: int, k: SigningKey = key) -> bytes:
+        return codec.encode(sign_tx(k, c.chain_id, nonce, 10, Transfer(to, amount)))
+
+    a, b = tx(0, 1), tx(0, 2)  # the same nonce twice: only one can commit
+    assert mp.admit(a, c.state)[0] == Code.OK
+    future = tx(5, 1)
+    assert mp.admit(future, c.state)[0] == Code.OK  # behind a gap
+    other = tx(0, 3, c.keys.accounts[2])
+    assert mp.admit(other, c.state)[0] == Code.OK  # full: the future one makes room
+    assert mp.dropped_why(sha256(future)) == (
+        "evicted: the pool needed room for an executable transaction"
+    )
+    c.raw(b)  # another tx with nonce 0 commits
+    assert c.block()[0].code == Code.OK
+    mp.update([b], c.state)
+    assert mp.dropped_why(sha256(a)) == "dropped: nonce 0 was used by another transaction"
+    assert mp.dropped_why(sha256(other)) is None and sha256(other) in mp.by_hash

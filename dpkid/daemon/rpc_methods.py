@@ -264,7 +264,12 @@ async def tx_get(c: Ctx, params: Any, conn: Connection) -> Any:
     h = hex_param(params, "hash", 32)
     loc = c.d.store.tx_location(h)
     if loc is None:
-        return {"hash": h.hex(), "committed": False, "pending": c.d.core.tx_pending(h)}
+        return {
+            "hash": h.hex(),
+            "committed": False,
+            "pending": c.d.core.tx_pending(h),
+            "dropped": c.d.core.tx_dropped(h),
+        }
     height, idx, receipt = loc
     return {
         "hash": h.hex(),

@@ -32,6 +32,7 @@ from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
 START_TIMEOUT_S: Final = 120.0
 DRAIN_S: Final = 30.0  # after the load stops: how long accepted txs may still commit
 POLL_S: Final = 0.02  # how often the commit watcher asks node0 for its height
+STATUS_PROBE_S: Final = 0.1
 SIGN_TIMEOUT_S: Final = 600.0
 DEFAULT_ACCOUNTS: Final = 400
 SWEEP_RATES: Final = (250, 500, 1000, 1500, 2000, 3000, 4500, 6000)
@@ -99,6 +100,27 @@ class _Watcher:
                 time.sleep(POLL_S)
         except Exception as exc:  # reported in the summary, never silently
             self.error = repr(exc)
+
+
+@dataclass
+class _StatusProbe:
+    """How fast node0 answers ``status`` while under load (issue 12: p99 within
+    100 ms even at 3x saturation): one call per STATUS_PROBE_S."""
+
+    home: Path
+    rtt_s: list[float] = field(default_factory=list)
+    failures: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                call_sync(self.home, "status", timeout_s=10.0)
+                self.rtt_s.append(time.perf_counter() - t0)
+            except Exception:
+                self.failures += 1
+            self.stop.wait(STATUS_PROBE_S)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -233,9 +255,14 @@ def run_net(
         t0 = time.time()
         wt = threading.Thread(target=watcher.run, daemon=True)
         wt.start()
+        probe = _StatusProbe(net.homes[0])
+        pt = threading.Thread(target=probe.run, daemon=True)
+        pt.start()
         progress("load running")
         gen.wait(timeout=duration_s + SIGN_TIMEOUT_S)
         t_end = time.time()
+        probe.stop.set()
+        pt.join(timeout=15)
         cpu1 = {p: _proc_cpu_s(p) for p in pids}
         rss1 = {p: _proc_rss_mib(p) for p in pids}
         load = json.loads((base / "load.json").read_text())
@@ -268,6 +295,8 @@ def run_net(
             "latency_p99_s": round(_pct(lat, 0.99), 3),
             "blocks": watcher.blocks,
             "block_interval_p50_s": round(_pct(gaps, 0.5), 3),
+            "status_p99_ms": round(1000 * _pct(probe.rtt_s, 0.99), 1),
+            "status_failures": probe.failures,
             "rpc_batch_rtt_p50_s": round(load["batch_rtt_p50_s"], 4),
             "rpc_batch_rtt_p99_s": round(load["batch_rtt_p99_s"], 4),
             "cpu_percent": [round(100 * (cpu1[p] - cpu0[p]) / (t_end - t0), 1) for p in pids],

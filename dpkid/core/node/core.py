@@ -761,6 +761,10 @@ class NodeCore:
     def tx_pending(self, tx_hash: bytes) -> bool:
         return tx_hash in self.mempool.by_hash
 
+    def tx_dropped(self, tx_hash: bytes) -> str | None:
+        """Why this node dropped a transaction it had accepted, if it did."""
+        return self.mempool.dropped_why(tx_hash)
+
     def pending_count(self, address: bytes) -> int:
         """How many of ``address``'s transactions wait in the mempool."""
         return len(self.mempool.by_sender.get(address, {}))

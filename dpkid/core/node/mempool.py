@@ -34,6 +34,7 @@ MAX_NONCE_GAP: Final = 256
 FUTURE_SHARE_DEN: Final = 4  # future txs hold at most 1/4 of the pool
 MAX_FUTURE_AGE_MS: Final = 10 * 60 * 1000
 MAX_SEEN_COMMITTED: Final = 100_000
+MAX_DROPPED: Final = 100_000  # why recent accepted txs left the pool uncommitted (tx_get)
 
 
 class Mempool:
@@ -63,6 +64,7 @@ class Mempool:
         # Future txs per sender, kept current by _refresh, and their sum.
         self._fut: dict[bytes, int] = {}
         self.future_total = 0
+        self.dropped: OrderedDict[bytes, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.by_hash)
@@ -111,7 +113,7 @@ class Mempool:
         if best is None:
             return False
         sender = self.by_hash[best[2]][2]
-        self._drop(best[2])
+        self._drop(best[2], "evicted: the pool needed room for an executable transaction")
         acct = state.account(sender)
         self._refresh(sender, acct.nonce if acct else 0)
         self.evicted += 1
@@ -228,13 +230,26 @@ class Mempool:
             for nonce in sorted(self.by_sender.get(sender, {})):
                 h = self.by_sender[sender][nonce]
                 stale = nonce > end and now_ms - self.added_ms.get(h, now_ms) > MAX_FUTURE_AGE_MS
-                if nonce < n or stale:
-                    self._drop(h)
+                if nonce < n:
+                    self._drop(h, f"dropped: nonce {nonce} was used by another transaction")
+                elif stale:
+                    self._drop(
+                        h, f"dropped: waited over {MAX_FUTURE_AGE_MS // 60_000} min for nonce {end}"
+                    )
             self._refresh(sender, n)
         for sender in [x for x in sorted(self._fut) if x not in self.by_sender]:
             self.future_total -= self._fut.pop(sender)
 
-    def _drop(self, h: bytes) -> None:
+    def dropped_why(self, h: bytes) -> str | None:
+        """Why an accepted transaction left the pool without being committed, if
+        it did recently (issue 12: accepted work is never silently lost)."""
+        return self.dropped.get(h)
+
+    def _drop(self, h: bytes, why: str = "") -> None:
+        if why and h in self.by_hash:
+            self.dropped[h] = why
+            while len(self.dropped) > MAX_DROPPED:
+                self.dropped.popitem(last=False)
         item = self.by_hash.pop(h, None)
         self.added_ms.pop(h, None)
         if item is None:
