@@ -173,6 +173,7 @@ class NodeCore:
         self._fetch_asked: dict[tuple[int, int], int] = {}
         self._last_sync_ms = -(10**12)
         self._commit_armed = False
+        self._proposal_sent = (0, -1, 0)  # (height, round, now_ms) of our last proposal
         # Liveness bookkeeping (CONSENSUS.md §10.1), read by both shells.
         self.liveness_violations = 0
         self.last_progress_ms = 0
@@ -588,7 +589,17 @@ class NodeCore:
         out.append(Send(None, StatusMsg(self.state.height, self.hs.round)))
         if not self.waiting_commit:
             prop = self.hs.proposals.get(self.hs.round)
-            if prop is not None and prop.proposer == (self.key.address if self.key else b""):
+            h, r, sent_ms = self._proposal_sent
+            if (
+                prop is not None
+                and prop.proposer == (self.key.address if self.key else b"")
+                and (h, r) == (prop.height, prop.round)
+                and self.now_ms - sent_ms >= self.config.gossip_interval_ms
+            ):
+                # Only a proposal that has been out for a whole interval: the
+                # full block is the largest message, and one sent a moment ago
+                # is more likely in flight than lost (peers that see votes for
+                # it and lack it also fetch it, CONSENSUS.md §10).
                 out.append(Send(None, ProposalMsg(prop)))
             votes = self.hs.latest_votes()
             if votes:
@@ -606,6 +617,8 @@ class NodeCore:
                 out.append(e)
             elif isinstance(e, Broadcast):
                 m = e.msg
+                if isinstance(m, Proposal):
+                    self._proposal_sent = (m.height, m.round, self.now_ms)
                 out.append(Send(None, ProposalMsg(m) if isinstance(m, Proposal) else VoteMsg([m])))
             elif isinstance(e, ScheduleTimeout):
                 out.append(SetTimer("consensus", e.height, e.round, e.step, e.delay_ms))
