@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 from dpkid.client.rpc import call_sync
 from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
+from dpkid.dev.procs import start_node, stop_nodes
 
 START_TIMEOUT_S: Final = 120.0
 DRAIN_S: Final = 30.0  # after the load stops: how long accepted txs may still commit
@@ -162,15 +162,7 @@ class _Net:
 
     def start(self, progress: Callable[[str], None]) -> None:
         for i, home in enumerate(self.homes):
-            log = open(self.dir / f"node{i}.log", "ab")  # noqa: SIM115 -- handed to the child
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dpkid", "start", "--home", str(home)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()
+            self.procs.append(start_node(home, self.dir / f"node{i}.log", json_logs=False))
         deadline = time.monotonic() + START_TIMEOUT_S
         for i, home in enumerate(self.homes):
             while True:
@@ -185,15 +177,7 @@ class _Net:
             progress(f"node{i} is committing")
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        stop_nodes(self.procs)
 
 
 def run_net(

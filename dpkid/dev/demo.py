@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from dpkid.core.types import (
     sign_tx,
 )
 from dpkid.daemon.config import read_genesis, read_key
+from dpkid.dev.procs import start_node, stop_nodes
 
 START_TIMEOUT_S = 90
 STEP_TIMEOUT_S = 120
@@ -163,24 +163,7 @@ class Demo:
         self.accounts = [read_key(Path(p)) for p in self.info["account_keys"]]
         self.endorsers = [read_key(Path(p)) for p in self.info["endorser_keys"]]
         for i, home in enumerate(self.homes):
-            log = open(self.dir / f"node{i}.log", "ab")  # noqa: SIM115 -- handed to the child
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "dpkid",
-                        "start",
-                        "--home",
-                        str(home),
-                        "--log-format",
-                        "json",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            log.close()
+            self.procs.append(start_node(home, self.dir / f"node{i}.log"))
             self.progress(f"started node{i} (pid {self.procs[-1].pid})")
         for i in range(len(self.homes)):
 
@@ -191,15 +174,7 @@ class Demo:
             self.progress(f"node{i} is committing blocks")
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        stop_nodes(self.procs)
         if self.dns is not None:
             self.dns.stop()
         if self.http is not None:

@@ -166,9 +166,6 @@ class Ready:
                 r.events.append(e)
         return r
 
-    def has_persist(self) -> bool:
-        return self.sign_state is not None or self.lock is not None or bool(self.blocks)
-
 
 class Shell(Protocol):
     """What a shell provides to carry out a ``Ready``. The persist methods
