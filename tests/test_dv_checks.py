@@ -47,8 +47,8 @@ from dpkid.daemon.dv_checker import (
 )
 from dpkid.daemon.logs import get_logger
 from dpkid.dev.devchain import DevChain
-from dpkid.dev.dns_server import DevDnsServer, Zone, write_zone_file
-from dpkid.dev.http_server import ChallengeHttpServer, ChallengeMap, write_map_file
+from dpkid.dev.dns_server import DevDnsServer, Zone
+from dpkid.dev.http_server import ChallengeHttpServer, ChallengeMap
 
 HTTP_TIMEOUT_S = 2.0
 DNS_TIMEOUT_S = 2.0
@@ -308,8 +308,8 @@ def _read_listen_line(p: subprocess.Popen[str]) -> str:
 
 def test_servers_as_processes_reload_their_files(tmp_path: Path) -> None:
     zone_file, map_file = tmp_path / "zone.json", tmp_path / "map.json"
-    write_zone_file(zone_file, {"a.test": {"A": ["127.0.0.1"]}})
-    write_map_file(map_file, {})
+    Zone.write_file(zone_file, {"a.test": {"A": ["127.0.0.1"]}})
+    ChallengeMap.write_file(map_file, {})
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", mod, "--port", "0", flag, str(f)],
@@ -331,11 +331,13 @@ def test_servers_as_processes_reload_their_files(tmp_path: Path) -> None:
         assert [a.to_text() for a in r.resolve("a.test", "A")] == ["127.0.0.1"]
         app = _app(["b.test"])
         ch = challenge_for(app)
-        write_zone_file(
+        Zone.write_file(
             zone_file,
             {"a.test": {"A": ["127.0.0.1"]}, "b.test": {"A": ["127.0.0.1"]}},
         )
-        write_map_file(map_file, {"b.test": {"paths": {ch.http_path: ch.key_authorization}}})
+        ChallengeMap.write_file(
+            map_file, {"b.test": {"paths": {ch.http_path: ch.key_authorization}}}
+        )
         cfg = CheckConfig(resolver=dns_addr, http_port=http_port, http_timeout_s=2)
 
         async def check() -> CheckResult:

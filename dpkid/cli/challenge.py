@@ -18,8 +18,8 @@ from typing import Any
 
 from dpkid.cli.common import (
     EXIT_HELP,
-    EXIT_OK,
     NOT_FOUND,
+    Exit,
     Refused,
     UsageError,
     add_node_args,
@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("stopped", file=sys.stderr)
     finally:
         srv.stop()
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_dns_record(args: argparse.Namespace) -> int:
@@ -107,11 +107,11 @@ def cmd_dns_record(args: argparse.Namespace) -> int:
             records.append(r)
     if args.json:
         print_json({"app_id": app["app_id"], "records": records})
-        return EXIT_OK
+        return Exit.OK
     print(f"; dns-01 for application {app['app_id']} ({app['status']})")
     for r in records:
         print(f'{r["name"]}. 60 IN TXT "{r["value"]}"')
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_parsers(sub: Any) -> None:

@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -53,11 +54,17 @@ if TYPE_CHECKING:
     from dpkid.core.crypto import SigningKey
     from dpkid.core.types import Genesis
 
-EXIT_OK: Final = 0
-EXIT_NO: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_TIMEOUT: Final = 3
-EXIT_INTERRUPTED: Final = 130
+
+class Exit(IntEnum):
+    """The process exit status: one scheme for every command (README, "Exit codes")."""
+
+    OK = 0
+    NO = 1  # a negative answer: not valid, refused, revoked, not found
+    USAGE = 2  # usage or local error
+    TIMEOUT = 3
+    INTERRUPTED = 130  # SIGINT, as a shell reports it
+
+
 EXIT_HELP: Final = (
     "exit status: 0 success; 1 a negative answer (not valid, refused, revoked, not found); "
     "2 usage or local error (bad flag, missing or unreadable file, node unreachable); "
@@ -81,7 +88,7 @@ class CliError(Exception):
     """A command's failure: one line for people, ``code`` for scripts, and
     ``data`` merged into the JSON error document."""
 
-    code: int = EXIT_USAGE
+    code: int = Exit.USAGE
 
     def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -91,19 +98,19 @@ class CliError(Exception):
 class UsageError(CliError):
     """Bad input, a bad local file, no node to talk to (exit 2)."""
 
-    code = EXIT_USAGE
+    code = Exit.USAGE
 
 
 class Refused(CliError):
     """The node refused, or the answer is a negative one (exit 1)."""
 
-    code = EXIT_NO
+    code = Exit.NO
 
 
 class WaitTimeout(CliError):
     """A wait ran out before the thing waited for happened (exit 3)."""
 
-    code = EXIT_TIMEOUT
+    code = Exit.TIMEOUT
 
 
 class ParseError(Exception):
@@ -186,26 +193,26 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except CliError as exc:
         return fail(exc.code, exc, exc.data)
     except ConfigError as exc:
-        return fail(EXIT_USAGE, exc)
+        return fail(Exit.USAGE, exc)
     except NodeUnreachable as exc:
-        return fail(EXIT_USAGE, exc)
+        return fail(Exit.USAGE, exc)
     except RpcClientError as exc:
         bad_input = exc.code in (INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, UNAUTHORIZED)
         return fail(
-            EXIT_USAGE if bad_input else EXIT_NO, rpc_error_text(exc), {"rpc_error": exc.error}
+            Exit.USAGE if bad_input else Exit.NO, rpc_error_text(exc), {"rpc_error": exc.error}
         )
     except ClientTimeout as exc:
-        return fail(EXIT_TIMEOUT, exc)
+        return fail(Exit.TIMEOUT, exc)
     except TxDropped as exc:
-        return fail(EXIT_NO, exc)
+        return fail(Exit.NO, exc)
     except VerifyError as exc:
-        return fail(EXIT_USAGE, f"the node's answers do not verify (do not trust it): {exc}")
+        return fail(Exit.USAGE, f"the node's answers do not verify (do not trust it): {exc}")
     except BrokenPipeError:  # `dpkid ... | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return Exit.OK
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
 
 
 # ====================================================================== progress

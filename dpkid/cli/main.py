@@ -17,9 +17,7 @@ from typing import Any
 from dpkid import __version__
 from dpkid.cli.common import (
     EXIT_HELP,
-    EXIT_NO,
-    EXIT_OK,
-    EXIT_USAGE,
+    Exit,
     ParseError,
     Parser,
     UsageError,
@@ -171,13 +169,13 @@ def cmd_vectors(args: argparse.Namespace) -> int:
         else:
             doc["wrote"] = written
         print_json(doc)
-        return EXIT_NO if stale else EXIT_OK
+        return Exit.NO if stale else Exit.OK
     if args.check:
         if stale:
             print(f"vectors in {out} differ from the code: " + ", ".join(stale))
-            return EXIT_NO
+            return Exit.NO
         print("vectors match the code")
-    return EXIT_OK
+    return Exit.OK
 
 
 def build_parser() -> Parser:
@@ -278,11 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_command(args_list)
     except ParseError as exc:
-        return report_error(as_json, exc.prog, EXIT_USAGE, f"{exc} (see {exc.prog} --help)")
+        return report_error(as_json, exc.prog, Exit.USAGE, f"{exc} (see {exc.prog} --help)")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return EXIT_OK
+        return Exit.OK
     return run_command(func, args)
 
 

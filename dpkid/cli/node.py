@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dpkid.cli.common import (
-    EXIT_OK,
+    Exit,
     UsageError,
     add_command,
     add_json,
@@ -98,7 +98,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(doc)
-        return EXIT_OK
+        return Exit.OK
     print(f"initialised {home.path}")
     print(f"  node key      {home.key_file} (mode 0600)")
     print(f"  public key    {doc['public_key']}")
@@ -106,7 +106,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  peer id       {doc['peer_id']}")
     print(f"  config        {home.config_file}")
     print(f"  put the chain's genesis.json at {home.genesis_file}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_testnet(args: argparse.Namespace) -> int:
@@ -238,7 +238,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         if err is None:
             raise
         raise UsageError(f"stopped: {err}") from None
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_rpc(args: argparse.Namespace) -> int:
@@ -252,7 +252,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
     if not isinstance(params, (dict, list)):
         raise UsageError(f"PARAMS must be a JSON object or array, not {args.params[:60]!r}")
     print_json(node_client(args).call(args.method, params))
-    return EXIT_OK
+    return Exit.OK
 
 
 def _home_arg(p: argparse.ArgumentParser, help: str) -> None:

@@ -25,9 +25,8 @@ from typing import Any, Final
 
 from dpkid.cli.common import (
     EXIT_HELP,
-    EXIT_NO,
-    EXIT_OK,
     NOT_FOUND,
+    Exit,
     Refused,
     UsageError,
     WaitTimeout,
@@ -527,7 +526,7 @@ def cmd_account_new(ctx: Ctx) -> int:
             ]
         ),
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_account_show(ctx: Ctx) -> int:
@@ -552,7 +551,7 @@ def cmd_account_show(ctx: Ctx) -> int:
     if not acct["exists"]:
         lines.append("(no record on chain: nothing was ever sent to or from this address)")
     ctx.emit(acct, lines)
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_account_transfer(ctx: Ctx) -> int:
@@ -580,7 +579,7 @@ def cmd_account_transfer(ctx: Ctx) -> int:
     }
     if not a.wait:
         ctx.emit(out, [f"submitted transfer of {a.amount} to {to}: tx {h} (not waiting for it)"])
-        return EXIT_OK
+        return Exit.OK
     res = ctx.commit(h)
     bal = ctx.client().account(key.address)["balance"]
     out.update(committed=True, height=res["height"], code_name=res["code_name"], balance=bal)
@@ -588,7 +587,7 @@ def cmd_account_transfer(ctx: Ctx) -> int:
         out,
         [f"transferred {a.amount} to {to} at height {res['height']} (tx {h}); balance now {bal}"],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 # ====================================================================== cert
@@ -641,7 +640,7 @@ def _report_application(ctx: Ctx, tx_hash: str, res: dict[str, Any], what: str) 
     if not ctx.args.wait:
         if ctx.json:
             ctx.emit(out, [])
-        return EXIT_OK
+        return Exit.OK
     ctx.say("")
     final = _follow(ctx, app_id, app["cert_type"])
     out["application"] = final
@@ -650,7 +649,7 @@ def _report_application(ctx: Ctx, tx_hash: str, res: dict[str, Any], what: str) 
         out["cert_id"] = final["cert_id"]
         out["certificate"] = c.cert(final["cert_id"])
         ctx.emit(out, [f"issued: certificate {final['cert_id']}"])
-        return EXIT_OK
+        return Exit.OK
     raise Refused(
         f"application {app_id} {final['status']}"
         + (f": {final['close_reason']}" if final.get("close_reason") else ""),
@@ -753,7 +752,7 @@ def _prepare(
             *_challenge_lines(view, ctx.policy()),
         ],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_cert_submit(ctx: Ctx) -> int:
@@ -855,13 +854,13 @@ def cmd_cert_status(ctx: Ctx) -> int:
         ]
         good = status in ("pending", "issued")
     ctx.emit({"kind": kind, "status": status, "record": rec}, lines)
-    return EXIT_OK if good else EXIT_NO
+    return Exit.OK if good else Exit.NO
 
 
 def cmd_cert_show(ctx: Ctx) -> int:
     kind, rec = _find_record(ctx, ctx.args.id)
     ctx.emit({"kind": kind, "record": rec}, [kind, *_kv(_flatten(rec))])
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_cert_list(ctx: Ctx) -> int:
@@ -883,7 +882,7 @@ def cmd_cert_list(ctx: Ctx) -> int:
         else [f"no certificates for {dom}"]
     )
     ctx.emit({"domain": dom, "certificates": certs}, lines)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _live_cert(ctx: Ctx, ident: str) -> dict[str, Any]:
@@ -931,7 +930,7 @@ def cmd_cert_revoke(ctx: Ctx) -> int:
         {"tx_hash": h, "height": res["height"], "cert_id": cert["cert_id"], "reason": a.reason},
         [f"revoked certificate {cert['cert_id']} ({a.reason}) at height {res['height']} (tx {h})"],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_cert_renew(ctx: Ctx) -> int:
@@ -1037,7 +1036,7 @@ def cmd_endorse_list_pending(ctx: Ctx) -> int:
         else [f"no pending OV/EV applications for {me} in the last {ctx.args.blocks} blocks"]
     )
     ctx.emit({"endorser": me, "blocks_scanned": ctx.args.blocks, "applications": apps}, lines)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _endorse(ctx: Ctx, approve: bool) -> int:
@@ -1070,7 +1069,7 @@ def _endorse(ctx: Ctx, approve: bool) -> int:
             + (f": certificate {app['cert_id']}" if app["status"] == "issued" else ""),
         ],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_endorse_approve(ctx: Ctx) -> int:
@@ -1097,7 +1096,7 @@ def cmd_endorse_withdraw(ctx: Ctx) -> int:
             f"certificate is now {after['cert_type']} with {len(after['endorsers'])} endorsers",
         ],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_endorse_revoke(ctx: Ctx) -> int:
@@ -1117,7 +1116,7 @@ def cmd_endorse_revoke(ctx: Ctx) -> int:
         {"tx_hash": h, "height": res["height"], "certificate": after},
         [f"voted to revoke {cert['cert_id']} at height {res['height']}; certificate {state}"],
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 # ====================================================================== chain
@@ -1135,7 +1134,7 @@ def cmd_validators(ctx: Ctx) -> int:
             f"pending: {ch['pubkey']} -> power {ch['power']} at height {ch['effective_height']}"
         )
     ctx.emit(res, lines)
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_status(ctx: Ctx) -> int:
@@ -1154,7 +1153,7 @@ def cmd_status(ctx: Ctx) -> int:
         ("node id", st.get("node_id") or "-"),
     ]
     ctx.emit(st, _kv(pairs))
-    return EXIT_OK
+    return Exit.OK
 
 
 # ====================================================================== parsers

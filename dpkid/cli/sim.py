@@ -10,8 +10,7 @@ from typing import Any
 
 from dpkid.cli.common import (
     EXIT_HELP,
-    EXIT_NO,
-    EXIT_OK,
+    Exit,
     UsageError,
     add_json,
     print_json,
@@ -121,8 +120,8 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     if not ok:
         if not args.json:  # under --json, out["reproduce"] says it
             print(f"VIOLATION with seed {sc.seed}; reproduce with: {repro}")
-        return EXIT_NO
-    return EXIT_OK
+        return Exit.NO
+    return Exit.OK
 
 
 def add_parser(sub: Any) -> None:

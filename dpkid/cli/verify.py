@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dpkid.cli.common import (
-    EXIT_NO,
-    EXIT_OK,
+    Exit,
     Progress,
     Refused,
     UsageError,
@@ -70,7 +69,7 @@ def print_verdict(args: argparse.Namespace, doc: dict[str, Any], lines: list[str
     else:
         for line in lines:
             print(line)
-    return EXIT_OK if doc["valid"] else EXIT_NO
+    return Exit.OK if doc["valid"] else Exit.NO
 
 
 def print_ledger_verdict(
@@ -189,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(pem.decode())
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:

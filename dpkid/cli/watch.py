@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from dpkid.cli.common import (
-    EXIT_NO,
-    EXIT_OK,
+    Exit,
     Progress,
     UsageError,
     WaitTimeout,
@@ -284,7 +283,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"  problem: {p}")
         for f in report["findings"]:
             print(f"  {f}")
-    return EXIT_OK if report["ok"] else EXIT_NO
+    return Exit.OK if report["ok"] else Exit.NO
 
 
 # ------------------------------------------------------------------ monitor
@@ -477,7 +476,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             await d.aclose()
 
     trio.run(main)
-    return EXIT_OK
+    return Exit.OK
 
 
 def add_parsers(sub: Any) -> None:

@@ -203,14 +203,20 @@ def verify_inclusion(
             return False
         if fn & 1 or fn == sn:
             r = hash_children(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
+            fn, sn = _skip_right_edge(fn, sn)
         else:
             r = hash_children(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root
+
+
+def _skip_right_edge(fn: int, sn: int) -> tuple[int, int]:
+    """RFC 9162 §2.1.3.2 step 5.3 / §2.1.4.2 step 6.2: while ``fn`` is a right
+    child (LSB clear) and not zero, move both up a level."""
+    while not fn & 1 and fn != 0:
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root
+    return fn, sn
 
 
 def verify_consistency(
@@ -244,11 +250,8 @@ def verify_consistency(
         if fn & 1 or fn == sn:
             fr = hash_children(c, fr)
             sr = hash_children(c, sr)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
+            fn, sn = _skip_right_edge(fn, sn)
         else:
             sr = hash_children(sr, c)
-        fn >>= 1
-        sn >>= 1
+        fn, sn = fn >> 1, sn >> 1
     return fr == old_root and sr == new_root and sn == 0

@@ -16,7 +16,7 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import tomli_w
 
@@ -33,6 +33,7 @@ CONFIG_FILE = "config.toml"
 GENESIS_FILE = "genesis.json"
 SOCKET_FILE = "dpkid.sock"
 DATA_DIR = "data"
+DB_FILE = "dpkid.sqlite"
 
 
 class ConfigError(ValueError):
@@ -252,29 +253,25 @@ def read_settings(path: Path) -> NodeSettings:
     return settings_from_dict(data.get("node", {}), str(path))
 
 
+class _InHome:
+    """A path inside the home directory, named by its fixed file name."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, home: Home, owner: type[Home] | None = None) -> Path:
+        return home.path.joinpath(*self.parts)
+
+
 @dataclass
 class Home:
     path: Path
 
-    @property
-    def key_file(self) -> Path:
-        return self.path / KEY_FILE
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def genesis_file(self) -> Path:
-        return self.path / GENESIS_FILE
-
-    @property
-    def data_dir(self) -> Path:
-        return self.path / DATA_DIR
-
-    @property
-    def db_file(self) -> Path:
-        return self.data_dir / "dpkid.sqlite"
+    key_file: ClassVar[_InHome] = _InHome(KEY_FILE)
+    config_file: ClassVar[_InHome] = _InHome(CONFIG_FILE)
+    genesis_file: ClassVar[_InHome] = _InHome(GENESIS_FILE)
+    data_dir: ClassVar[_InHome] = _InHome(DATA_DIR)
+    db_file: ClassVar[_InHome] = _InHome(DATA_DIR, DB_FILE)
 
     def socket_path(self, s: NodeSettings) -> Path:
         p = Path(s.rpc_socket)

@@ -23,38 +23,10 @@ import trio
 from dpkid.core import codec
 from dpkid.core.consensus.engine import LockRecord, SignState
 from dpkid.core.crypto import SignatureCache, sha256
+from dpkid.core.node import effects as fx
+from dpkid.core.node import wire
 from dpkid.core.node.core import NodeCore
-from dpkid.core.node.effects import (
-    NodeEvent,
-    NodeInput,
-    PersistBlock,
-    Receive,
-    Send,
-    ServeBlocks,
-    SetTimer,
-    Start,
-    SubmitTx,
-    TimerFired,
-    TxVerdict,
-    block_response,
-    carry_out,
-)
 from dpkid.core.node.mempool import Refusal
-from dpkid.core.node.wire import (
-    SYNC_REPLY_MAX_BYTES,
-    BlockRequest,
-    BlockResponse,
-    EvidenceMsg,
-    ProposalMsg,
-    ProposalRequest,
-    StatusMsg,
-    SyncedBlock,
-    TxBatch,
-    VoteMsg,
-    WireMsg,
-    decode_msg,
-    encode_msg,
-)
 from dpkid.core.types import Receipt
 from dpkid.daemon.config import Home, read_genesis, read_key, read_settings
 from dpkid.daemon.logs import get_logger, quiet_libp2p
@@ -91,9 +63,9 @@ def topics(chain_id: str) -> dict[str, str]:
 # Which wire messages may travel on which topic; anything else is rejected
 # by the topic validator before libp2p forwards it.
 TOPIC_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    "txs": (TxBatch,),
-    "consensus": (ProposalMsg, VoteMsg, EvidenceMsg, StatusMsg),
-    "blocks": (BlockResponse,),
+    "txs": (wire.TxBatch,),
+    "consensus": (wire.ProposalMsg, wire.VoteMsg, wire.EvidenceMsg, wire.StatusMsg),
+    "blocks": (wire.BlockResponse,),
 }
 
 
@@ -103,18 +75,18 @@ class _Gossip:
     """A gossip message, or the answer to one of our fetches."""
 
     peer: str
-    msg: WireMsg
+    msg: wire.WireMsg
 
 
 @dataclass(frozen=True)
 class _Timer:
-    timer: SetTimer
+    timer: fx.SetTimer
 
 
 @dataclass(frozen=True)
 class _Submit:
     raw: bytes
-    reply: trio.MemorySendChannel[TxVerdict]
+    reply: trio.MemorySendChannel[fx.TxVerdict]
 
 
 @dataclass(frozen=True)
@@ -123,7 +95,7 @@ class _Request:
     ServeBlocks (or Send) for that peer in the same step is the answer."""
 
     peer: str
-    msg: BlockRequest | ProposalRequest
+    msg: wire.BlockRequest | wire.ProposalRequest
     reply: trio.MemorySendChannel[bytes]
 
 
@@ -148,7 +120,7 @@ class _Inbox:
         if isinstance(item, _Submit):
             return False
         if isinstance(item, _Gossip):
-            return not isinstance(item.msg, TxBatch)
+            return not isinstance(item.msg, wire.TxBatch)
         return True
 
     def put_nowait(self, item: _Input) -> bool:
@@ -205,10 +177,10 @@ class NodeDaemon:
         )
         self._restore()
         self.topics = topics(self.genesis.chain_id)
-        self._decoded: OrderedDict[bytes, WireMsg] = OrderedDict()
+        self._decoded: OrderedDict[bytes, wire.WireMsg] = OrderedDict()
         self.catching_up = False
         self.started_ms = now_ms()
-        self.block_listeners: list[Callable[[PersistBlock], None]] = []
+        self.block_listeners: list[Callable[[fx.PersistBlock], None]] = []
         self.p2p: Any = None
         self._nursery: trio.Nursery | None = None
         self._inbox = _Inbox(INPUT_QUEUE, BULK_QUEUE)
@@ -273,7 +245,7 @@ class NodeDaemon:
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._metrics_loop)
             await nursery.start(dv.run)
-            self._step(Start(now_ms()))
+            self._step(fx.Start(now_ms()))
             self.log.info(
                 "started",
                 height=self.core.ledger.height,
@@ -302,7 +274,7 @@ class NodeDaemon:
 
         def validate(peer: str, data: bytes) -> bool:
             try:
-                msg = decode_msg(data)
+                msg = wire.decode_msg(data)
             except codec.DecodeError:
                 self.metrics.bad_messages.inc()
                 return False
@@ -323,7 +295,7 @@ class NodeDaemon:
             msg = self._decoded.pop(sha256(data), None)
             if msg is None:
                 try:
-                    msg = decode_msg(data)
+                    msg = wire.decode_msg(data)
                 except codec.DecodeError:
                     self.metrics.bad_messages.inc()
                     continue
@@ -335,12 +307,12 @@ class NodeDaemon:
     async def _serve_sync(self, data: bytes, peer: str) -> bytes:
         """The stream protocol: the request goes to the core like any input, and
         the core's answer (ServeBlocks, or a Send of the proposal) comes back."""
-        empty = encode_msg(BlockResponse([]))
+        empty = wire.encode_msg(wire.BlockResponse([]))
         try:
-            req = decode_msg(data)
+            req = wire.decode_msg(data)
         except codec.DecodeError:
             return empty
-        if not isinstance(req, (BlockRequest, ProposalRequest)):
+        if not isinstance(req, (wire.BlockRequest, wire.ProposalRequest)):
             return empty
         send, recv = trio.open_memory_channel[bytes](1)
         if not self._inbox.put_nowait(_Request(peer, req, send)):
@@ -349,12 +321,16 @@ class NodeDaemon:
             return await recv.receive()
         return empty
 
-    async def submit_tx(self, raw: bytes) -> TxVerdict:
+    async def submit_tx(self, raw: bytes) -> fx.TxVerdict:
         if self.core.mempool_full():
-            return TxVerdict(Refusal.MEMPOOL_FULL, "mempool is full, try again later", sha256(raw))
-        send, recv = trio.open_memory_channel[TxVerdict](1)
+            return fx.TxVerdict(
+                Refusal.MEMPOOL_FULL, "mempool is full, try again later", sha256(raw)
+            )
+        send, recv = trio.open_memory_channel[fx.TxVerdict](1)
         if not self._inbox.put_nowait(_Submit(raw, send)):
-            return TxVerdict(Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw))
+            return fx.TxVerdict(
+                Refusal.OVERLOADED, "node is overloaded, try again later", sha256(raw)
+            )
         return await recv.receive()
 
     # ------------------------------------------------------------------ the driver
@@ -362,30 +338,30 @@ class NodeDaemon:
         while True:
             item = await self._inbox.get()
             now = now_ms()
-            inp: NodeInput
+            inp: fx.NodeInput
             if isinstance(item, _Timer):
-                inp = TimerFired(item.timer, now)
+                inp = fx.TimerFired(item.timer, now)
             elif isinstance(item, _Submit):
-                inp = SubmitTx(item.raw, now)
+                inp = fx.SubmitTx(item.raw, now)
             else:
-                inp = Receive(item.peer, item.msg, now)
+                inp = fx.Receive(item.peer, item.msg, now)
             self._answering = item if isinstance(item, _Request) else None
             self._answered = False
             try:
                 tx = self._step(inp)
             finally:
                 if isinstance(item, _Request) and not self._answered:
-                    item.reply.send_nowait(encode_msg(BlockResponse([])))
+                    item.reply.send_nowait(wire.encode_msg(wire.BlockResponse([])))
                 self._answering = None
             if isinstance(item, _Submit):
                 assert tx is not None
                 item.reply.send_nowait(tx)
 
-    def _step(self, inp: NodeInput) -> TxVerdict | None:
+    def _step(self, inp: fx.NodeInput) -> fx.TxVerdict | None:
         t0 = time.perf_counter()
         ready = self.core.step(inp)
         self.metrics.step_seconds.labels(type(inp).__name__).observe(time.perf_counter() - t0)
-        carry_out(ready, self)
+        fx.carry_out(ready, self)
         return ready.tx
 
     # ------------------------------------------------------------------ the Shell
@@ -395,38 +371,38 @@ class NodeDaemon:
     def persist_sign_state(self, state: SignState) -> None:
         self.sign_file.save(state)  # fsynced: durable before the vote it guards is sent
 
-    def persist_block(self, block: PersistBlock) -> None:
+    def persist_block(self, block: fx.PersistBlock) -> None:
         self.store.save_block(block)
         self._on_block(block)
 
-    def send(self, send: Send) -> None:
+    def send(self, send: fx.Send) -> None:
         m = send.msg
         if send.to is None:
-            topic = self.topics["txs"] if isinstance(m, TxBatch) else self.topics["consensus"]
+            topic = self.topics["txs"] if isinstance(m, wire.TxBatch) else self.topics["consensus"]
             try:
-                self._out_send.send_nowait((topic, encode_msg(m)))
+                self._out_send.send_nowait((topic, wire.encode_msg(m)))
             except trio.WouldBlock:
                 self.metrics.dropped_sends.inc()  # like gossip loss: re-gossip recovers
             return
         req = self._answering
-        if req is not None and send.to == req.peer and isinstance(m, ProposalMsg):
-            self._answer(encode_msg(m))
-        elif isinstance(m, (BlockRequest, ProposalRequest)):
+        if req is not None and send.to == req.peer and isinstance(m, wire.ProposalMsg):
+            self._answer(wire.encode_msg(m))
+        elif isinstance(m, (wire.BlockRequest, wire.ProposalRequest)):
             assert self._nursery is not None
             self._nursery.start_soon(self._fetch, send.to, m)
 
-    def serve(self, serve: ServeBlocks) -> None:
+    def serve(self, serve: fx.ServeBlocks) -> None:
         req = self._answering
         if req is None or serve.to != req.peer:
             return  # sync requests arrive only on the stream protocol
         blocks = self.store.blocks(serve.from_height, serve.count)
-        self._answer(encode_msg(block_response(blocks, SYNC_REPLY_MAX_BYTES)))
+        self._answer(wire.encode_msg(fx.block_response(blocks, wire.SYNC_REPLY_MAX_BYTES)))
 
-    def set_timer(self, timer: SetTimer) -> None:
+    def set_timer(self, timer: fx.SetTimer) -> None:
         assert self._nursery is not None
         self._nursery.start_soon(self._timer, timer)
 
-    def event(self, event: NodeEvent) -> None:
+    def event(self, event: fx.NodeEvent) -> None:
         if event.kind in LOUD_EVENTS:
             self.log.error("node_event", kind=event.kind, detail=event.detail)
             if event.kind == "liveness_invariant":
@@ -448,28 +424,30 @@ class NodeDaemon:
             except Exception as exc:  # gossip is best effort; re-gossip covers the loss
                 self.log.warning("publish_failed", topic=topic, error=repr(exc))
 
-    async def _timer(self, t: SetTimer) -> None:
+    async def _timer(self, t: fx.SetTimer) -> None:
         await trio.sleep(t.delay_ms / 1000)
         await self._inbox.put(_Timer(t))  # timers must not be lost
 
-    async def _fetch(self, peer: str, req: BlockRequest | ProposalRequest) -> None:
+    async def _fetch(self, peer: str, req: wire.BlockRequest | wire.ProposalRequest) -> None:
         """Block sync and lost-proposal fetches go over the direct stream protocol."""
         connected = self.p2p.peers()
         if peer not in connected and connected:
             # The gossip originator may not be a direct peer: ask one that is.
             peer = sorted(connected)[len(self._decoded) % len(connected)]
-        if isinstance(req, BlockRequest):
+        if isinstance(req, wire.BlockRequest):
             self.catching_up = True
         try:
-            data = await self.p2p.request(peer, SYNC_PROTOCOL, encode_msg(req), SYNC_TIMEOUT_S)
-            resp = decode_msg(data)
+            data = await self.p2p.request(peer, SYNC_PROTOCOL, wire.encode_msg(req), SYNC_TIMEOUT_S)
+            resp = wire.decode_msg(data)
         except Exception as exc:
             self.log.info("fetch_failed", peer=peer, request=type(req).__name__, error=repr(exc))
             return
-        if (isinstance(resp, BlockResponse) and resp.blocks) or isinstance(resp, ProposalMsg):
+        if (isinstance(resp, wire.BlockResponse) and resp.blocks) or isinstance(
+            resp, wire.ProposalMsg
+        ):
             await self._inbox.put(_Gossip(peer, resp))
 
-    def _on_block(self, e: PersistBlock) -> None:
+    def _on_block(self, e: fx.PersistBlock) -> None:
         h = e.block.header.height
         self.metrics.height.set(h)
         self.metrics.blocks.inc()
@@ -487,11 +465,12 @@ class NodeDaemon:
         if self._nursery is not None and e.block.header.proposer == self.key.address:
             self._nursery.start_soon(self._publish_block_event, e)
 
-    async def _publish_block_event(self, e: PersistBlock) -> None:
+    async def _publish_block_event(self, e: fx.PersistBlock) -> None:
         """Committed blocks go out on the blocks topic for monitors."""
         try:
             await self.p2p.publish(
-                self.topics["blocks"], encode_msg(BlockResponse([SyncedBlock(e.block, e.commit)]))
+                self.topics["blocks"],
+                wire.encode_msg(wire.BlockResponse([wire.SyncedBlock(e.block, e.commit)])),
             )
         except Exception as exc:
             self.log.info("publish_failed", topic="blocks", error=repr(exc))

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from dpkid.client.rpc import call_sync
 from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
-from dpkid.dev.procs import start_node, stop_nodes
+from dpkid.dev.procs import make_testnet, start_node, stop_nodes
 
 START_TIMEOUT_S: Final = 120.0
 DRAIN_S: Final = 30.0  # after the load stops: how long accepted txs may still commit
@@ -134,30 +134,11 @@ class _Net:
     def __init__(self, workdir: Path, validators: int, accounts: int) -> None:
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dpkid",
-                "testnet",
-                "--validators",
-                str(validators),
-                "--accounts",
-                str(accounts),
-                "--balance",
-                str(10**12),
-                "--out",
-                str(workdir / "net"),
-                "--dns-resolver",
-                "none",
-                "--json",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        self.info = make_testnet(
+            workdir / "net",
+            validators,
+            *("--accounts", str(accounts), "--balance", str(10**12), "--dns-resolver", "none"),
         )
-        self.info: dict[str, Any] = json.loads(out.stdout)
         self.homes = [Path(p) for p in self.info["nodes"]]
 
     def start(self, progress: Callable[[str], None]) -> None:

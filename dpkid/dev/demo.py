@@ -40,7 +40,7 @@ from dpkid.core.types import (
     sign_tx,
 )
 from dpkid.daemon.config import read_genesis, read_key
-from dpkid.dev.procs import start_node, stop_nodes
+from dpkid.dev.procs import make_testnet, start_node, stop_nodes
 
 START_TIMEOUT_S = 90
 STEP_TIMEOUT_S = 120
@@ -129,34 +129,12 @@ class Demo:
         self.challenges = ChallengeMap()
         self.http = ChallengeHttpServer(self.challenges).start()
         self.progress(f"challenge servers: DNS {self.dns.address}, HTTP 127.0.0.1:{self.http.port}")
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dpkid",
-                "testnet",
-                "--validators",
-                "4",
-                "--endorsers",
-                "3",
-                "--accounts",
-                "3",
-                "--out",
-                str(self.dir / "net"),
-                "--json",
-                "--dns-resolver",
-                self.dns.address,
-                "--http-port",
-                str(self.http.port),
-                "--timeout-commit-ms",
-                "200",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        self.info = make_testnet(
+            self.dir / "net",
+            4,
+            *("--endorsers", "3", "--accounts", "3", "--dns-resolver", self.dns.address),
+            *("--http-port", str(self.http.port), "--timeout-commit-ms", "200"),
         )
-        self.info = json.loads(out.stdout)
         self.homes = [Path(p) for p in self.info["nodes"]]
         self.chain_id = self.info["chain_id"]
         self.genesis = read_genesis(self.dir / "net" / "genesis.json")

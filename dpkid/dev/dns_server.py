@@ -12,7 +12,7 @@ In-process::
         ... dns.address ...                  # "127.0.0.1:PORT" for NodeSettings.dns_resolver
 
 As a process (the zone file is re-read whenever it changes, so a program in
-another process can add records with `write_zone_file`)::
+another process can add records with `Zone.write_file`)::
 
     python -m dpkid.dev.dns_server --port 5353 --zone zone.json
 
@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final, Self
 
 from dnslib import (  # type: ignore[import-untyped]
@@ -242,14 +241,6 @@ class DevDnsServer(LoopbackServer):
                 s.server.shutdown()
                 s.server.server_close()
         self._servers = []
-
-
-# ------------------------------------------------------------------ zone files
-
-
-def write_zone_file(path: Path, records: Mapping[str, Any]) -> None:
-    """Write a zone file atomically (a reader never sees half a file)."""
-    Zone.write_file(path, records)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Final, Self
 
 from dpkid.core.challenges import HTTP_PATH_PREFIX, MAX_HTTP_BODY_BYTES
@@ -245,14 +244,6 @@ class ChallengeHttpServer(LoopbackServer):
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
-
-
-# ------------------------------------------------------------------ map files
-
-
-def write_map_file(path: Path, data: Mapping[str, Any]) -> None:
-    """Write a challenge map file atomically."""
-    ChallengeMap.write_file(path, data)
 
 
 def main(argv: list[str] | None = None) -> int:

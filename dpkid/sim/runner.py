@@ -31,23 +31,8 @@ from dpkid.core.consensus.messages import (
 )
 from dpkid.core.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
 from dpkid.core.keys import spki_der_of
+from dpkid.core.node import effects as fx
 from dpkid.core.node.core import NodeConfig, NodeCore
-from dpkid.core.node.effects import (
-    NodeEvent,
-    NodeInput,
-    PersistBlock,
-    Ready,
-    Receive,
-    ResumePoint,
-    Send,
-    ServeBlocks,
-    SetTimer,
-    Start,
-    SubmitTx,
-    TimerFired,
-    block_response,
-    carry_out,
-)
 from dpkid.core.node.wire import (
     SYNC_REPLY_MAX_BYTES,
     EvidenceMsg,
@@ -310,7 +295,7 @@ class Simulation:
             core.resume(rp)
         return core
 
-    def _resume_point(self, n: SimNode) -> ResumePoint | None:
+    def _resume_point(self, n: SimNode) -> fx.ResumePoint | None:
         """The state after the node's last stored block, from its stored writes:
         what the daemon's store gives NodeCore.resume after a restart."""
         if not n.disk_blocks:
@@ -325,7 +310,7 @@ class Simulation:
         state = State.from_records((k, codec.encode(records[k])) for k in sorted(records))
         block, commit = n.disk_blocks[-1]
         assert state.app_hash == n.disk_app_hashes[-1], "the sim's store is inconsistent"
-        return ResumePoint(state, block, commit, n.disk_priorities[-1])
+        return fx.ResumePoint(state, block, commit, n.disk_priorities[-1])
 
     # ------------------------------------------------------------------ event queue
     def _push(self, at_ms: int, kind: str, payload: Any) -> None:
@@ -376,13 +361,13 @@ class Simulation:
         return self.nodes
 
     # ------------------------------------------------------------------ the shell
-    def _step(self, n: SimNode, inp: NodeInput) -> Ready:
+    def _step(self, n: SimNode, inp: fx.NodeInput) -> fx.Ready:
         assert n.core is not None
         ready = n.core.step(inp)
-        carry_out(ready, _NodeShell(self, n))
+        fx.carry_out(ready, _NodeShell(self, n))
         return ready
 
-    def _send(self, n: SimNode, e: Send) -> None:
+    def _send(self, n: SimNode, e: fx.Send) -> None:
         if "silent" in n.byz and isinstance(e.msg, (ProposalMsg, VoteMsg)):
             return
         extra = self.sc.byzantine.delay_ms if "delaying" in n.byz else 0
@@ -438,7 +423,7 @@ class Simulation:
         return Vote(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address, sig)
 
     # ------------------------------------------------------------------ checkers
-    def _on_commit(self, n: SimNode, e: PersistBlock) -> None:
+    def _on_commit(self, n: SimNode, e: fx.PersistBlock) -> None:
         h = e.block.header.height
         bh = e.block.hash
         if not n.honest:
@@ -475,7 +460,7 @@ class Simulation:
         if len(self.violations) < 100:
             self.violations.append(Violation(kind, detail))
 
-    def _first_commit(self, n: SimNode, e: PersistBlock) -> None:
+    def _first_commit(self, n: SimNode, e: fx.PersistBlock) -> None:
         """Metrics and policy checks, once per height, on the first honest commit."""
         assert n.core is not None
         st = n.core.state
@@ -587,7 +572,7 @@ class Simulation:
                 agent.key, self.genesis.chain_id, agent.next_nonce, self.policy.min_tx_fee, body
             )
         )
-        tx = self._step(node, SubmitTx(raw, self._clock(node))).tx
+        tx = self._step(node, fx.SubmitTx(raw, self._clock(node))).tx
         assert tx is not None
         if tx.verdict == Code.OK:
             agent.next_nonce += 1
@@ -748,16 +733,16 @@ class Simulation:
             src, dst, msg = payload
             n = self.nodes[dst]
             if n.alive and n.core is not None and self._connected(src, dst):
-                self._step(n, Receive(self.nodes[src].name, msg, self._clock(n)))
+                self._step(n, fx.Receive(self.nodes[src].name, msg, self._clock(n)))
         elif kind == "timer":
             idx, epoch, t = payload
             n = self.nodes[idx]
             if n.alive and n.epoch == epoch and n.core is not None:
-                self._step(n, TimerFired(t, self._clock(n)))
+                self._step(n, fx.TimerFired(t, self._clock(n)))
         elif kind == "start":
             n = self.nodes[payload]
             if n.alive and n.core is not None:
-                self._step(n, Start(self._clock(n)))
+                self._step(n, fx.Start(self._clock(n)))
         elif kind == "crash":
             n = self.nodes[payload]
             self._count_timer_violations(n)
@@ -774,7 +759,7 @@ class Simulation:
                 del n.disk_app_hashes[keep:]
             n.alive = True
             n.core = self._make_core(n)
-            self._step(n, Start(self._clock(n)))
+            self._step(n, fx.Start(self._clock(n)))
         elif kind == "workload":
             self._workload_tick()
 
@@ -921,7 +906,7 @@ class _NodeShell:
     def persist_sign_state(self, state: SignState) -> None:
         self.n.disk_sign_state = state
 
-    def persist_block(self, block: PersistBlock) -> None:
+    def persist_block(self, block: fx.PersistBlock) -> None:
         n, sim = self.n, self.sim
         n.disk_blocks.append((block.block, block.commit))
         n.disk_writes.append(block.writes)
@@ -931,22 +916,22 @@ class _NodeShell:
         if block.block.header.height >= sim.sc.heights and sim._done():
             sim.finished = True
 
-    def send(self, send: Send) -> None:
+    def send(self, send: fx.Send) -> None:
         self.sim._send(self.n, send)
 
-    def serve(self, serve: ServeBlocks) -> None:
+    def serve(self, serve: fx.ServeBlocks) -> None:
         n, sim = self.n, self.sim
         dst = sim.by_name.get(serve.to)
         if dst is None or not sim._connected(n.idx, dst.idx):
             return
         first = serve.from_height - 1
-        resp = block_response(n.disk_blocks[first : first + serve.count], SYNC_REPLY_MAX_BYTES)
+        resp = fx.block_response(n.disk_blocks[first : first + serve.count], SYNC_REPLY_MAX_BYTES)
         if resp.blocks:
             sim._deliver(n, dst, resp)
 
-    def set_timer(self, timer: SetTimer) -> None:
+    def set_timer(self, timer: fx.SetTimer) -> None:
         sim = self.sim
         sim._push(sim.now_ms + timer.delay_ms, "timer", (self.n.idx, self.n.epoch, timer))
 
-    def event(self, event: NodeEvent) -> None:
+    def event(self, event: fx.NodeEvent) -> None:
         pass  # the simulator reads the core's counters instead (liveness_violations)

@@ -205,13 +205,15 @@ def _build(cls: Any, data: Any, where: str) -> Any:
 
 
 _TABLES.update(
-    network=NetworkSettings,
-    byzantine=ByzantineSettings,
-    workload=Workload,
-    partitions=Partition,
-    crashes=Crash,
-    starvations=Starvation,
-    chaos=Chaos,
+    {
+        "network": NetworkSettings,
+        "byzantine": ByzantineSettings,
+        "workload": Workload,
+        "partitions": Partition,
+        "crashes": Crash,
+        "starvations": Starvation,
+        "chaos": Chaos,
+    }
 )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -181,7 +181,41 @@ def _plain_sig_check(tx_hash: bytes, pubkey: bytes, msg: bytes, sig: bytes) -> b
 # ------------------------------------------------------------------ the state
 
 
-class State:
+class _Slot(Generic[R]):
+    """A typed, read-only view of one fixed key of the state (meta, policy, ...)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __get__(self, st: _Reads, owner: type[_Reads] | None = None) -> R:
+        v: R = st.get(self.key)
+        return v
+
+
+class _Reads:
+    """Typed reads over ``get``, shared by the committed state and a block being applied."""
+
+    def get(self, key: bytes) -> Any:
+        raise NotImplementedError
+
+    validators: _Slot[ValidatorRecords] = _Slot(K_VALS)
+    pending_validator_changes: _Slot[PendingValidatorChanges] = _Slot(K_VALS_PENDING)
+    endorsers: _Slot[EndorserSet] = _Slot(K_ENDORSERS)
+
+    def application(self, app_id: bytes) -> Application | None:
+        a: Application | None = self.get(key_app(app_id))
+        return a
+
+    def certificate(self, cert_id: bytes) -> Certificate | None:
+        c: Certificate | None = self.get(key_cert(cert_id))
+        return c
+
+    def proposal(self, pid: bytes) -> GovProposal | None:
+        p: GovProposal | None = self.get(key_gov(pid))
+        return p
+
+
+class State(_Reads):
     """The whole ledger state at one height.
 
     ``apply_block`` consumes a State and returns a new one that takes over its
@@ -255,10 +289,8 @@ class State:
         return self._log
 
     # -- typed views
-    @property
-    def meta(self) -> Meta_:
-        m: Meta_ = self.get(K_META)
-        return m
+    meta: _Slot[Meta_] = _Slot(K_META)
+    policy: _Slot[Policy] = _Slot(K_POLICY)
 
     @property
     def chain_id(self) -> str:
@@ -272,26 +304,6 @@ class State:
     def time_ms(self) -> int:
         return self.meta.time_ms
 
-    @property
-    def policy(self) -> Policy:
-        p: Policy = self.get(K_POLICY)
-        return p
-
-    @property
-    def validators(self) -> ValidatorRecords:
-        v: ValidatorRecords = self.get(K_VALS)
-        return v
-
-    @property
-    def pending_validator_changes(self) -> PendingValidatorChanges:
-        p: PendingValidatorChanges = self.get(K_VALS_PENDING)
-        return p
-
-    @property
-    def endorsers(self) -> EndorserSet:
-        e: EndorserSet = self.get(K_ENDORSERS)
-        return e
-
     def account(self, addr: bytes) -> Account | None:
         a: Account | None = self.get(key_account(addr))
         return a
@@ -299,14 +311,6 @@ class State:
     def balance(self, addr: bytes) -> int:
         a = self.account(addr)
         return a.balance if a else 0
-
-    def application(self, app_id: bytes) -> Application | None:
-        a: Application | None = self.get(key_app(app_id))
-        return a
-
-    def certificate(self, cert_id: bytes) -> Certificate | None:
-        c: Certificate | None = self.get(key_cert(cert_id))
-        return c
 
     def certs_by_domain(self, domain: str) -> list[Certificate]:
         idx: DomainIndex | None = self.get(key_domain(domain))
@@ -331,10 +335,6 @@ class State:
                 if len(out) >= limit:
                     break
         return out
-
-    def proposal(self, pid: bytes) -> GovProposal | None:
-        p: GovProposal | None = self.get(key_gov(pid))
-        return p
 
     def log_entry(self, index: int) -> LogEntry | None:
         e: LogEntry | None = self.get(key_log(index))
@@ -509,7 +509,7 @@ def genesis_state(g: Genesis) -> State:
 _DELETED: Final = object()
 
 
-class _Block:
+class _Block(_Reads):
     """Overlay of one block's writes over the consumed state's map.
 
     Two layers: block writes, and the current tx's writes on top. A failed tx
@@ -594,22 +594,6 @@ class _Block:
             raise TxFailure(Code.INSUFFICIENT_FUNDS, f"balance {a.balance} < {amount}")
         self.put(key_account(addr), msgspec.structs.replace(a, balance=a.balance - amount))
 
-    def validators(self) -> ValidatorRecords:
-        v: ValidatorRecords = self.get(K_VALS)
-        return v
-
-    def endorsers(self) -> EndorserSet:
-        e: EndorserSet = self.get(K_ENDORSERS)
-        return e
-
-    def app(self, app_id: bytes) -> Application | None:
-        a: Application | None = self.get(key_app(app_id))
-        return a
-
-    def cert(self, cert_id: bytes) -> Certificate | None:
-        c: Certificate | None = self.get(key_cert(cert_id))
-        return c
-
     def next_log_index(self) -> int:
         return self.log_base + len(self.log_entries) + len(self.tx_log)
 
@@ -672,7 +656,7 @@ def _begin_block(b: _Block) -> None:
     pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
     due = [c for c in pending.changes if c.effective_height <= b.height]
     if due:
-        vals = {v.address: v for v in b.validators().validators}
+        vals = {v.address: v for v in b.validators.validators}
         for c in due:
             addr = address_of(c.pubkey)
             if c.power == 0:
@@ -689,7 +673,7 @@ def _begin_block(b: _Block) -> None:
     heap = b.state._app_expiry
     while heap and heap[0][0] <= b.now:
         exp, app_id = heapq.heappop(heap)
-        app = b.app(app_id)
+        app = b.application(app_id)
         if app is not None and app.status == "pending" and app.expires_ms == exp:
             _close_refund(b, app, "expired", "application expired before it was decided")
     gheap = b.state._gov_expiry
@@ -713,7 +697,7 @@ def _punish(b: _Block, ev: DuplicateVoteEvidence) -> None:
     if b.get(P_JAIL + addr) is not None:
         b.emit("evidence_duplicate", addr, "already jailed")
         return
-    rec = next((v for v in b.validators().validators if v.address == addr), None)
+    rec = next((v for v in b.validators.validators if v.address == addr), None)
     if rec is None:
         b.emit("evidence_invalid", addr, "not a current validator")
         return
@@ -721,7 +705,7 @@ def _punish(b: _Block, ev: DuplicateVoteEvidence) -> None:
         b.emit("evidence_invalid", addr, "signature does not verify")
         return
     pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
-    if not (set(scheduled_powers(b.validators(), pending)) - {addr}):
+    if not (set(scheduled_powers(b.validators, pending)) - {addr}):
         b.emit("evidence_deferred", addr, "jailing would leave no validator")
         return
     b.put(P_JAIL + addr, Jailed(addr, b.height, ev.key()))
@@ -908,7 +892,7 @@ def _live_certs(b: _Block, domain: str) -> list[bytes]:
         return []
     live = []
     for cid in idx.cert_ids:
-        c = b.cert(cid)
+        c = b.certificate(cid)
         if c is not None and cert_status(c, b.now) in ("valid", "not_yet_valid"):
             live.append(cid)
     return live
@@ -995,7 +979,7 @@ def _h_cert_apply(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: CertRenew = tx.body  # type: ignore[assignment]
-    cert = b.cert(body.cert_id)
+    cert = b.certificate(body.cert_id)
     if cert is None:
         raise TxFailure(Code.UNKNOWN_CERT, "no such certificate")
     if cert.owner != sender:
@@ -1022,7 +1006,7 @@ def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 def _h_dv_attest(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: DvAttest = tx.body  # type: ignore[assignment]
-    if b.validators().power_of(sender) <= 0:
+    if b.validators.power_of(sender) <= 0:
         raise TxFailure(Code.NOT_VALIDATOR, "only an active validator may attest")
     seen: list[bytes] = []
     for item in body.items:
@@ -1036,7 +1020,7 @@ def _h_dv_attest(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 
 def _attest_one(b: _Block, validator: bytes, item: Attestation) -> None:
-    app = b.app(item.app_id)
+    app = b.application(item.app_id)
     if app is None:
         b.emit("attest_skipped", item.app_id, "unknown application")
         return
@@ -1072,10 +1056,10 @@ def _attest_one(b: _Block, validator: bytes, item: Attestation) -> None:
 
 def _h_endorse(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: Endorse = tx.body  # type: ignore[assignment]
-    end = b.endorsers().get(sender)
+    end = b.endorsers.get(sender)
     if end is None or not end.active:
         raise TxFailure(Code.NOT_ENDORSER, "only an active registered endorser may endorse")
-    app = b.app(body.app_id)
+    app = b.application(body.app_id)
     if app is None:
         raise TxFailure(Code.UNKNOWN_APPLICATION, "no such application")
     if app.cert_type == "DV":
@@ -1097,7 +1081,7 @@ def _h_endorse(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 def _decide(b: _Block, app: Application) -> None:
     """SPEC §7.5: issue, reject, or keep waiting."""
     p = b.policy
-    vs = b.validators()
+    vs = b.validators
     total = vs.total_power()
     ok_power = sum(vs.power_of(a.validator) for a in app.attestations if a.ok)
     fail_power = sum(vs.power_of(a.validator) for a in app.attestations if not a.ok)
@@ -1109,7 +1093,7 @@ def _decide(b: _Block, app: Application) -> None:
     endorsers: list[bytes] = []
     if app.cert_type != "DV":
         k = _k_for(p, app.cert_type)
-        active = b.endorsers().active()
+        active = b.endorsers.active()
         active_addrs = [e.address for e in active]
         endorsers = [
             e.endorser for e in app.endorsements if e.approve and e.endorser in active_addrs
@@ -1146,7 +1130,7 @@ def _split(b: _Block, amount: int, recipients: list[bytes]) -> None:
 def _issue(b: _Block, app: Application, endorsers: list[bytes], ok_power: int, total: int) -> None:
     p = b.policy
     cert_id = cert_id_for(app.app_id)
-    vs = b.validators()
+    vs = b.validators
     # Only attestations that counted (power in force now) are rewarded.
     attestors = sorted(
         a.validator for a in app.attestations if a.ok and vs.power_of(a.validator) > 0
@@ -1186,7 +1170,7 @@ def _issue(b: _Block, app: Application, endorsers: list[bytes], ok_power: int, t
     _split(b, app.escrow - endorser_part, attestors)
     b.emit("cert_issued", cert_id, ",".join(app.domains))
     if app.renews:
-        old = b.cert(app.renews)
+        old = b.certificate(app.renews)
         if old is not None and old.status == "valid":
             old = msgspec.structs.replace(old, superseded_by=cert_id)
             if old.spki != cert.spki:
@@ -1228,7 +1212,7 @@ def _revoke(b: _Block, cert: Certificate, reason: int) -> None:
 
 
 def _live_cert_or_fail(b: _Block, cert_id: bytes) -> Certificate:
-    cert = b.cert(cert_id)
+    cert = b.certificate(cert_id)
     if cert is None:
         raise TxFailure(Code.UNKNOWN_CERT, "no such certificate")
     if cert.status == "revoked":
@@ -1253,7 +1237,7 @@ def _h_revoke(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 def _h_endorser_revoke(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: EndorserRevoke = tx.body  # type: ignore[assignment]
     _check_reason(body.reason_code)
-    es = b.endorsers()
+    es = b.endorsers
     end = es.get(sender)
     if end is None or not end.active:
         raise TxFailure(Code.NOT_ENDORSER, "only an active registered endorser may vote")
@@ -1277,7 +1261,7 @@ def _degrade_if_short(b: _Block, cert: Certificate, why: str) -> Certificate:
     if cert.cert_type == "DV" or cert.status == "revoked":
         b.put(key_cert(cert.cert_id), cert)
         return cert
-    active = [e.address for e in b.endorsers().active()]
+    active = [e.address for e in b.endorsers.active()]
     standing = [e for e in cert.endorsers if e in active]
     if len(standing) >= _k_for(b.policy, cert.issued_type):
         b.put(key_cert(cert.cert_id), cert)
@@ -1291,7 +1275,7 @@ def _degrade_if_short(b: _Block, cert: Certificate, why: str) -> Certificate:
 
 def _h_endorse_withdraw(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: EndorseWithdraw = tx.body  # type: ignore[assignment]
-    if b.endorsers().get(sender) is None:
+    if b.endorsers.get(sender) is None:
         raise TxFailure(Code.NOT_ENDORSER, "not a registered endorser")
     cert = _live_cert_or_fail(b, body.cert_id)
     if sender not in cert.endorsers:
@@ -1306,13 +1290,13 @@ def _h_endorse_withdraw(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 def _validate_action(b: _Block, action: GovAction) -> None:
     if isinstance(action, AddEndorser):
-        e = b.endorsers().get(address_of(action.pubkey))
+        e = b.endorsers.get(address_of(action.pubkey))
         if e is not None and e.active:
             raise TxFailure(Code.INVALID_GOV_ACTION, "endorser is already registered")
-        if len(b.endorsers().active()) >= MAX_ENDORSERS:
+        if len(b.endorsers.active()) >= MAX_ENDORSERS:
             raise TxFailure(Code.INVALID_GOV_ACTION, f"at most {MAX_ENDORSERS} endorsers")
     elif isinstance(action, RemoveEndorser):
-        e = b.endorsers().get(action.endorser)
+        e = b.endorsers.get(action.endorser)
         if e is None or not e.active:
             raise TxFailure(Code.INVALID_GOV_ACTION, "no such active endorser")
     elif isinstance(action, GovRevokeCert):
@@ -1323,7 +1307,7 @@ def _validate_action(b: _Block, action: GovAction) -> None:
         # force: otherwise two removals, each fine alone, could empty the set.
         pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
         change = PendingValidatorChange(b.height + 2, action.pubkey, action.power)
-        live = scheduled_powers(b.validators(), PendingValidatorChanges([*pending.changes, change]))
+        live = scheduled_powers(b.validators, PendingValidatorChanges([*pending.changes, change]))
         if not live:
             raise TxFailure(Code.INVALID_GOV_ACTION, "the validator set may not become empty")
         if len(live) > MAX_VALIDATORS:
@@ -1332,7 +1316,7 @@ def _validate_action(b: _Block, action: GovAction) -> None:
 
 def _h_gov_propose(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: GovPropose = tx.body  # type: ignore[assignment]
-    if b.validators().power_of(sender) <= 0:
+    if b.validators.power_of(sender) <= 0:
         raise TxFailure(Code.NOT_VALIDATOR, "only a validator may propose")
     _validate_action(b, body.action)
     pid = sha256(GOV_TAG + h)
@@ -1354,7 +1338,7 @@ def _h_gov_propose(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 def _h_gov_vote(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: GovVote = tx.body  # type: ignore[assignment]
-    if b.validators().power_of(sender) <= 0:
+    if b.validators.power_of(sender) <= 0:
         raise TxFailure(Code.NOT_VALIDATOR, "only a validator may vote")
     prop: GovProposal | None = b.get(key_gov(body.proposal_id))
     if prop is None:
@@ -1373,7 +1357,7 @@ def _h_gov_vote(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
 
 def _tally(b: _Block, prop: GovProposal) -> None:
     # Governance needs more than 2/3 of the voting power in force now.
-    vs = b.validators()
+    vs = b.validators
     total = vs.total_power()
     yes = sum(vs.power_of(a) for a in prop.yes)
     no = sum(vs.power_of(a) for a in prop.no)
@@ -1397,7 +1381,7 @@ def _execute(b: _Block, action: GovAction) -> TxFailure | None:
         _validate_action(b, action)
     except TxFailure as f:
         return f
-    es = b.endorsers()
+    es = b.endorsers
     if isinstance(action, AddEndorser):
         addr = address_of(action.pubkey)
         rec = EndorserRecord(addr, action.pubkey, action.name, True, b.height)
@@ -1419,7 +1403,7 @@ def _execute(b: _Block, action: GovAction) -> TxFailure | None:
             # A corrupt endorser's word is void: every certificate it vouched
             # for loses that endorsement and may fall to DV (SPEC §7.7).
             for cid in _certs_endorsed_by(b, action.endorser):
-                cert = b.cert(cid)
+                cert = b.certificate(cid)
                 if cert is None or action.endorser not in cert.endorsers:
                     continue
                 cert = msgspec.structs.replace(
@@ -1427,7 +1411,7 @@ def _execute(b: _Block, action: GovAction) -> TxFailure | None:
                 )
                 _degrade_if_short(b, cert, "endorser removed as corrupt")
     elif isinstance(action, GovRevokeCert):
-        cert = b.cert(action.cert_id)
+        cert = b.certificate(action.cert_id)
         assert cert is not None
         _revoke(b, cert, action.reason_code)
     elif isinstance(action, SetValidator):
