@@ -60,12 +60,10 @@ from dpkid.core.consensus.engine import (
 from dpkid.core.consensus.messages import (
     PRECOMMIT,
     PREVOTE,
-    STEP_PRECOMMIT,
-    STEP_PREVOTE,
-    STEP_PROPOSE,
     Block,
     DuplicateVoteEvidence,
     Proposal,
+    SignStep,
     Vote,
     proposal_sign_bytes,
     sign_bytes_of_proposal,
@@ -101,9 +99,9 @@ KEYS: tuple[SigningKey, ...] = tuple(
 )
 OUTSIDER = SigningKey.from_label("not-a-validator")
 
-STEP_NAME = {STEP_PROPOSE: "propose", STEP_PREVOTE: "prevote", STEP_PRECOMMIT: "precommit"}
+STEP_NAME: dict[int, str] = {s: s.name.lower() for s in SignStep}
 VOTE_NAME = {PREVOTE: "prevote", PRECOMMIT: "precommit"}
-VOTE_STEP = {PREVOTE: STEP_PREVOTE, PRECOMMIT: STEP_PRECOMMIT}
+VOTE_STEP = {PREVOTE: SignStep.PREVOTE, PRECOMMIT: SignStep.PRECOMMIT}
 STANDARD_VALUES = frozenset({"A", "B", "C", "D", *(f"new{r}" for r in range(8))})
 
 Row = tuple[object, ...]  # one effect, abstracted so that a table can spell it out
@@ -486,7 +484,7 @@ class Harness:
         assert self.key is not None, "a node without a key may not send"
         assert m.chain_id == CHAIN and m.height == self.height
         if isinstance(m, Proposal):
-            hrs = (m.height, m.round, STEP_PROPOSE)
+            hrs = (m.height, m.round, SignStep.PROPOSE)
             bh, ts = m.block.hash, 0
             assert m.proposer == self.key.address
             assert verify_ed25519(self.key.public_key, sign_bytes_of_proposal(m), m.sig)
@@ -1569,7 +1567,7 @@ def test_guard_sign_state_of_a_later_round_or_height_blocks_everything_below() -
             ),
         ],
     )
-    h2 = Harness(sign_state=SignState(HEIGHT + 1, 0, STEP_PREVOTE, b"", T_BLOCK, b"\x00" * 64))
+    h2 = Harness(sign_state=SignState(HEIGHT + 1, 0, SignStep.PREVOTE, b"", T_BLOCK, b"\x00" * 64))
     run(
         h2,
         [
@@ -1588,7 +1586,7 @@ def test_guard_restarted_proposer_does_not_repropose_and_still_times_out() -> No
     blk = h0.block("new0")
     assert h0.key is not None
     sig = h0.key.sign(proposal_sign_bytes(CHAIN, HEIGHT, 0, -1, blk.hash, h0.key.address))
-    h = Harness(me=0, sign_state=SignState(HEIGHT, 0, STEP_PROPOSE, blk.hash, 0, sig))
+    h = Harness(me=0, sign_state=SignState(HEIGHT, 0, SignStep.PROPOSE, blk.hash, 0, sig))
     run(
         h,
         [
@@ -1611,7 +1609,7 @@ def test_guard_proposal_and_votes_of_one_round_in_order() -> None:
     ]
     assert kinds == ["PersistSignState", "Broadcast", "PersistSignState", "Broadcast"]
     states = [e.state.step for e in eff if isinstance(e, PersistSignState)]
-    assert states == [STEP_PROPOSE, STEP_PREVOTE]
+    assert states == [SignStep.PROPOSE, SignStep.PREVOTE]
 
 
 # ------------------------------------------------------------------ validity cache
@@ -1839,7 +1837,7 @@ def test_all_validators_restarted_after_signing_in_round_5_decide() -> None:
         assert h0.key is not None
         sb = vote_sign_bytes(CHAIN, PRECOMMIT, HEIGHT, 5, b"", T_BLOCK + i, h0.key.address)
         sig = h0.key.sign(sb)
-        ss_of[i] = SignState(HEIGHT, 5, STEP_PRECOMMIT, b"", T_BLOCK + i, sig)
+        ss_of[i] = SignState(HEIGHT, 5, SignStep.PRECOMMIT, b"", T_BLOCK + i, sig)
     net = [Harness(me=i, sign_state=ss_of[i]) for i in range(4)]
     decided = _run_net(net)
     assert all(v is not None for v in decided.values()), decided

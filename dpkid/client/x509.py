@@ -48,6 +48,27 @@ class ExportError(ValueError):
     pass
 
 
+KEY_USAGE_BITS: Final = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def key_usage(*granted: str) -> x509.KeyUsage:
+    """RFC 5280 §4.2.1.3 keyUsage with exactly the ``granted`` bits set."""
+    unknown = set(granted) - set(KEY_USAGE_BITS)
+    if unknown:
+        raise ValueError(f"unknown keyUsage bits: {sorted(unknown)}")
+    return x509.KeyUsage(**{bit: bit in granted for bit in KEY_USAGE_BITS})
+
+
 def export_key(chain_id: str) -> ed25519.Ed25519PrivateKey:
     """The chain's public export key: derived from the chain id, so it is not a secret."""
     return ed25519.Ed25519PrivateKey.from_private_bytes(sha256(EXPORT_KEY_TAG + chain_id.encode()))
@@ -183,16 +204,9 @@ def to_x509(
     )
     if not isinstance(subject_pub, ed25519.Ed25519PublicKey):
         builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=isinstance(subject_pub, rsa.RSAPublicKey),
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
+            key_usage(
+                "digital_signature",
+                *(["key_encipherment"] if isinstance(subject_pub, rsa.RSAPublicKey) else []),
             ),
             critical=True,
         )

@@ -206,6 +206,12 @@ class DevDnsServer(LoopbackServer):
         self._servers: list[Any] = []
         self.port = 0
 
+    cli_switch = ("--no-tcp", "serve UDP only")
+
+    @classmethod
+    def from_cli(cls, table: Zone, host: str, port: int, switch: bool) -> Self:
+        return cls(table, host, port, tcp=not switch)
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -244,15 +250,7 @@ class DevDnsServer(LoopbackServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    zone = Zone()
-    return serve_file_main(
-        argv,
-        "dns_server",
-        "authoritative test DNS server (A, TXT) on loopback; reloads its zone file",
-        zone,
-        lambda ap: ap.add_argument("--no-tcp", action="store_true", help="serve UDP only"),
-        lambda args: DevDnsServer(zone, args.host, args.port, tcp=not args.no_tcp),
-    )
+    return serve_file_main(argv, DevDnsServer, Zone())
 
 
 if __name__ == "__main__":

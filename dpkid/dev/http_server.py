@@ -224,6 +224,12 @@ class ChallengeHttpServer(LoopbackServer):
         self._thread: threading.Thread | None = None
         self.port = 0
 
+    @classmethod
+    def from_cli(cls, table: ChallengeMap, host: str, port: int, switch: bool) -> Self:
+        return cls(table, host, port, verbose=switch)
+
+    cli_switch = ("--verbose", "log each request to stderr")
+
     def start(self) -> Self:
         srv = _Server((self.host, self.want_port), self.challenges, self.verbose)
         self._server = srv
@@ -247,17 +253,7 @@ class ChallengeHttpServer(LoopbackServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    challenges = ChallengeMap()
-    return serve_file_main(
-        argv,
-        "http_server",
-        "http-01 challenge server on loopback; reloads its map file",
-        challenges,
-        lambda ap: ap.add_argument(
-            "--verbose", action="store_true", help="log each request to stderr"
-        ),
-        lambda args: ChallengeHttpServer(challenges, args.host, args.port, verbose=args.verbose),
-    )
+    return serve_file_main(argv, ChallengeHttpServer, ChallengeMap())
 
 
 if __name__ == "__main__":

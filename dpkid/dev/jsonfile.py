@@ -180,6 +180,15 @@ class LoopbackServer(ABC):
     @abstractmethod
     def stop(self) -> None: ...
 
+    # The `python -m dpkid.dev.<module>` command: its one switch beside --host,
+    # --port and the file (flag, help), described by the module docstring's first line.
+    cli_switch: ClassVar[tuple[str, str]]
+
+    @classmethod
+    @abstractmethod
+    def from_cli(cls, table: Any, host: str, port: int, switch: bool) -> Self:
+        """The (unstarted) server for ``table``, configured from the command line."""
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -211,23 +220,22 @@ def run_until_signal(
 
 
 def serve_file_main(
-    argv: list[str] | None,
-    name: str,
-    description: str,
-    table: JsonTable[Any],
-    add_options: Callable[[argparse.ArgumentParser], object],
-    server: Callable[[argparse.Namespace], LoopbackServer],
+    argv: list[str] | None, server: type[LoopbackServer], table: JsonTable[Any]
 ) -> int:
-    """``python -m dpkid.dev.<name>``: serve ``table`` on loopback, loaded from
-    the file given as ``--<table.kind>`` and reloaded whenever it changes.
-    ``add_options`` adds the server's own options; ``server`` makes it (unstarted)."""
+    """``python -m dpkid.dev.<module>``: serve ``table`` on loopback, loaded from
+    the file given as ``--<table.kind>`` and reloaded whenever it changes."""
+    module = sys.modules[server.__module__]
+    spec = module.__spec__  # under `python -m`, __module__ is "__main__"
+    name = (spec.name if spec else server.__module__).rsplit(".", 1)[-1]
+    description = (module.__doc__ or name).splitlines()[0]
     ap = argparse.ArgumentParser(prog=f"python -m dpkid.dev.{name}", description=description)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
     ap.add_argument(
         f"--{table.kind}", required=True, help=f"JSON {table.kind} file, re-read when it changes"
     )
-    add_options(ap)
+    flag, flag_help = server.cli_switch
+    ap.add_argument(flag, dest="switch", action="store_true", help=flag_help)
     args = ap.parse_args(argv)
     if not ipaddress.ip_address(args.host).is_loopback:
         print(f"{name}: refusing to listen outside loopback", file=sys.stderr)
@@ -239,7 +247,7 @@ def serve_file_main(
         except table.error as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             return 2
-    running = server(args).start()
+    running = server.from_cli(table, args.host, args.port, args.switch).start()
     print(f"listening {running.host}:{running.port}", flush=True)
     run_until_signal(lambda stop: table.watch_file(path, stop), running.stop)
     return 0

@@ -22,14 +22,12 @@ from msgspec import Struct
 from dpkid.core.consensus.messages import (
     PRECOMMIT,
     PREVOTE,
-    STEP_PRECOMMIT,
-    STEP_PREVOTE,
-    STEP_PROPOSE,
     Block,
     Commit,
     CommitSig,
     DuplicateVoteEvidence,
     Proposal,
+    SignStep,
     Vote,
     proposal_sign_bytes,
     sign_bytes_of_proposal,
@@ -335,7 +333,7 @@ class HeightState:
     ) -> None:
         if self.key is None or self.vals.get(self.address) is None:
             return
-        step = STEP_PREVOTE if type_ == PREVOTE else STEP_PRECOMMIT
+        step = SignStep.PREVOTE if type_ == PREVOTE else SignStep.PRECOMMIT
         hrs = (self.height, self.round, step)
         ss = self.sign_state
         if hrs < ss.hrs():
@@ -381,7 +379,7 @@ class HeightState:
 
     def _sign_proposal(self, block: Block, pol_round: int, valid: bool, eff: list[Effect]) -> None:
         assert self.key is not None
-        hrs = (self.height, self.round, STEP_PROPOSE)
+        hrs = (self.height, self.round, SignStep.PROPOSE)
         if hrs <= self.sign_state.hrs():
             return  # already proposed (or voted) in this round before a restart
         sb = proposal_sign_bytes(
@@ -391,7 +389,7 @@ class HeightState:
         self.sign_state = SignState(
             self.height,
             self.round,
-            STEP_PROPOSE,
+            SignStep.PROPOSE,
             block.hash,
             0,
             sig,
@@ -447,11 +445,11 @@ class HeightState:
             self.key is None
             or ss.height != self.height
             or ss.round != self.round
-            or ss.step not in (STEP_PREVOTE, STEP_PRECOMMIT)
+            or ss.step not in (SignStep.PREVOTE, SignStep.PRECOMMIT)
             or self.vals.get(self.address) is None
         ):
             return
-        type_ = PREVOTE if ss.step == STEP_PREVOTE else PRECOMMIT
+        type_ = PREVOTE if ss.step == SignStep.PREVOTE else PRECOMMIT
         vote = Vote(
             self.chain_id,
             type_,
@@ -649,7 +647,7 @@ class HeightState:
         if (
             self.key is not None
             and self.proposer(r) == self.address
-            and (self.height, r, STEP_PROPOSE) > self.sign_state.hrs()
+            and (self.height, r, SignStep.PROPOSE) > self.sign_state.hrs()
         ):
             # L14-L19: propose validValue if we have one (valid: L36 checked it,
             # or it is the restored lock's block, which passed L36 before the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Annotated, Final
 
 from msgspec import Meta, Struct
@@ -13,10 +14,16 @@ from dpkid.core.types import U64, Addr, ChainId, Hash32, Header, OptHash, Sig
 
 PREVOTE: Final = 1
 PRECOMMIT: Final = 2
-# Steps, ordered, for the double-sign guard (a proposal is signed at step 1).
-STEP_PROPOSE: Final = 1
-STEP_PREVOTE: Final = 2
-STEP_PRECOMMIT: Final = 3
+
+
+class SignStep(IntEnum):
+    """Steps, ordered, for the double-sign guard (CONSENSUS §6): a proposal is
+    signed at step 1, then the prevote, then the precommit."""
+
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+
 
 MAX_BLOCK_TXS: Final = 10_000
 MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024

@@ -214,6 +214,17 @@ class _Reads:
         p: GovProposal | None = self.get(key_gov(pid))
         return p
 
+    def certs_by_domain(self, domain: str) -> list[Certificate]:
+        idx: DomainIndex | None = self.get(key_domain(domain))
+        if idx is None:
+            return []
+        out = []
+        for cid in idx.cert_ids:
+            c = self.certificate(cid)
+            if c is not None:
+                out.append(c)
+        return out
+
 
 class State(_Reads):
     """The whole ledger state at one height.
@@ -311,17 +322,6 @@ class State(_Reads):
     def balance(self, addr: bytes) -> int:
         a = self.account(addr)
         return a.balance if a else 0
-
-    def certs_by_domain(self, domain: str) -> list[Certificate]:
-        idx: DomainIndex | None = self.get(key_domain(domain))
-        if idx is None:
-            return []
-        out = []
-        for cid in idx.cert_ids:
-            c = self.certificate(cid)
-            if c is not None:
-                out.append(c)
-        return out
 
     def pending_application_ids(self, limit: int = 10_000) -> list[bytes]:
         """Applications still pending, soonest expiry first (a restarted
@@ -887,15 +887,8 @@ def _check_spki(spki: bytes) -> None:
 
 
 def _live_certs(b: _Block, domain: str) -> list[bytes]:
-    idx: DomainIndex | None = b.get(key_domain(domain))
-    if idx is None:
-        return []
-    live = []
-    for cid in idx.cert_ids:
-        c = b.certificate(cid)
-        if c is not None and cert_status(c, b.now) in ("valid", "not_yet_valid"):
-            live.append(cid)
-    return live
+    live = ("valid", "not_yet_valid")
+    return [c.cert_id for c in b.certs_by_domain(domain) if cert_status(c, b.now) in live]
 
 
 def _new_application(
