@@ -67,7 +67,9 @@ def cmd_bench_net(args: argparse.Namespace) -> int:
 
     try:
         if args.sweep:
-            rows = benchnet.run_sweep(args.validators, args.duration, progress=progress)
+            rows = benchnet.run_sweep(
+                args.validators, args.duration, progress=progress, mix=args.mix
+            )
             if args.plot:
                 benchnet.plot_sweep(rows, Path(args.plot))
             if args.json:
@@ -78,7 +80,12 @@ def cmd_bench_net(args: argparse.Namespace) -> int:
         if args.rate is None:
             raise UsageError("bench net needs --rate R or --sweep")
         res = benchnet.run_net(
-            args.validators, args.duration, args.rate, args.accounts, progress=progress
+            args.validators,
+            args.duration,
+            args.rate,
+            args.accounts,
+            progress=progress,
+            mix=args.mix,
         )
     except benchnet.BenchError as exc:
         raise UsageError(str(exc)) from None
@@ -205,9 +212,22 @@ def build_parser() -> Parser:
     )
     b.add_argument("--validators", type=int, default=4, help="net: validators")
     b.add_argument("--duration", type=float, default=60.0, help="net: seconds of load")
-    b.add_argument("--rate", type=float, default=None, help="net: offered tx/s")
+    b.add_argument(
+        "--rate", type=float, default=None, help="net: offered tx/s (certs: applications/s)"
+    )
+    b.add_argument(
+        "--mix",
+        choices=["transfers", "certs"],
+        default="transfers",
+        help="net: signed transfers, or DV applications checked over http-01 and issued",
+    )
     b.add_argument("--sweep", action="store_true", help="net: a grid of rates, fresh net each")
-    b.add_argument("--accounts", type=int, default=400, help="net: funded accounts sending")
+    b.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="net: funded accounts sending (default 400 for transfers, 100 for certs)",
+    )
     b.add_argument("--plot", metavar="FILE.png", default=None, help="net --sweep: write a plot")
     b.add_argument(
         "--scale",

@@ -8,18 +8,26 @@ nodes' RPC sockets in batches. Committed transactions are counted from the
 committed blocks of node0 (``block_get``), never from submissions, and each
 transaction's latency is from its submission to the moment node0 is seen to
 have committed the block holding it.
+
+With ``mix="certs"`` the load is DV certificate applications instead: the bench
+starts its own loopback DNS and HTTP challenge servers (separate processes,
+``python -m dpkid.dev.dns_server`` / ``http_server``), every validator checks
+every application's http-01 challenge there and attests, and a certificate
+counts as issued when a committed block's receipt says so (``cert_issued``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,8 @@ from typing import Any, Final
 
 from dpkid.client.rpc import call_sync
 from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
+from dpkid.core.types import DvAttest, decode_tx
+from dpkid.daemon.config import read_genesis
 from dpkid.dev.procs import make_testnet, start_node, stop_nodes
 
 START_TIMEOUT_S: Final = 120.0
@@ -36,8 +46,13 @@ STATUS_PROBE_S: Final = 0.1
 SIGN_TIMEOUT_S: Final = 600.0
 DEFAULT_ACCOUNTS: Final = 400
 SWEEP_RATES: Final = (250, 500, 1000, 1500, 2000, 3000, 4500, 6000)
+CERT_SWEEP_RATES: Final = (25, 50, 100, 150, 200, 300)
 MAX_RATE_TPS: Final = 50_000
 MAX_DURATION_S: Final = 3600
+MIXES: Final = ("transfers", "certs")
+CERT_ACCOUNTS: Final = 100
+SERVER_START_S: Final = 30.0  # for a dev DNS/HTTP server to print its address
+PUBLISH_TIMEOUT_S: Final = 60.0  # for the servers to load the zone and challenge map
 
 
 class BenchError(Exception):
@@ -83,6 +98,19 @@ class _Watcher:
     stop: threading.Event = field(default_factory=threading.Event)
     error: str = ""
     blocks: int = 0
+    # mix certs: name -> when a committed receipt first said it was issued
+    issued: dict[str, float] = field(default_factory=dict)
+    watch_issuance: bool = False
+
+    def _issuance(self, raw: bytes, seen: float) -> None:
+        """Issuance happens in the attestation that crosses the threshold."""
+        if not isinstance(decode_tx(raw).body, DvAttest):
+            return
+        r = call_sync(self.home, "tx_get", {"hash": sha256(raw).hex()})
+        for ev in (r.get("receipt") or {}).get("events", []):
+            if ev["kind"] == "cert_issued":
+                for name in ev["detail"].split(","):
+                    self.issued.setdefault(name, seen)
 
     def run(self) -> None:
         try:
@@ -93,7 +121,10 @@ class _Watcher:
                 for height in range(self.height + 1, h + 1):
                     b = call_sync(self.home, "block_get", {"height": height})
                     for tx in b["txs"]:
-                        self.committed.setdefault(sha256(bytes.fromhex(tx)).hex(), seen)
+                        raw = bytes.fromhex(tx)
+                        self.committed.setdefault(sha256(raw).hex(), seen)
+                        if self.watch_issuance:
+                            self._issuance(raw, seen)
                     self.block_times.append(seen)
                     self.blocks += 1
                 self.height = max(self.height, h)
@@ -131,13 +162,20 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 class _Net:
-    def __init__(self, workdir: Path, validators: int, accounts: int) -> None:
+    def __init__(
+        self, workdir: Path, validators: int, accounts: int, dv: tuple[str, int] | None
+    ) -> None:
+        """``dv``: the (DNS resolver, HTTP port) validators check domains with;
+        ``None``, they check nothing."""
         self.dir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        checks = ["--dns-resolver", "none"]
+        if dv is not None:
+            checks = ["--dns-resolver", dv[0], "--http-port", str(dv[1])]
         self.info = make_testnet(
             workdir / "net",
             validators,
-            *("--accounts", str(accounts), "--balance", str(10**12), "--dns-resolver", "none"),
+            *("--accounts", str(accounts), "--balance", str(10**12), *checks),
         )
         self.homes = [Path(p) for p in self.info["nodes"]]
 
@@ -161,15 +199,91 @@ class _Net:
         stop_nodes(self.procs)
 
 
+class _ChallengeServers:
+    """The bench's own loopback DNS and http-01 servers, each its own process,
+    loading the zone and challenge map the load generator writes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.zone_file = workdir / "zone.json"
+        self.map_file = workdir / "challenges.json"
+        self.http_log = workdir / "http_server.log"
+        self.procs: list[subprocess.Popen[str]] = []
+        self.dns = self._start(["dns_server", "--zone", str(self.zone_file)], workdir / "dns.log")
+        http = ["http_server", "--map", str(self.map_file), "--verbose"]
+        self.http = self._start(http, self.http_log)
+        self.http_port = int(self.http.rsplit(":", 1)[1])
+
+    def _start(self, argv: list[str], log: Path) -> str:
+        p = subprocess.Popen(
+            [sys.executable, "-m", f"dpkid.dev.{argv[0]}", *argv[1:]],
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),  # noqa: SIM115 -- handed to the child
+            text=True,
+        )
+        self.procs.append(p)
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], SERVER_START_S)
+        line = p.stdout.readline() if ready else ""
+        if not line.startswith("listening "):
+            raise BenchError(f"{argv[0]} did not start: see {log}")
+        return line.split()[1]
+
+    def wait_published(self) -> None:
+        """Until the last name of the map is served over HTTP and resolves in DNS."""
+        import dns.resolver
+
+        last_name, entry = list(json.loads(self.map_file.read_text()).items())[-1]
+        path, body = next(iter(entry["paths"].items()))
+        host, port = self.dns.rsplit(":", 1)
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers, res.port, res.lifetime = [host], int(port), 2.0
+        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{self.http_port}{path}", headers={"Host": last_name}
+                )
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    served = r.read().decode().strip() == body
+                if served and res.resolve(last_name, "A"):
+                    return
+            except (OSError, dns.exception.DNSException):
+                pass
+            time.sleep(0.2)
+        raise BenchError(f"the challenge servers did not load their files in {PUBLISH_TIMEOUT_S} s")
+
+    def http01_served(self) -> int:
+        """Challenge responses served with 200 (the validators' http-01 checks)."""
+        with open(self.http_log, errors="replace") as f:
+            return sum(1 for ln in f if "/.well-known/dpki-challenge/" in ln and '" 200 ' in ln)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+
 def run_net(
     validators: int,
     duration_s: float,
     rate_tps: float,
-    accounts: int = DEFAULT_ACCOUNTS,
+    accounts: int = 0,
     workdir: Path | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    mix: str = "transfers",
 ) -> dict[str, Any]:
-    """One run at one offered rate; the summary of issue 12's fields."""
+    """One run at one offered rate (tx/s, or certificate applications/s with
+    ``mix="certs"``); the summary of issue 12's fields."""
+    if mix not in MIXES:
+        raise BenchError(f"--mix must be one of {', '.join(MIXES)}")
+    certs = mix == "certs"
+    accounts = accounts or (CERT_ACCOUNTS if certs else DEFAULT_ACCOUNTS)
     if not 1 <= validators <= 16:
         raise BenchError("--validators must be between 1 and 16")
     if not 0 < rate_tps <= MAX_RATE_TPS:
@@ -182,9 +296,12 @@ def run_net(
     progress(
         f"bench net in {base}: {validators} validators, {rate_tps:g} tx/s for {duration_s:g} s"
     )
-    net = _Net(base, validators, accounts)
+    servers = _ChallengeServers(base) if certs else None
+    dv = (servers.dns, servers.http_port) if servers else None
     clean = False  # the node homes and logs stay unless the run went well
+    net: _Net | None = None
     try:
+        net = _Net(base, validators, accounts, dv)
         net.start(progress)
         pids = [p.pid for p in net.procs]
         plan = {
@@ -194,7 +311,15 @@ def run_net(
             "fee": 10,
             "rate_tps": rate_tps,
             "duration_s": duration_s,
+            "mix": mix,
         }
+        if servers is not None:
+            policy = read_genesis(base / "net" / "genesis.json").policy
+            plan |= {
+                "escrow": policy.fee_dv,
+                "zone_file": str(servers.zone_file),
+                "map_file": str(servers.map_file),
+            }
         (base / "plan.json").write_text(json.dumps(plan))
         gen = subprocess.Popen(
             [
@@ -206,15 +331,22 @@ def run_net(
                 "--out",
                 str(base / "load.json"),
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=open(base / "loadgen.log", "ab"),  # noqa: SIM115 -- handed to the child
         )
-        assert gen.stdout is not None
+        assert gen.stdout is not None and gen.stdin is not None
         progress("pre-signing transactions")
+        if servers is not None:
+            if gen.stdout.readline().strip() != b"published":
+                raise BenchError(f"the load generator failed: see {base / 'loadgen.log'}")
+            servers.wait_published()
+            gen.stdin.write(b"go\n")
+            gen.stdin.flush()
         line = gen.stdout.readline()  # "signed": the clock starts now
         if not line:
             raise BenchError(f"the load generator failed: see {base / 'loadgen.log'}")
-        watcher = _Watcher(net.homes[0])
+        watcher = _Watcher(net.homes[0], watch_issuance=certs)
         cpu0 = {p: _proc_cpu_s(p) for p in pids}
         rss0 = {p: _proc_rss_mib(p) for p in pids}
         t0 = time.time()
@@ -233,8 +365,12 @@ def run_net(
         load = json.loads((base / "load.json").read_text())
         accepted: dict[str, float] = load["accepted"]
         # Let what was accepted commit, then stop watching.
+        names: dict[str, str] = load.get("names", {})
         drain_until = time.monotonic() + DRAIN_S
-        while time.monotonic() < drain_until and not all(h in watcher.committed for h in accepted):
+        while time.monotonic() < drain_until and not (
+            all(h in watcher.committed for h in accepted)
+            and all(n in watcher.issued for n in names.values())
+        ):
             time.sleep(0.2)
         watcher.stop.set()
         wt.join(timeout=10)
@@ -274,25 +410,55 @@ def run_net(
             "ratio_to_ceiling": round(committed_tps / ceiling, 3) if ceiling else 0.0,
             "errors": load["errors"] + ([watcher.error] if watcher.error else []),
         }
+        if servers is not None:
+            out |= _cert_figures(accepted, names, watcher.issued, t0, t_end, servers)
         if workdir is not None or out["errors"]:
             out["workdir"] = str(base)  # kept: asked for, or needed to see what went wrong
         else:
             clean = True
         return out
     finally:
-        net.stop()
+        if net is not None:
+            net.stop()
+        if servers is not None:
+            servers.stop()
         if clean:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _cert_figures(
+    accepted: dict[str, float],
+    names: dict[str, str],
+    issued: dict[str, float],
+    t0: float,
+    t_end: float,
+    servers: _ChallengeServers,
+) -> dict[str, Any]:
+    """Issuance counted from committed receipts; latency from the application's
+    submission to the block whose receipt issued it."""
+    lat = [issued[names[h]] - t for h, t in accepted.items() if names.get(h) in issued]
+    in_window = sum(1 for h in accepted if issued.get(names.get(h, ""), t_end + 1) <= t_end)
+    return {
+        "certs_applied": len(accepted),
+        "certs_issued": len(lat),
+        "certs_not_issued": len(accepted) - len(lat),
+        "certs_issued_per_s": round(in_window / max(t_end - t0, 1e-9), 1),
+        "apply_to_issued_p50_s": round(_pct(lat, 0.50), 3),
+        "apply_to_issued_p99_s": round(_pct(lat, 0.99), 3),
+        "http01_checks_served": servers.http01_served(),
+    }
 
 
 def run_sweep(
     validators: int,
     duration_s: float,
-    rates: tuple[int, ...] = SWEEP_RATES,
+    rates: tuple[int, ...] | None = None,
     progress: Callable[[str], None] = lambda _m: None,
+    mix: str = "transfers",
 ) -> list[dict[str, Any]]:
     """The CometBFT QA method: a fresh network per offered rate."""
-    return [run_net(validators, duration_s, r, progress=progress) for r in rates]
+    grid = rates or (CERT_SWEEP_RATES if mix == "certs" else SWEEP_RATES)
+    return [run_net(validators, duration_s, r, progress=progress, mix=mix) for r in grid]
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,7 +1,10 @@
 """The load generator of ``dpkid bench net``: its own process, so the load it
 drives costs the nodes nothing but what a real client would.
 
-It pre-signs every transfer before the clock starts, then offers them at a
+It pre-signs every transaction before the clock starts (transfers, or with
+``"mix": "certs"`` DV certificate applications, each for its own name, whose
+http-01 challenges it publishes to the bench's loopback DNS and HTTP servers
+through their zone and map files), then offers them at a
 fixed rate through each node's RPC socket as JSON-RPC batches. Every account
 is pinned to one node and sends in nonce order; a transaction the node refuses
 as retryable (-32005) stays at the head of its account's queue and is sent
@@ -25,9 +28,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from dpkid.core import codec
+from dpkid.core.challenges import Challenge, dns_txt_value, key_authorization, token_for
 from dpkid.core.crypto import SigningKey, sha256
-from dpkid.core.types import Transfer, sign_tx
+from dpkid.core.keys import spki_der_of
+from dpkid.core.state.machine import APP_TAG
+from dpkid.core.types import CertApply, Transfer, sign_tx
 from dpkid.daemon.config import read_key
+from dpkid.dev.dns_server import Zone
+from dpkid.dev.http_server import ChallengeMap
+from dpkid.dev.vectors import subject_key
 
 BATCH_TXS: Final = 50  # tx_submit calls per JSON-RPC batch (the RPC server takes up to 100)
 TICK_S: Final = 0.01  # how often each node's sender checks what is due
@@ -35,6 +44,8 @@ RETRY_LATER: Final = -32006  # RPC.md §4.2
 DEFAULT_RETRY_MS: Final = 200
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024
 SOCKET_TIMEOUT_S: Final = 30.0
+BENCH_ZONE: Final = "bench.test"  # every certificate's name is <account>-<nonce>.bench.test
+CERT_VALIDITY_DAYS: Final = 30
 
 
 @dataclass
@@ -66,6 +77,40 @@ def presign(keys: list[SigningKey], chain_id: str, fee: int, per_account: int) -
         ]
         out.append(_Account(txs))
     return out
+
+
+def cert_name(account: int, nonce: int) -> str:
+    return f"c{account}-{nonce}.{BENCH_ZONE}"
+
+
+def presign_certs(
+    keys: list[SigningKey], chain_id: str, fee: int, escrow: int, per_account: int
+) -> tuple[list[_Account], dict[str, str], dict[str, Any], dict[str, Any]]:
+    """DV applications, one name each, nonces 0..per_account-1; with, per tx
+    hash, its name, and the zone and challenge map that let validators check it."""
+    spki = spki_der_of(subject_key("bench-net-cert").public_key())
+    out: list[_Account] = []
+    names: dict[str, str] = {}
+    zone: dict[str, Any] = {}
+    challenges: dict[str, Any] = {}
+    for i, k in enumerate(keys):
+        txs = []
+        for n in range(per_account):
+            name = cert_name(i, n)
+            body = CertApply("DV", [name], spki, CERT_VALIDITY_DAYS, escrow)
+            raw = codec.encode(sign_tx(k, chain_id, n, fee, body))
+            h = sha256(raw)
+            # SPEC §3.4: the application id comes from the hash of the tx that made it, so
+            # its challenge is known before it is sent (as an ACME client's is not).
+            token = token_for(sha256(APP_TAG + h), k.public_key)
+            ka = key_authorization(token, k.public_key)
+            ch = Challenge(token, ka, dns_txt_value(ka), (name,))
+            names[h.hex()] = name
+            zone[name] = {"A": ["127.0.0.1"]}
+            challenges[name] = {"paths": {ch.http_path: ka}}
+            txs.append(raw)
+        out.append(_Account(txs))
+    return out, names, zone, challenges
 
 
 class _Conn:
@@ -170,12 +215,24 @@ def main(argv: list[str] | None = None) -> int:
     rate = float(plan["rate_tps"])
     duration = float(plan["duration_s"])
     per_account = int(rate * duration / len(keys)) + 2
-    accounts = presign(keys, plan["chain_id"], int(plan["fee"]), per_account)
+    names: dict[str, str] = {}
+    if plan.get("mix", "transfers") == "certs":
+        accounts, names, zone, challenges = presign_certs(
+            keys, plan["chain_id"], int(plan["fee"]), int(plan["escrow"]), per_account
+        )
+        Zone.write_file(Path(plan["zone_file"]), zone)
+        ChallengeMap.write_file(Path(plan["map_file"]), challenges)
+        print("published", flush=True)
+        # The bench checks that its servers serve the challenges, then says go.
+        if sys.stdin.readline().strip() != "go":
+            return 2
+    else:
+        accounts = presign(keys, plan["chain_id"], int(plan["fee"]), per_account)
     loads = [
         _NodeLoad(s, accounts[j :: len(sockets)], rate / len(sockets))
         for j, s in enumerate(sockets)
     ]
-    # The clock starts once everything is signed.
+    # The clock starts once everything is signed (and published).
     print("signed", flush=True)
     t0 = time.perf_counter()
     started = time.time()
@@ -197,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "ended": time.time(),
         "offered": sum(ld.offered for ld in loads),
         "accepted": accepted,
+        "names": {h: names[h] for h in accepted if h in names},
         "refused": dict(refused),
         "errors": [ld.error for ld in loads if ld.error],
         "batch_rtt_p50_s": rpc_s[len(rpc_s) // 2] if rpc_s else 0.0,
