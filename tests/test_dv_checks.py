@@ -230,6 +230,8 @@ def test_not_found_and_server_error_fail(env: Env) -> None:
         ("wrong_body", "", "not the key authorization"),
         ("garbage", "", "malformed HTTP"),
         ("oversized", "", "too large"),
+        ("unsized", "", "too large"),
+        ("hangup", "", "malformed HTTP"),
         ("slowloris", "", "too slow"),
         ("redirect", "http://evil.test/.well-known/dpki-challenge/x", "off the domain"),
         ("redirect", "https://{host}/x", "off the domain"),

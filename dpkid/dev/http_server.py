@@ -7,6 +7,8 @@ how validators cope with hostile responders:
     ""            serve the map (404 for anything not in it)
     "wrong_body"  200 with a body that is not the key authorization
     "oversized"   200 with a body far larger than any key authorization
+    "unsized"     the same, with no Content-Length: the body ends when the connection does
+    "hangup"      read the request, then close without a word
     "garbage"     bytes that are not HTTP at all, then close
     "slowloris"   a status line, then one byte every half second (for up to a minute)
     "redirect"    302 to `arg` for any path not in the map (e.g. off-domain)
@@ -40,7 +42,17 @@ from typing import Any, Final, Self
 from dpkid.core.challenges import HTTP_PATH_PREFIX, MAX_HTTP_BODY_BYTES
 from dpkid.dev.jsonfile import JsonTable, LoopbackServer, serve_file_main
 
-BEHAVIOURS: Final = ("", "wrong_body", "oversized", "garbage", "slowloris", "redirect", "status")
+BEHAVIOURS: Final = (
+    "",
+    "wrong_body",
+    "oversized",
+    "unsized",
+    "hangup",
+    "garbage",
+    "slowloris",
+    "redirect",
+    "status",
+)
 OVERSIZED_BYTES: Final = 64 * MAX_HTTP_BODY_BYTES
 SLOWLORIS_INTERVAL_S: Final = 0.5
 SLOWLORIS_MAX_S: Final = 60.0
@@ -140,6 +152,15 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour, arg, body = self.server.challenges.lookup(host, path)
         if behaviour == "garbage":
             self.wfile.write(GARBAGE)
+            self.close_connection = True
+            return
+        if behaviour == "hangup":
+            self.close_connection = True
+            return
+        if behaviour == "unsized":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"A" * OVERSIZED_BYTES)
             self.close_connection = True
             return
         if behaviour == "slowloris":
