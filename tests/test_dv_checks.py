@@ -540,6 +540,40 @@ def test_many_results_are_batched_64_per_transaction(env: Env) -> None:
     assert all(r.code == 0 for r in out)
 
 
+def test_a_burst_beyond_the_queue_is_checked_from_the_ledger(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More new applications than the queue holds: none is lost, the rest are
+    found in the ledger's pending list once the queue has room."""
+    import dpkid.daemon.dv_checker as dvc
+
+    monkeypatch.setattr(dvc, "QUEUE_SIZE", 8)
+    monkeypatch.setattr(dvc, "RESCAN_MAX", 16)
+    monkeypatch.setattr(dvc, "RESCAN_INTERVAL_S", 0.05)
+    chain = DevChain.create()
+    keys = chain.keys
+    d = _FakeDaemon(chain, keys.validators[0], _Settings(env.dns_addr, env.http_port))
+    checker = DvChecker(d, env.cfg(), fault="approve_all")
+    spki = spki_der_of(Ed25519PrivateKey.generate())
+    for i in range(60):
+        chain.tx(keys.accounts[i % 4], CertApply("DV", [f"burst{i}.test"], spki, 30, 1000))
+    receipts = chain.block()
+    app_ids = [next(e.ref for e in r.events if e.kind == "app_created") for r in receipts]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checker.run)
+            checker.on_block(_Block(receipts))
+            with trio.fail_after(20):
+                while len(_items(d)) < 60:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert sorted(i.app_id for i in _items(d)) == sorted(app_ids)  # each once
+    assert checker.stats["deferred"] >= 60 - 8  # the burst did overflow the queue
+
+
 def test_a_failure_is_attested_only_after_the_grace_period(env: Env) -> None:
     chain = DevChain.create()
     keys = chain.keys

@@ -64,6 +64,8 @@ QUEUE_SIZE: Final = 1024  # new applications waiting to be tracked
 MAX_TRACKED: Final = 512  # applications being checked or waiting for a retry
 MAX_IN_FLIGHT: Final = 8  # domain checks running at once
 MAX_RESULTS: Final = 4096  # finished results waiting to be submitted
+RESCAN_INTERVAL_S: Final = 1.0  # with a backlog: how often to look for room in the queue
+RESCAN_MAX: Final = 4 * QUEUE_SIZE  # pending applications read from the ledger per scan
 MAX_ATTEMPTS: Final = 256  # checks of one application (with backoff: days at the 60 s cap)
 BACKOFF_START_S: Final = 1.0
 BACKOFF_MAX_S: Final = 60.0
@@ -459,9 +461,19 @@ class DvChecker:
         self._slots = trio.Semaphore(MAX_TRACKED)
         self._tracked: set[bytes] = set()
         self._results: list[Attestation] = []
+        self._in_results: set[bytes] = set()  # app ids of _results (membership only)
         self._wake = trio.Event()
         self._submitted: OrderedDict[bytes, None] = OrderedDict()
-        self.stats = {"checked": 0, "ok": 0, "fail": 0, "unreachable": 0, "txs": 0, "dropped": 0}
+        self._backlog = False  # the ledger holds pending applications not queued
+        self.stats = {
+            "checked": 0,
+            "ok": 0,
+            "fail": 0,
+            "unreachable": 0,
+            "txs": 0,
+            "dropped": 0,
+            "deferred": 0,
+        }
 
     # ---------------------------------------------------------------- inputs
     def on_block(self, e: Any) -> None:
@@ -476,12 +488,48 @@ class DvChecker:
         except Exception as exc:
             self.log.warning("dv_on_block_failed", error=repr(exc))
 
-    def enqueue(self, app_id: bytes) -> None:
+    def enqueue(self, app_id: bytes) -> bool:
+        """Queue one application; when the queue is full, remember that the
+        ledger holds applications we have not queued (``_rescan`` finds them)."""
         try:
             self._q_send.send_nowait(app_id)
+            return True
         except trio.WouldBlock:
-            self.stats["dropped"] += 1
-            self.log.warning("dv_queue_full", app_id=app_id.hex())
+            if not self._backlog:
+                self.log.info("dv_backlog", queued=QUEUE_SIZE)
+            self._backlog = True
+            self.stats["deferred"] += 1
+            return False
+
+    def _ours_to_check(self, app_id: bytes) -> bool:
+        if app_id in self._tracked or app_id in self._submitted or app_id in self._in_results:
+            return False
+        return self._open_application(app_id) is not None
+
+    async def _rescan(self) -> None:
+        """Under a burst of applications the queue overflows. Nothing is dropped:
+        the ledger is the list of what is pending, so once the queue has room
+        again, the pending applications this validator has not attested are
+        queued from it, oldest first, walking the list in pages of RESCAN_MAX
+        from a cursor until one walk reaches its end without overflowing."""
+        cursor: tuple[int, bytes] = (-1, b"")
+        while True:
+            await trio.sleep(RESCAN_INTERVAL_S)
+            if not self._backlog or self._q_send.statistics().current_buffer_used > 0:
+                continue
+            page = self.d.core.ledger.pending_applications(RESCAN_MAX, cursor)
+            queued = 0
+            for key in page:
+                if self._ours_to_check(key[1]):
+                    if not self.enqueue(key[1]):
+                        break  # full again: resume from here next time
+                    queued += 1
+                cursor = key
+            else:
+                if len(page) < RESCAN_MAX:  # walked to the end
+                    cursor = (-1, b"")
+                    self._backlog = False
+            self.log.info("dv_rescan", read=len(page), queued=queued, backlog=self._backlog)
 
     # ---------------------------------------------------------------- tasks
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -499,6 +547,7 @@ class DvChecker:
                     self.enqueue(app_id)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._submit_loop)
+            nursery.start_soon(self._rescan)
             task_status.started()
             async for app_id in self._q_recv:
                 if app_id in self._tracked or app_id in self._submitted:
@@ -583,6 +632,7 @@ class DvChecker:
             return
         method = res.method if res.ok else ("dns-01" if _has_wildcard(app) else "http-01")
         self._results.append(Attestation(app.app_id, res.ok, _method(method), _clip(res.reason)))
+        self._in_results.add(app.app_id)
         self._wake.set()
 
     async def _submit_loop(self) -> None:
@@ -597,6 +647,8 @@ class DvChecker:
                     await self._submit(self._still_open(batch))
                 except Exception as exc:
                     self.log.warning("dv_submit_crashed", error=repr(exc))
+                finally:
+                    self._in_results.difference_update(a.app_id for a in batch)
 
     def _still_open(self, items: list[Attestation]) -> list[Attestation]:
         out = []

@@ -326,12 +326,19 @@ class State(_Reads):
     def pending_application_ids(self, limit: int = 10_000) -> list[bytes]:
         """Applications still pending, soonest expiry first (a restarted
         validator re-checks these). Read from the derived expiry index."""
+        return [app_id for _, app_id in self.pending_applications(limit)]
+
+    def pending_applications(
+        self, limit: int, after: tuple[int, bytes] = (-1, b"")
+    ) -> list[tuple[int, bytes]]:
+        """(expiry, id) of pending applications in (expiry, id) order, from just
+        past ``after``: a cursor, so a reader can walk all of them in pages."""
         self._check()
-        out: list[bytes] = []
-        for exp, app_id in sorted(self._app_expiry):
+        out: list[tuple[int, bytes]] = []
+        for exp, app_id in sorted(x for x in self._app_expiry if x > after):
             app = self.application(app_id)
             if app is not None and app.status == "pending" and app.expires_ms == exp:
-                out.append(app_id)
+                out.append((exp, app_id))
                 if len(out) >= limit:
                     break
         return out
