@@ -606,7 +606,8 @@ def test_L11_L21_non_proposer_schedules_linear_timeout_propose_proposer_proposes
         ],
     )
     assert h.host.proposed == [(HEIGHT, 3)]
-    assert [TIMEOUTS.propose(r) for r in range(3)] == [1000, 1500, 2000]
+    linear = TimeoutConfig(propose_ms=1000, propose_delta_ms=500)
+    assert [linear.propose(r) for r in range(3)] == [1000, 1500, 2000]
 
 
 def test_L14_L19_proposer_at_start_proposes_fresh_block() -> None:

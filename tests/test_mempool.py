@@ -231,3 +231,67 @@ def test_an_accepted_tx_that_leaves_the_pool_says_why() -> None:
     mp.update([b], c.state)
     assert mp.dropped_why(sha256(a)) == "dropped: nonce 0 was used by another transaction"
     assert mp.dropped_why(sha256(other)) is None and sha256(other) in mp.by_hash
+
+
+def test_a_block_of_applications_stays_within_the_weight_budget() -> None:
+    """A burst of DV applications fills a block by execution cost, not by count:
+    one block holds about max_block_weight / CERT_APPLY_WEIGHT of them, the rest
+    wait for the next block, and transfers still fill a block by count."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dpkid.core.keys import spki_der_of
+    from dpkid.core.node.mempool import CERT_APPLY_WEIGHT, tx_weight
+    from dpkid.core.types import CertApply
+
+    c = _chain()
+    mp, state = _pool()
+    spki = spki_der_of(Ed25519PrivateKey.generate())
+    apps = []
+    for a in range(20):
+        for n in range(10):
+            body = CertApply("DV", [f"w{a}-{n}.test"], spki, 30, 1_000)
+            apps.append(codec.encode(sign_tx(c.keys.accounts[a], c.chain_id, n, 10, body)))
+    for raw in apps:
+        assert mp.add(raw, state)[0] == Code.OK
+    budget = 10 * CERT_APPLY_WEIGHT + CERT_APPLY_WEIGHT // 2
+    block = mp.reap(state, 1_000, 1 << 22, max_weight=budget)
+    assert len(block) == 10
+    assert sum(tx_weight(codec.decode(raw, Tx)) for raw in block) <= budget
+    transfers_only = Mempool(c.chain_id, SignatureCache())
+    for a in range(20, 30):
+        for n in range(3):
+            transfers_only.add(_tx(a, n), state)
+    assert len(transfers_only.reap(state, 1_000, 1 << 22, max_weight=budget)) == 30
+    # A block never comes out empty because its first transaction is heavy.
+    assert len(mp.reap(state, 1_000, 1 << 22, max_weight=1)) == 1
+
+
+def test_attestations_go_first_when_applications_flood_the_pool() -> None:
+    """Attestations finish applications already on chain: a flood of new ones
+    must not push them out of a weight-limited block."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dpkid.core.keys import spki_der_of
+    from dpkid.core.node.mempool import CERT_APPLY_WEIGHT
+    from dpkid.core.types import Attestation, CertApply, DvAttest
+
+    c = _chain()
+    mp, state = _pool()
+    spki = spki_der_of(Ed25519PrivateKey.generate())
+    for a in range(20):
+        for n in range(5):
+            body = CertApply("DV", [f"f{a}-{n}.test"], spki, 30, 1_000)
+            assert (
+                mp.add(codec.encode(sign_tx(c.keys.accounts[a], c.chain_id, n, 10, body)), state)[0]
+                == Code.OK
+            )
+    attests = []
+    for v in c.keys.validators:
+        items = [Attestation(sha256(bytes([i])), True, "http-01") for i in range(4)]
+        raw = codec.encode(sign_tx(v, c.chain_id, 0, 10, DvAttest(items)))
+        assert mp.add(raw, state)[0] == Code.OK
+        attests.append(raw)
+    block = mp.reap(state, 1_000, 1 << 22, max_weight=len(attests) * 9 + 3 * CERT_APPLY_WEIGHT)
+    assert block[: len(attests)] == [r for r in block if r in attests]
+    assert sorted(block[: len(attests)]) == sorted(attests)
+    assert len(block) == len(attests) + 3

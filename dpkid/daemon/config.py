@@ -131,6 +131,7 @@ class NodeSettings:
     timeout_commit_ms: int = _T.commit_ms
     gossip_interval_ms: int = _N.gossip_interval_ms
     max_block_txs: int = _N.max_block_txs
+    max_block_weight: int = _N.max_block_weight
     mempool_max_txs: int = _N.mempool_max_txs
     # DNS server the domain-validation checks ask: "HOST:PORT" (tests, demo), "" or
     # "system" = the system resolver, "none" = this validator performs no DV checks.
@@ -152,6 +153,7 @@ class NodeSettings:
                 self.timeout_commit_ms,
             ),
             max_block_txs=self.max_block_txs,
+            max_block_weight=self.max_block_weight,
             gossip_interval_ms=self.gossip_interval_ms,
             mempool_max_txs=self.mempool_max_txs,
         )
@@ -180,7 +182,7 @@ def _check(name: str, v: Any) -> str | None:
         return None if 0 <= v <= 65535 else "expected a port 0-65535"
     if name.startswith("timeout_") or name == "gossip_interval_ms":
         return None if 0 <= v <= 3_600_000 else "expected milliseconds, 0 to 3600000"
-    if name in ("max_block_txs", "mempool_max_txs"):
+    if name in ("max_block_txs", "max_block_weight", "mempool_max_txs"):
         return None if 1 <= v <= 10_000_000 else "expected a count, 1 to 10000000"
     if name == "log_level":
         return None if v in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}"

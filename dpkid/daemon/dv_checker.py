@@ -575,7 +575,8 @@ class DvChecker:
                 elif res.outcome == UNREACHABLE:
                     event, pause = "dv_unreachable", delay
                 else:
-                    self.log.info(
+                    # Per application, so debug: the batch is logged at info when submitted.
+                    self.log.debug(
                         "dv_checked",
                         app_id=app_id.hex(),
                         outcome=res.outcome,

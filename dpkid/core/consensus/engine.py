@@ -57,7 +57,7 @@ MAX_REGOSSIP_VOTES: Final = 1024
 class TimeoutConfig:
     """Timeouts grow linearly with the round: base + round * delta."""
 
-    propose_ms: int = 1_000
+    propose_ms: int = 3_000
     propose_delta_ms: int = 500
     prevote_ms: int = 500
     prevote_delta_ms: int = 250

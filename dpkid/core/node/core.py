@@ -114,6 +114,11 @@ class NodeConfig:
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     max_block_txs: int = 2_000
     max_block_bytes: int = 4 * 1024 * 1024
+    # Execution cost a proposer puts in one block, in transfer-equivalents
+    # (mempool.tx_weight): max_block_txs transfers, or about 570 DV applications
+    # with their attestations (a 2,000-application block took 10 s to commit
+    # on this machine and set off a collapse, BENCHMARKS.md "Certificates").
+    max_block_weight: int = 8_000
     gossip_interval_ms: int = 500
     tx_batch_max: int = 256
     # About five full blocks: a node takes only what it can commit in a few
@@ -186,7 +191,10 @@ class NodeCore:
     # ------------------------------------------------------------------ the engine's requests
     def _build_block(self, height: int) -> Block:
         """getValue() (L18), asked for by the engine's NeedValue (CONSENSUS.md §5.1)."""
-        txs = self.mempool.reap(self.state, self.config.max_block_txs, self.config.max_block_bytes)
+        cfg = self.config
+        txs = self.mempool.reap(
+            self.state, cfg.max_block_txs, cfg.max_block_bytes, cfg.max_block_weight
+        )
         # Only evidence that is valid now: evidence against a validator that has
         # since left the set would make the block invalid for everyone, every
         # round, and halt the chain (CONSENSUS.md §7.3).

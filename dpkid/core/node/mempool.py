@@ -10,7 +10,7 @@ from typing import Final
 from dpkid.core.crypto import SignatureCache, address_of, sha256
 from dpkid.core.state.codes import Code, TxFailure
 from dpkid.core.state.machine import State, check_tx_fee, check_tx_form
-from dpkid.core.types import Tx
+from dpkid.core.types import CertApply, CertRenew, DvAttest, Tx
 
 # ------------------------------------------------------------------ mempool
 
@@ -35,6 +35,54 @@ FUTURE_SHARE_DEN: Final = 4  # future txs hold at most 1/4 of the pool
 MAX_FUTURE_AGE_MS: Final = 10 * 60 * 1000
 MAX_SEEN_COMMITTED: Final = 100_000
 MAX_DROPPED: Final = 100_000  # why recent accepted txs left the pool uncommitted (tx_get)
+
+
+# Execution cost in transfer-equivalents, from `dpkid bench state` (BENCHMARKS.md,
+# "Block weight"): an application costs about 8 transfers to check and record
+# (domain rules, key parsing, indexes), and each attestation about 2, since the
+# one that crosses the threshold issues and logs a certificate.
+CERT_APPLY_WEIGHT: Final = 8
+ATTESTATION_WEIGHT: Final = 2
+
+
+def tx_weight(tx: Tx) -> int:
+    """What a transaction costs a block's budget (a proposer's rule, not a
+    validity rule: it keeps a block's execution short under a burst of
+    applications, so rounds end in time and the committed rate holds)."""
+    body = tx.body
+    if isinstance(body, CertApply | CertRenew):
+        return CERT_APPLY_WEIGHT
+    if isinstance(body, DvAttest):
+        return 1 + ATTESTATION_WEIGHT * len(body.items)
+    return 1
+
+
+def _interleave(
+    runs: list[list[tuple[bytes, int]]],
+    out: list[bytes],
+    used: list[int],
+    max_txs: int,
+    max_bytes: int,
+    budget: int,
+) -> bool:
+    """Take one tx per run in turn into ``out`` until a limit is reached;
+    True if every run was taken whole."""
+    i = 0
+    while runs:
+        run = runs[i % len(runs)]
+        raw, w = run[0]
+        full = len(out) >= max_txs or used[0] + len(raw) > max_bytes
+        if full or (out and used[1] + w > budget):
+            return False
+        run.pop(0)
+        out.append(raw)
+        used[0] += len(raw)
+        used[1] += w
+        if not run:
+            runs.pop(i % len(runs))
+        else:
+            i += 1
+    return True
 
 
 class Mempool:
@@ -184,34 +232,41 @@ class Mempool:
         self._refresh(sender, nonce)
         return Code.OK, "accepted", h, True
 
-    def reap(self, state: State, max_txs: int, max_bytes: int) -> list[bytes]:
+    def reap(
+        self, state: State, max_txs: int, max_bytes: int, max_weight: int | None = None
+    ) -> list[bytes]:
         """Txs for a block: per sender a run of consecutive nonces from the
-        account's next nonce, senders interleaved in address order."""
-        runs: list[list[bytes]] = []
+        account's next nonce, within ``max_weight`` (default ``max_txs``) units
+        of execution cost (tx_weight).
+
+        Attestations go first: they finish applications already on chain, so a
+        burst of new applications cannot starve the issuing of earlier ones.
+        Then the rest, senders interleaved in address order."""
+        budget = max_txs if max_weight is None else max_weight
+        duties: list[list[tuple[bytes, int]]] = []
+        rest: list[list[tuple[bytes, int]]] = []
         for sender in sorted(self.by_sender):
             q = self.by_sender[sender]
             acct = state.account(sender)
             n = acct.nonce if acct else 0
-            run: list[bytes] = []
+            run: list[tuple[bytes, int]] = []
+            lead = 0  # how many of the run are attestations, from its start
             while n in q and len(run) < max_txs:
-                run.append(self.by_hash[q[n]][0])
+                raw, tx, _ = self.by_hash[q[n]]
+                if lead == len(run) and isinstance(tx.body, DvAttest):
+                    lead += 1
+                run.append((raw, tx_weight(tx)))
                 n += 1
-            if run:
-                runs.append(run)
+            if lead:
+                duties.append(run[:lead])
+            if run[lead:]:
+                rest.append(run[lead:])
         out: list[bytes] = []
-        size = 0
-        i = 0
-        while runs and len(out) < max_txs:
-            run = runs[i % len(runs)]
-            raw = run.pop(0)
-            if size + len(raw) > max_bytes:
-                break
-            out.append(raw)
-            size += len(raw)
-            if not run:
-                runs.pop(i % len(runs))
-            else:
-                i += 1
+        used = [0, 0]  # bytes, weight
+        if _interleave(duties, out, used, max_txs, max_bytes, budget):
+            # Every sender's attestations fit, so each rest run follows its own
+            # attestations without a nonce gap.
+            _interleave(rest, out, used, max_txs, max_bytes, budget)
         return out
 
     def update(self, committed: Sequence[bytes], state: State, now_ms: int = 0) -> None:
