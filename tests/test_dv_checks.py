@@ -512,6 +512,23 @@ def test_checkers_attest_in_batches_and_the_chain_decides(env: Env) -> None:
     )
 
 
+def _check_until_attested(
+    checker: DvChecker, d: _FakeDaemon, receipts: list[Receipt], n: int
+) -> None:
+    """Run one checker on a block's receipts until it has attested ``n`` items."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(checker.run)
+            checker.on_block(_Block(receipts))
+            with trio.fail_after(20):
+                while len(_items(d)) < n:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_many_results_are_batched_64_per_transaction(env: Env) -> None:
     chain = DevChain.create()
     keys = chain.keys
@@ -523,16 +540,7 @@ def test_many_results_are_batched_64_per_transaction(env: Env) -> None:
     receipts = chain.block()
     assert all(r.code == 0 for r in receipts)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(checker.run)
-            checker.on_block(_Block(receipts))
-            with trio.fail_after(20):
-                while len(_items(d)) < 100:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    _check_until_attested(checker, d, receipts, 100)
     txs = [decode_tx(raw) for raw in d.submitted]
     assert [len(t.body.items) for t in txs] == [64, 36]  # type: ignore[union-attr]
     assert [t.nonce for t in txs] == [0, 1]
@@ -560,16 +568,7 @@ def test_a_burst_beyond_the_queue_is_checked_from_the_ledger(
     receipts = chain.block()
     app_ids = [next(e.ref for e in r.events if e.kind == "app_created") for r in receipts]
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(checker.run)
-            checker.on_block(_Block(receipts))
-            with trio.fail_after(20):
-                while len(_items(d)) < 60:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    _check_until_attested(checker, d, receipts, 60)
     assert sorted(i.app_id for i in _items(d)) == sorted(app_ids)  # each once
     assert checker.stats["deferred"] >= 60 - 8  # the burst did overflow the queue
 

@@ -238,14 +238,14 @@ def _short(exc: BaseException) -> str:
     return s[:60]
 
 
+@dataclass(frozen=True)
 class _HttpReply:
     """What one GET returned: a status, the Location header, and the body (or
     ``None`` when it was over MAX_HTTP_BODY_BYTES)."""
 
-    def __init__(self, status: int, location: str, body: bytes | None) -> None:
-        self.status = status
-        self.location = location
-        self.body = body
+    status: int
+    location: str
+    body: bytes | None
 
 
 async def _http_get(ip: str, port: int, host: str, path: str, phase: list[str]) -> _HttpReply:

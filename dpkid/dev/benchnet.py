@@ -230,6 +230,7 @@ class _ChallengeServers:
 
     def wait_published(self) -> None:
         """Until the last name of the map is served over HTTP and resolves in DNS."""
+        import dns.exception
         import dns.resolver
 
         last_name, entry = list(json.loads(self.map_file.read_text()).items())[-1]

@@ -12,6 +12,7 @@ the root of a sparse Merkle tree over ``sha256(key) -> sha256(encode(record))``
 from __future__ import annotations
 
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -192,11 +193,11 @@ class _Slot(Generic[R]):
         return v
 
 
-class _Reads:
+class _Reads(ABC):
     """Typed reads over ``get``, shared by the committed state and a block being applied."""
 
-    def get(self, key: bytes) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def get(self, key: bytes) -> Any: ...
 
     validators: _Slot[ValidatorRecords] = _Slot(K_VALS)
     pending_validator_changes: _Slot[PendingValidatorChanges] = _Slot(K_VALS_PENDING)
