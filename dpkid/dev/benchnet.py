@@ -18,6 +18,7 @@ counts as issued when a committed block's receipt says so (``cert_issued``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -46,6 +47,8 @@ STATUS_PROBE_S: Final = 0.1
 SIGN_TIMEOUT_S: Final = 600.0
 DEFAULT_ACCOUNTS: Final = 400
 SWEEP_RATES: Final = (250, 500, 1000, 1500, 2000, 3000, 4500, 6000)
+RSS_SAMPLES: Final = 20  # per run, so the timeline stays short in the summary
+RSS_SAMPLE_MIN_S: Final = 2.0
 CERT_SWEEP_RATES: Final = (25, 50, 100, 150, 200, 300)
 MAX_RATE_TPS: Final = 50_000
 MAX_DURATION_S: Final = 3600
@@ -139,12 +142,24 @@ class _StatusProbe:
     100 ms even at 3x saturation): one call per STATUS_PROBE_S."""
 
     home: Path
+    pids: list[int] = field(default_factory=list)
+    rss_every_s: float = 10.0
     rtt_s: list[float] = field(default_factory=list)
     failures: int = 0
+    # (seconds into the load, largest node RSS in MiB): shows whether memory
+    # levels off at the caches' bounds or keeps growing (issue 12).
+    rss_timeline: list[tuple[float, float]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        start = time.monotonic()
+        next_rss = start
         while not self.stop.is_set():
+            if self.pids and time.monotonic() >= next_rss:
+                with contextlib.suppress(OSError, ValueError):
+                    rss = max(_proc_rss_mib(p) for p in self.pids)
+                    self.rss_timeline.append((round(time.monotonic() - start, 1), round(rss, 1)))
+                next_rss += self.rss_every_s
             t0 = time.perf_counter()
             try:
                 call_sync(self.home, "status", timeout_s=10.0)
@@ -353,7 +368,9 @@ def run_net(
         t0 = time.time()
         wt = threading.Thread(target=watcher.run, daemon=True)
         wt.start()
-        probe = _StatusProbe(net.homes[0])
+        probe = _StatusProbe(
+            net.homes[0], pids, rss_every_s=max(RSS_SAMPLE_MIN_S, duration_s / RSS_SAMPLES)
+        )
         pt = threading.Thread(target=probe.run, daemon=True)
         pt.start()
         progress("load running")
@@ -406,6 +423,7 @@ def run_net(
                 "start": [round(rss0[p], 1) for p in pids],
                 "end": [round(rss1[p], 1) for p in pids],
             },
+            "rss_mib_max_timeline": probe.rss_timeline,
             "verify_per_core_per_s": round(per_core),
             "verify_ceiling_tps": round(ceiling),
             "ratio_to_ceiling": round(committed_tps / ceiling, 3) if ceiling else 0.0,
