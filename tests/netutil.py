@@ -22,6 +22,8 @@ from dpkid.core import codec
 from dpkid.core.types import Transfer, sign_tx
 from dpkid.daemon.config import read_key
 
+ROOT = Path(__file__).resolve().parent.parent
+
 T = TypeVar("T")
 
 
@@ -204,3 +206,44 @@ class SignedLoad:
     def close(self) -> None:
         self.stop_event.set()
         self.t.join(timeout=30)
+
+
+class Recorder:
+    """tests/gossip_recorder.py as a child process: a passive peer on the
+    consensus topic that records every signed vote and proposal it sees."""
+
+    def __init__(self, chain_id: str, peers: list[str], out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "gossip_recorder.py"),
+                "--chain-id",
+                chain_id,
+                "--out",
+                str(out),
+                *[a for p in peers for a in ("--peer", p)],
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # bounded by the recorder's own 60 s wait
+        assert json.loads(line)["event"] == "ready", line
+
+    def publish(self, data: bytes) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"publish {data.hex()}\n")
+        self.proc.stdin.flush()
+        assert json.loads(self.proc.stdout.readline())["event"] == "published"
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(x) for x in self.out.read_text().splitlines() if x.strip()]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)

@@ -293,6 +293,7 @@ def sample(dest: str, e: Env) -> str:
         "target": f"{TLS_HOST}:{e.tls.port}",
         "out": str(e.tmp / "out"),
         "scenario": str(e.tmp / "scenario.toml"),
+        "manifest": str(e.tmp / "chaos.toml"),
     }
     assert dest in values, f"add a sample value for the argument {dest!r} to sample()"
     return values[dest]
@@ -448,6 +449,20 @@ def _check_demo(e: Env, run_: Callable[..., Run]) -> None:
     assert "--repeat" in json_error(run_("demo", "--repeat", "0", "--json"), 2)
 
 
+def _check_fuzz(e: Env, run_: Callable[..., Run]) -> None:
+    assert "--inputs" in json_error(run_("fuzz", "--inputs", "0", "--json"), 2)
+    r = run_("fuzz", "--inputs", "5", "--decoder", "domain", "--json")
+    assert r.code == 0 and r.doc()["decoders"][0]["inputs"] == 5
+
+
+def _check_chaos_run(e: Env, run_: Callable[..., Run]) -> None:
+    missing = e.tmp / "missing-chaos.toml"
+    assert str(missing) in json_error(run_("chaos", "run", str(missing), "--json"), 2)
+    bad = e.tmp / "bad-chaos.toml"
+    bad.write_text('[[perturbation]]\nkind = "explode"\nat_s = 1\nnodes = [0]\n')
+    assert "kind must be one of" in json_error(run_("chaos", "run", str(bad), "--json"), 2)
+
+
 def _check_sim_run(e: Env, run_: Callable[..., Run]) -> None:
     missing = e.tmp / "missing.toml"
     assert str(missing) in json_error(run_("sim", "run", str(missing), "--json"), 2)
@@ -471,6 +486,8 @@ LOCAL: dict[tuple[str, ...], Callable[[Env, Callable[..., Run]], None]] = {
     ("vectors",): _check_vectors,
     ("demo",): _check_demo,
     ("sim", "run"): _check_sim_run,
+    ("fuzz",): _check_fuzz,
+    ("chaos", "run"): _check_chaos_run,
     ("account", "new"): _check_account_new,
 }
 

@@ -68,6 +68,9 @@ class Env:
             "http_port": self.http_port,
             "dns_timeout_s": DNS_TIMEOUT_S,
             "http_timeout_s": HTTP_TIMEOUT_S,
+            # The test servers are on 127.0.0.1 (tests/test_dv_address_policy.py
+            # covers the default, which refuses such addresses).
+            "allow_private_addresses": True,
         }
         base.update(kw)
         return CheckConfig(**base)
@@ -340,7 +343,9 @@ def test_servers_as_processes_reload_their_files(tmp_path: Path) -> None:
         ChallengeMap.write_file(
             map_file, {"b.test": {"paths": {ch.http_path: ch.key_authorization}}}
         )
-        cfg = CheckConfig(resolver=dns_addr, http_port=http_port, http_timeout_s=2)
+        cfg = CheckConfig(
+            resolver=dns_addr, http_port=http_port, http_timeout_s=2, allow_private_addresses=True
+        )
 
         async def check() -> CheckResult:
             return await check_application(make_resolver(dns_addr), ["b.test"], ch, cfg)

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,49 +22,10 @@ from dpkid.core.consensus.messages import PREVOTE, Vote, vote_sign_bytes
 from dpkid.core.crypto import sha256
 from dpkid.core.node.wire import VoteMsg, encode_msg
 from dpkid.daemon.config import read_key
-from tests.netutil import LocalNet, SignedLoad, wait_for
+from tests.netutil import LocalNet, Recorder, SignedLoad, wait_for
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 VICTIM = 3
-
-
-class Recorder:
-    def __init__(self, chain_id: str, peers: list[str], out: Path) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "gossip_recorder.py"),
-                "--chain-id",
-                chain_id,
-                "--out",
-                str(out),
-                *[a for p in peers for a in ("--peer", p)],
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # bounded by the recorder's own 60 s wait
-        assert json.loads(line)["event"] == "ready", line
-
-    def publish(self, data: bytes) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"publish {data.hex()}\n")
-        self.proc.stdin.flush()
-        assert json.loads(self.proc.stdout.readline())["event"] == "published"
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.out.exists():
-            return []
-        return [json.loads(x) for x in self.out.read_text().splitlines() if x.strip()]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture

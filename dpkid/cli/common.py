@@ -49,6 +49,7 @@ from dpkid.daemon.config import (
     read_key,
     read_settings,
 )
+from dpkid.daemon.rpc import ADMIN_SOCKET_FILE
 
 if TYPE_CHECKING:
     from dpkid.core.crypto import SigningKey
@@ -398,8 +399,10 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def node_client(args: argparse.Namespace) -> SyncClient:
-    """The client for the node the command line names."""
+def node_client(args: argparse.Namespace, admin: bool = False) -> SyncClient:
+    """The client for the node the command line names. ``admin``: by the node's
+    admin socket, HOME/admin.sock, when the node is named by its home and has
+    one (operator commands: it has slots no other client can hold, RPC.md §1.3)."""
     sock = getattr(args, "socket", None)
     rpc = getattr(args, "rpc", None)
     home = home_dir(args)
@@ -426,6 +429,8 @@ def node_client(args: argparse.Namespace) -> SyncClient:
     base = home or Path(".")
     if home is not None and not home.is_dir():
         raise UsageError(f"node home {home} does not exist")
+    if admin and (base / ADMIN_SOCKET_FILE).exists():
+        return SyncClient(base, socket_path=str(base / ADMIN_SOCKET_FILE))
     path = base / SOCKET_FILE
     h = Home(base)
     if h.config_file.exists():

@@ -248,10 +248,15 @@ def build_parser() -> Parser:
     v.set_defaults(func=cmd_vectors)
 
     from dpkid.cli.challenge import add_parsers as add_challenge
+    from dpkid.cli.chaos import add_parser as add_chaos
     from dpkid.cli.node import add_parsers as add_node
     from dpkid.cli.sim import add_parser as add_sim
 
     add_sim(sub)
+    add_chaos(sub)
+    from dpkid.dev.fuzz import add_parser as add_fuzz
+
+    add_fuzz(sub)
     add_node(sub)
     add_challenge(sub)
     from dpkid.cli.roles import add_parsers as add_roles

@@ -29,6 +29,7 @@ from dpkid.daemon.config import (
     ConfigError,
     Home,
     NodeSettings,
+    is_testnet_chain_id,
     read_key,
     read_settings,
     settings_to_toml,
@@ -154,6 +155,9 @@ def cmd_testnet(args: argparse.Namespace) -> int:
             timeout_commit_ms=args.timeout_commit_ms,
             dns_resolver=args.dns_resolver,
             http_port=args.http_port,
+            # A local network: its DV test servers (demo, bench net) are on
+            # 127.0.0.1. The node accepts this on a testnet chain id only.
+            dv_allow_private_addresses=is_testnet_chain_id(args.chain_id),
         )
         home.config_file.write_text(settings_to_toml(s))
     keys = out / "keys"

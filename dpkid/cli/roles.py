@@ -1138,7 +1138,9 @@ def cmd_validators(ctx: Ctx) -> int:
 
 
 def cmd_status(ctx: Ctx) -> int:
-    st = ctx.client().status()
+    # The admin socket: the operator's status must get in when clients hold
+    # every slot of the public socket.
+    st = node_client(ctx.args, admin=True).status()
     pairs: list[tuple[str, object]] = [
         ("chain", st["chain_id"]),
         ("moniker", st.get("moniker", "")),

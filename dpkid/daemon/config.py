@@ -23,6 +23,7 @@ import tomli_w
 from dpkid.core.consensus.engine import TimeoutConfig
 from dpkid.core.crypto import SigningKey
 from dpkid.core.genesis import GenesisError, genesis_from_json
+from dpkid.core.node.byzantine import EQUIVOCATE
 from dpkid.core.node.core import NodeConfig
 from dpkid.core.types import (
     Genesis,
@@ -109,6 +110,15 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 DV_FAULTS: Final = ("", "approve_all", "reject_all")
 MAX_PEERS: Final = 1_000
 MAX_SETTING_CHARS: Final = 4_096
+RPC_TCP_HOSTS: Final = ("127.0.0.1", "::1")  # the hosts serve_tcp listens on
+# A genesis whose chain id ends so is a testnet one (`dpkid testnet`'s default
+# chain id is "dpkid-testnet"): only there are settings for local test setups
+# accepted (dv_allow_private_addresses).
+TESTNET_CHAIN_ID_SUFFIX: Final = "testnet"
+TEST_BYZANTINE_MODES: Final = ("", EQUIVOCATE)
+# A day either way: enough to put a node's clock far off the others, small
+# enough that every timestamp stays a positive U64 of milliseconds.
+MAX_TEST_CLOCK_OFFSET_MS: Final = 86_400_000
 
 
 @dataclass
@@ -140,6 +150,19 @@ class NodeSettings:
     # FAULT INJECTION FOR TESTS ONLY: "approve_all" | "reject_all" makes this validator
     # attest every application without checking (a lying vantage point). Keep "" on real nodes.
     dv_fault: str = ""
+    # Let the DV checks connect to loopback, private, link-local, ... addresses
+    # (dv_checker.address_problem). Off, a name pointed at 10.0.0.1 or 127.0.0.1
+    # fails its check: SSRF through DNS is a known attack on ACME validators. Only
+    # accepted with a testnet genesis (is_testnet_chain_id): `dpkid testnet` sets
+    # it, since its test DNS and web servers run on 127.0.0.1.
+    dv_allow_private_addresses: bool = False
+    # TEST ONLY, accepted only with a testnet genesis (check_settings_for_genesis).
+    # "equivocate": this validator signs a conflicting proposal whenever it proposes
+    # and a conflicting vote beside each vote of its own it sends (CONSENSUS.md §7).
+    test_byzantine: str = ""
+    # TEST ONLY, likewise: added to this node's wall clock (the times in its votes,
+    # mempool and watchdog), to run it with a skewed clock (CONSENSUS.md §5.3).
+    test_clock_offset_ms: int = 0
 
     def node_config(self) -> NodeConfig:
         return NodeConfig(
@@ -188,6 +211,11 @@ def _check(name: str, v: Any) -> str | None:
         return None if v in LOG_LEVELS else f"expected one of {', '.join(LOG_LEVELS)}"
     if name == "log_format":
         return None if v in LOG_FORMATS else f"expected one of {', '.join(LOG_FORMATS)}"
+    if name == "test_byzantine":
+        return None if v in TEST_BYZANTINE_MODES else f'expected "" or "{EQUIVOCATE}"'
+    if name == "test_clock_offset_ms":
+        lim = MAX_TEST_CLOCK_OFFSET_MS
+        return None if -lim <= v <= lim else f"expected milliseconds, -{lim} to {lim}"
     if name == "dv_fault":
         return None if v in DV_FAULTS else 'expected "", "approve_all" or "reject_all"'
     if name == "listen_host":
@@ -199,6 +227,10 @@ def _check(name: str, v: Any) -> str | None:
     if name == "metrics_listen" and v:
         return _host_port(v, loopback_only=True)
     if name == "rpc_tcp" and v:
+        # The bearer token travels in clear text, so the TCP RPC never leaves the
+        # machine; there is no opt-in (protocol/RPC.md §1.2).
+        if v.rpartition(":")[0].strip("[]") not in RPC_TCP_HOSTS:
+            return "must be 127.0.0.1:PORT or [::1]:PORT; put a TLS proxy in front for more"
         return _host_port(v)
     if name == "dns_resolver" and v not in ("", "system", "none"):
         return _host_port(v) and 'expected HOST:PORT, "system" or "none"'
@@ -212,7 +244,7 @@ def _check(name: str, v: Any) -> str | None:
     return None
 
 
-_TYPES: Final = {"str": str, "int": int, "list[str]": list}
+_TYPES: Final = {"str": str, "int": int, "bool": bool, "list[str]": list}
 
 
 def settings_from_dict(node: Any, where: str) -> NodeSettings:
@@ -226,19 +258,50 @@ def settings_from_dict(node: Any, where: str) -> NodeSettings:
     for name, v in node.items():
         want = str(known[name].type)
         typ = _TYPES[want]
-        ok = isinstance(v, typ) and not isinstance(v, bool)
+        ok = isinstance(v, typ) and (typ is bool or not isinstance(v, bool))
         if ok and want == "list[str]":
             ok = all(isinstance(x, str) for x in v)
         if ok and isinstance(v, str) and len(v) > MAX_SETTING_CHARS:
             raise ConfigError(f"{where}: node.{name}: longer than {MAX_SETTING_CHARS} characters")
         if not ok:
             shown = repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
-            kind = {"str": "a string", "int": "an integer", "list[str]": "a list of strings"}[want]
+            kind = {
+                "str": "a string",
+                "int": "an integer",
+                "bool": "true or false",
+                "list[str]": "a list of strings",
+            }[want]
             raise ConfigError(f"{where}: node.{name}: expected {kind}, got {shown}")
         why = _check(name, v)
         if why:
             raise ConfigError(f"{where}: node.{name} = {v!r}: {why}")
     return NodeSettings(**node)
+
+
+def is_testnet_chain_id(chain_id: str) -> bool:
+    """A chain of local test setups (`dpkid testnet`, the demo, the bench net)."""
+    return chain_id.endswith(TESTNET_CHAIN_ID_SUFFIX)
+
+
+def check_settings_for_genesis(s: NodeSettings, genesis: Genesis, where: str) -> None:
+    """Refuse test-only settings on a chain that is not a testnet: a config
+    copied from a test setup must not weaken a real validator."""
+    if s.dv_allow_private_addresses and not is_testnet_chain_id(genesis.chain_id):
+        raise ConfigError(
+            f"{where}: node.dv_allow_private_addresses = true is only accepted on a testnet "
+            f"(a chain id ending in {TESTNET_CHAIN_ID_SUFFIX!r}), not on chain "
+            f"{genesis.chain_id!r}: it lets domain validation reach private addresses"
+        )
+    # A misbehaving validator or a lying clock must never reach a real network
+    # by a stray line of config.
+    for name in ("test_byzantine", "test_clock_offset_ms"):
+        v = getattr(s, name)
+        if v and not is_testnet_chain_id(genesis.chain_id):
+            raise ConfigError(
+                f"{where}: node.{name} = {v!r} is only accepted on a testnet (a chain id "
+                f"ending in {TESTNET_CHAIN_ID_SUFFIX!r}, as `dpkid testnet` writes), not on "
+                f"chain {genesis.chain_id!r}: it is a test-only fault; remove it"
+            )
 
 
 def read_settings(path: Path) -> NodeSettings:

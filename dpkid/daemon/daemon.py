@@ -25,10 +25,17 @@ from dpkid.core.consensus.engine import LockRecord, SignState
 from dpkid.core.crypto import SignatureCache, sha256
 from dpkid.core.node import effects as fx
 from dpkid.core.node import wire
+from dpkid.core.node.byzantine import EQUIVOCATE, conflicting_msg
 from dpkid.core.node.core import NodeCore
 from dpkid.core.node.mempool import Refusal
 from dpkid.core.types import Receipt
-from dpkid.daemon.config import Home, read_genesis, read_key, read_settings
+from dpkid.daemon.config import (
+    Home,
+    check_settings_for_genesis,
+    read_genesis,
+    read_key,
+    read_settings,
+)
 from dpkid.daemon.logs import get_logger, quiet_libp2p
 from dpkid.daemon.metrics import Metrics
 from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignStateFile
@@ -151,6 +158,7 @@ class _Inbox:
 
 
 def now_ms() -> int:
+    """The machine's wall clock; the node reads its own through ``clock_ms``."""
     return time.time_ns() // 1_000_000
 
 
@@ -160,6 +168,7 @@ class NodeDaemon:
         self.settings = read_settings(self.home.config_file)
         self.key = read_key(self.home.key_file)
         self.genesis = read_genesis(self.home.genesis_file)
+        check_settings_for_genesis(self.settings, self.genesis, str(self.home.config_file))
         self.log = get_logger(node=self.settings.moniker)
         self.metrics = Metrics()
         self.store = Store(self.home.db_file)
@@ -179,7 +188,16 @@ class NodeDaemon:
         self.topics = topics(self.genesis.chain_id)
         self._decoded: OrderedDict[bytes, wire.WireMsg] = OrderedDict()
         self.catching_up = False
-        self.started_ms = now_ms()
+        # Test only (config.check_settings_for_genesis refuses it elsewhere).
+        self.clock_offset_ms = self.settings.test_clock_offset_ms
+        self.byzantine = self.settings.test_byzantine == EQUIVOCATE
+        if self.byzantine or self.clock_offset_ms:
+            self.log.warning(
+                "test_faults_on",
+                test_byzantine=self.settings.test_byzantine,
+                test_clock_offset_ms=self.clock_offset_ms,
+            )
+        self.started_ms = self.clock_ms()
         self.block_listeners: list[Callable[[fx.PersistBlock], None]] = []
         self.p2p: Any = None
         self._nursery: trio.Nursery | None = None
@@ -187,6 +205,13 @@ class NodeDaemon:
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_QUEUE)
         self._answering: _Request | None = None
         self._answered = False
+
+    def clock_ms(self) -> int:
+        """The node's wall clock: every time the core sees (vote timestamps,
+        mempool and gossip pacing, progress) comes from here. The test-only
+        offset shifts all of it at once, as a machine with a wrong clock would;
+        durations (trio timers, time.monotonic) do not move."""
+        return now_ms() + self.clock_offset_ms
 
     # ------------------------------------------------------------------ restore
     def _restore(self) -> None:
@@ -206,6 +231,7 @@ class NodeDaemon:
     # ------------------------------------------------------------------ run
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from dpkid.daemon.p2p import P2PConfig, P2PNode
+        from dpkid.daemon.rpc import ADMIN_SOCKET_FILE
         from dpkid.daemon.rpc_methods import build_rpc
 
         s = self.settings
@@ -238,14 +264,18 @@ class NodeDaemon:
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._publish_loop)
             await nursery.start(rpc.serve_unix, self.home.socket_path(s))
+            # The operator's own socket (RPC.md §1.4): `dpkid status` gets in
+            # even when clients hold every slot of the public one.
+            await nursery.start(rpc.serve_unix, self.home.path / ADMIN_SOCKET_FILE, True)
             if s.rpc_tcp:
                 host, _, port = s.rpc_tcp.rpartition(":")
+                host = host.strip("[]")  # "[::1]:PORT" in the config
                 token = (self.home.path / "rpc_token").read_text().strip()
                 await nursery.start(rpc.serve_tcp, host, int(port), token)
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._metrics_loop)
             await nursery.start(dv.run)
-            self._step(fx.Start(now_ms()))
+            self._step(fx.Start(self.clock_ms()))
             self.log.info(
                 "started",
                 height=self.core.ledger.height,
@@ -307,13 +337,17 @@ class NodeDaemon:
     async def _serve_sync(self, data: bytes, peer: str) -> bytes:
         """The stream protocol: the request goes to the core like any input, and
         the core's answer (ServeBlocks, or a Send of the proposal) comes back."""
+        from dpkid.daemon.p2p import BadRequest
+
         empty = wire.encode_msg(wire.BlockResponse([]))
+        # No honest peer sends these: the stream is reset and the peer's score
+        # lowered (WIRE.md §6.1), where an empty answer would invite a retry.
         try:
             req = wire.decode_msg(data)
         except codec.DecodeError:
-            return empty
+            raise BadRequest("undecodable sync request") from None
         if not isinstance(req, (wire.BlockRequest, wire.ProposalRequest)):
-            return empty
+            raise BadRequest(f"{type(req).__name__} is no sync request")
         send, recv = trio.open_memory_channel[bytes](1)
         if not self._inbox.put_nowait(_Request(peer, req, send)):
             return empty  # overloaded: the peer asks another or again
@@ -337,7 +371,7 @@ class NodeDaemon:
     async def _drive(self) -> None:
         while True:
             item = await self._inbox.get()
-            now = now_ms()
+            now = self.clock_ms()
             inp: fx.NodeInput
             if isinstance(item, _Timer):
                 inp = fx.TimerFired(item.timer, now)
@@ -379,10 +413,18 @@ class NodeDaemon:
         m = send.msg
         if send.to is None:
             topic = self.topics["txs"] if isinstance(m, wire.TxBatch) else self.topics["consensus"]
-            try:
-                self._out_send.send_nowait((topic, wire.encode_msg(m)))
-            except trio.WouldBlock:
-                self.metrics.dropped_sends.inc()  # like gossip loss: re-gossip recovers
+            out = [m]
+            if self.byzantine:
+                # Test only: the honest message went through the core's
+                # double-sign guard; its twin is signed beside it, bypassing the
+                # guard, as the simulator's equivocators do (CONSENSUS.md §7.1).
+                alt = conflicting_msg(self.key, m, proposals=True, votes=True)
+                out += [alt] if alt is not None else []
+            for msg in out:
+                try:
+                    self._out_send.send_nowait((topic, wire.encode_msg(msg)))
+                except trio.WouldBlock:
+                    self.metrics.dropped_sends.inc()  # like gossip loss: re-gossip recovers
             return
         req = self._answering
         if req is not None and send.to == req.peer and isinstance(m, wire.ProposalMsg):
@@ -484,7 +526,7 @@ class NodeDaemon:
             self.metrics.round.set(st.round)
             self.metrics.peers.set(len(self.p2p.peers()))
             self.metrics.mempool.set(st.mempool_txs)
-            now = now_ms()
+            now = self.clock_ms()
             stalled = core.stalled_ms(now)
             self.metrics.since_progress.set(stalled / 1000)
             if stalled > core.stall_bound_ms(WATCHDOG_ROUNDS) and warned_at != st.last_progress_ms:
@@ -518,7 +560,7 @@ class NodeDaemon:
             "step": st.step,
             "waiting_for": st.waiting_for,
             "last_progress_ms": st.last_progress_ms,
-            "since_progress_ms": self.core.stalled_ms(now_ms()),
+            "since_progress_ms": self.core.stalled_ms(self.clock_ms()),
             "liveness_violations": st.liveness_violations,
             "sign_state": {
                 "height": st.sign_state.height,

@@ -11,7 +11,8 @@ pure core. Every outcome of a check is one of
 
 * ``ok``          a method proved control of the name;
 * ``fail``        a definitive failure: wrong body, bad status, oversized,
-                  garbage, too slow, off-domain redirect, TXT missing or wrong.
+                  garbage, too slow, off-domain redirect, TXT missing or wrong,
+                  or a name whose address is not public (``address_problem``).
                   Attested once it persists past a short grace period
                   (CheckConfig.fail_grace_s), since an applicant can only
                   publish the challenge once the application is on chain;
@@ -20,6 +21,16 @@ pure core. Every outcome of a check is one of
                   Not attested: retried with backoff until the application
                   closes or expires (then the chain refunds it).
 
+SSRF through DNS (a name pointed at 127.0.0.1, 10.x, 169.254.169.254, ...) is
+a known attack on ACME validators: it would make every validator fetch from
+its own private network. So an http-01 check connects only to a public
+unicast address: every A record of the name is checked with
+``address_problem`` before any connection, and the connection goes to exactly
+the checked address (an IP literal, never re-resolved, also after a
+redirect), so DNS rebinding between the check and the connect cannot happen.
+Only a node with ``dv_allow_private_addresses`` (a local testnet whose test
+DNS and web servers run on 127.0.0.1) skips this.
+
 Everything is bounded: the queue of new applications, the applications
 tracked at once, the checks in flight, each check's time, the retries, and
 the results waiting to be batched into transactions.
@@ -27,6 +38,7 @@ the results waiting to be batched into transactions.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -111,6 +123,9 @@ class CheckConfig:
     # check: the applicant learns the application id (and so the challenge)
     # only once the application is on chain, and needs a moment to publish.
     fail_grace_s: float = 15.0
+    # Connect to loopback/private/... addresses too. Only for a local testnet,
+    # whose test servers are on 127.0.0.1 (NodeSettings.dv_allow_private_addresses).
+    allow_private_addresses: bool = False
 
 
 def make_resolver(spec: str, timeout_s: float = 3.0) -> dns.asyncresolver.Resolver:
@@ -132,6 +147,85 @@ def make_resolver(spec: str, timeout_s: float = 3.0) -> dns.asyncresolver.Resolv
     r.lifetime = timeout_s
     r.cache = None
     return r
+
+
+# ------------------------------------------------------------------ addresses
+
+# Not covered by ipaddress's is_private in Python 3.11, or worth naming on their own.
+_THIS_NETWORK: Final = ipaddress.ip_network("0.0.0.0/8")
+_SHARED_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """What makes `ip` unfit to connect to from a validator, or None if it is
+    a public unicast address. The first matching reason is the most specific."""
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip in _THIS_NETWORK:
+        return "in 0.0.0.0/8 (this network)"
+    if ip in _SHARED_CGNAT:
+        return "shared address space (CGNAT, 100.64.0.0/10)"
+    if ip.is_reserved:  # before is_private, which also covers 240.0.0.0/4
+        return "reserved"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+def address_problem(addr: str) -> str | None:
+    """Why a domain-validation check must not connect to `addr` (one line,
+    e.g. "address 10.0.0.1 is private"), or None for a public unicast address.
+
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo,
+    NAT64) is judged by the IPv4 address it reaches as well, since a
+    connection to it may end there."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return f"address {addr[:60]!r} is not an IP address"
+    inner: ipaddress.IPv4Address | None = None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            inner = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            inner = ip.sixtofour
+        elif ip.teredo is not None:
+            inner = ip.teredo[1]  # the client; the server half is Teredo's relay
+        elif ip in _NAT64:
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if inner is not None:
+        why = _kind(inner)
+        if why is not None:
+            return f"address {ip} maps to {inner}, which is {why}"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # Exactly that public IPv4 address (Python 3.11 calls all of
+            # ::ffff:0:0/96 private, so the IPv6 form must not be judged).
+            return None
+    why = _kind(ip)
+    return None if why is None else f"address {ip} is {why}"
+
+
+def forbidden_address(ips: Sequence[str], cfg: CheckConfig) -> CheckResult | None:
+    """A `fail` if any of a name's addresses is not public (and the node does
+    not allow that), else None. Any, not just the one connected to: DNS
+    servers rotate the order of records, so the address used could change."""
+    if cfg.allow_private_addresses:
+        return None
+    for ip in ips:
+        why = address_problem(ip)
+        if why is not None:
+            # "dns": the ACME problem type for a name that resolves wrongly.
+            return _fail(f"dns: {why}")
+    return None
 
 
 # ------------------------------------------------------------------ DNS
@@ -214,6 +308,11 @@ async def check_http01(
     ips, err = await resolve_a(resolver, host, cfg.dns_timeout_s)
     if err is not None:
         return err
+    refused = forbidden_address(ips, cfg)
+    if refused is not None:
+        return refused
+    # Every request of this check (redirects included) goes to this checked
+    # literal address: nothing is resolved again, so DNS rebinding has no window.
     ip = ips[0]
     phase = ["connect"]
     with trio.move_on_after(cfg.http_timeout_s) as scope:
@@ -447,7 +546,11 @@ class DvChecker:
             raise ValueError(f"dv_fault must be one of {DV_FAULTS}")
         s = daemon.settings
         self.d = daemon
-        self.cfg = cfg or CheckConfig(resolver=s.dns_resolver, http_port=s.http_port)
+        self.cfg = cfg or CheckConfig(
+            resolver=s.dns_resolver,
+            http_port=s.http_port,
+            allow_private_addresses=s.dv_allow_private_addresses,
+        )
         self.fault = fault
         self.resume_pending = resume_pending
         self.log = daemon.log.bind(component="dv")

@@ -75,7 +75,7 @@ import libp2p.pubsub.pubsub as _lp_pubsub_mod
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetStream, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
@@ -92,6 +92,7 @@ __all__ = [
     "FRAME_HEADER_BYTES",
     "MAX_FRAME_BYTES_DEFAULT",
     "MAX_TESTED_MESSAGE_BYTES",
+    "BadRequest",
     "P2PConfig",
     "P2PError",
     "P2PMessage",
@@ -138,6 +139,15 @@ class RequestTimeout(RequestError):
 
 class FrameError(Exception):
     """A malformed or oversized frame on a stream (a remote error)."""
+
+
+class BadRequest(Exception):
+    """Raised by a stream handler for a request no honest peer sends: the
+    stream is reset and the peer's score lowered (WIRE.md §6.1)."""
+
+
+class _PeerBanned(Exception):
+    """Input from a peer that is banned: dropped without counting it again."""
 
 
 class P2PMessage(NamedTuple):
@@ -198,6 +208,29 @@ class P2PConfig:
     shutdown_timeout_ms: int = 5_000
     # Peers remembered in bad_peers() (least recently offending forgotten first).
     bad_peer_table_size: int = 1024
+    # Per-peer limits and scoring (WIRE.md §6.1). Peers with limits and scores
+    # kept at once (least recently seen forgotten first), and banned at once.
+    peer_table_size: int = 1024
+    # Gossip messages a peer may forward to us: over it they are dropped (and
+    # count as an offence once per RPC). Honest load is about a hundred a
+    # second per peer (a 4-node net at 2,000 tx/s, batches of up to 512), so
+    # this is far above it; the bucket only caps what a flood costs us.
+    gossip_msgs_per_s: int = 2_000
+    gossip_msgs_burst: int = 10_000
+    # Pubsub bytes a peer may send: beyond it we read its stream slower
+    # (backpressure, no offence), so it costs bandwidth, never memory.
+    gossip_bytes_per_s: int = 64 * 1024 * 1024
+    gossip_bytes_burst: int = 128 * 1024 * 1024
+    # Stream-protocol requests a peer may make; over it the stream is reset.
+    requests_per_s: int = 50
+    requests_burst: int = 200
+    max_inbound_streams_per_peer: int = 32
+    # A peer whose score falls below ban_score is disconnected and refused for
+    # ban_ms. Offences lower the score (_OFFENCE_POINTS); it recovers towards 0
+    # with this half-life, so only a steady or massive offender is banned.
+    ban_score: int = -100
+    score_half_life_ms: int = 60_000
+    ban_ms: int = 60_000
 
     def validate(self) -> None:
         if not 0 <= self.listen_port <= 65535:
@@ -226,9 +259,21 @@ class P2PConfig:
             "handler_timeout_ms",
             "shutdown_timeout_ms",
             "bad_peer_table_size",
+            "peer_table_size",
+            "gossip_msgs_per_s",
+            "gossip_msgs_burst",
+            "gossip_bytes_per_s",
+            "gossip_bytes_burst",
+            "requests_per_s",
+            "requests_burst",
+            "max_inbound_streams_per_peer",
+            "score_half_life_ms",
+            "ban_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.ban_score >= 0:
+            raise ValueError("ban_score must be negative (a fresh peer scores 0)")
         for addr in self.persistent_peers:
             _parse_peer_addr(addr)
 
@@ -365,6 +410,10 @@ _lp_read_rpc_limited: Final = read_varint_prefixed_bytes_limited
 # True only inside a _GuardedPubsub read loop (a task-local flag). Any other
 # Pubsub in the process keeps libp2p's reader and its exceptions.
 _guarded_read: ContextVar[bool] = ContextVar("dpkid_p2p_guarded_read", default=False)
+# Set with _guarded_read: charges every inbound RPC to its peer's limits and may
+# trim it (P2PNode._admit_rpc).
+RpcAdmission = Callable[[Any, bytes], Awaitable[bytes]]
+_rpc_admission: ContextVar[RpcAdmission | None] = ContextVar("dpkid_p2p_admission", default=None)
 
 
 async def _read_pubsub_rpc(reader: Any, max_length: int) -> bytes:
@@ -401,7 +450,8 @@ async def _read_pubsub_rpc(reader: Any, max_length: int) -> bytes:
         raise FrameError(f"RPC length {length} exceeds max_inbound_rpc_size {max_length}")
     body = await _read_exact(reader, length, at_boundary=False)
     assert body is not None
-    return body
+    admit = _rpc_admission.get()
+    return body if admit is None else await admit(reader, body)
 
 
 class _GuardedPubsub(Pubsub):
@@ -430,9 +480,16 @@ class _GuardedPubsub(Pubsub):
     before the stream is in ``peers``, so no other task can write to it yet.
     """
 
-    def __init__(self, *args: Any, on_bad_peer: BadPeerCallback, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_bad_peer: BadPeerCallback,
+        admit_rpc: RpcAdmission | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_bad_peer = on_bad_peer
+        self._admit_rpc = admit_rpc
         # Keyed by the stream object, so entries go away with their streams.
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
@@ -469,14 +526,19 @@ class _GuardedPubsub(Pubsub):
     async def stream_handler(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
         token = _guarded_read.set(True)
+        admission = _rpc_admission.set(self._admit_rpc)
         try:
             await self.continuously_read_stream(stream)
+        except _PeerBanned:
+            await _reset_quietly(stream)
+            await self._drop_peer(peer_id)
         except Exception as exc:
             # Whatever it was, nothing more on this stream can be trusted.
             await _reset_quietly(stream)
             await self._drop_peer(peer_id)
             self._on_bad_peer(peer_id, "pubsub-rpc", exc)
         finally:
+            _rpc_admission.reset(admission)
             _guarded_read.reset(token)
 
     async def _drop_peer(self, peer_id: ID) -> None:
@@ -678,12 +740,153 @@ class _BadPeers:
         return dict(self._counts)
 
 
+class _TokenBucket:
+    """``rate`` per second, up to ``burst`` saved; times from time.monotonic()."""
+
+    __slots__ = ("burst", "rate", "t_s", "tokens")
+
+    def __init__(self, rate: float, burst: float, now_s: float) -> None:
+        self.rate, self.burst, self.tokens, self.t_s = rate, burst, burst, now_s
+
+    def _refill(self, now_s: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now_s - self.t_s) * self.rate)
+        self.t_s = now_s
+
+    def take_upto(self, n: int, now_s: float) -> int:
+        """Take up to ``n`` whole tokens; how many were taken."""
+        self._refill(now_s)
+        k = max(0, min(n, int(self.tokens)))
+        self.tokens -= k
+        return k
+
+    def charge(self, n: int, now_s: float) -> float:
+        """Take ``n`` even if that goes into debt; seconds until the debt is
+        repaid (the caller waits that long before it reads more)."""
+        self._refill(now_s)
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
+
+
+# Points an offence costs a peer's score (it starts at 0; ban below
+# P2PConfig.ban_score, -100 by default). Honest peers commit none of these in
+# normal operation: their validators match ours, they frame correctly, they
+# stay under the rates. The weights let a garbage flood through in well under
+# a second, and leave room for a peer that crashed mid-RPC now and then.
+_OFFENCE_POINTS: Final = {
+    "pubsub-rpc": 10,  # an undecodable or oversized RPC: the stream was reset
+    "pubsub-message": 10,  # a message whose handling raised (e.g. a forged key)
+    "stream-frame": 10,  # a bad frame on the stream protocol
+    "bad-request": 5,  # a well-framed request no honest peer sends
+    "invalid-gossip": 1,  # a message our topic validator rejected
+    "gossip-rate": 1,  # an RPC trimmed for being over the message rate
+    "request-rate": 5,  # a stream request over the request rate
+}
+
+
+@dataclass
+class _PeerState:
+    msgs: _TokenBucket
+    bytes: _TokenBucket
+    requests: _TokenBucket
+    score: float = 0.0
+    score_t_s: float = 0.0
+    inbound_streams: int = 0
+
+
+class _PeerGuard:
+    """Per-peer token buckets, scores and bans; both tables bounded (LRU).
+
+    An attacker that rotates peer ids only evicts old entries: each new id
+    costs it a handshake and starts with the same limits.
+    """
+
+    def __init__(self, cfg: P2PConfig) -> None:
+        self.cfg = cfg
+        self._peers: OrderedDict[str, _PeerState] = OrderedDict()
+        self._banned: OrderedDict[str, float] = OrderedDict()  # peer -> until (monotonic s)
+
+    def state(self, peer: str, now_s: float) -> _PeerState:
+        st = self._peers.pop(peer, None)
+        if st is None:
+            c = self.cfg
+            st = _PeerState(
+                _TokenBucket(c.gossip_msgs_per_s, c.gossip_msgs_burst, now_s),
+                _TokenBucket(c.gossip_bytes_per_s, c.gossip_bytes_burst, now_s),
+                _TokenBucket(c.requests_per_s, c.requests_burst, now_s),
+                score_t_s=now_s,
+            )
+        self._peers[peer] = st
+        if len(self._peers) > self.cfg.peer_table_size:
+            self._peers.popitem(last=False)
+        return st
+
+    def penalize(self, peer: str, points: float, now_s: float) -> bool:
+        """Lower ``peer``'s score; True when it just fell below ban_score."""
+        st = self.state(peer, now_s)
+        half_lives = (now_s - st.score_t_s) * 1000 / self.cfg.score_half_life_ms
+        st.score = st.score * 0.5**half_lives - points
+        st.score_t_s = now_s
+        if st.score < self.cfg.ban_score and not self.is_banned(peer, now_s):
+            st.score = 0.0  # a fresh start when the ban ends
+            self._banned.pop(peer, None)
+            self._banned[peer] = now_s + self.cfg.ban_ms / 1000
+            if len(self._banned) > self.cfg.peer_table_size:
+                self._banned.popitem(last=False)
+            return True
+        return False
+
+    def is_banned(self, peer: str, now_s: float) -> bool:
+        until = self._banned.get(peer)
+        return until is not None and now_s < until
+
+    def expire(self, now_s: float) -> list[str]:
+        """Forget bans that have ended; the peers they were for."""
+        done = [p for p, until in self._banned.items() if until <= now_s]
+        for p in done:
+            del self._banned[p]
+        return done
+
+    def banned(self) -> list[str]:
+        return list(self._banned)
+
+    def scores(self) -> dict[str, float]:
+        return {p: st.score for p, st in self._peers.items() if st.score}
+
+
 # What the node does about each kind of bad input from a peer (for the log).
 _BAD_INPUT_ACTION: Final = {
     "pubsub-rpc": "pubsub stream reset, peer dropped from pubsub",
     "pubsub-message": "message dropped",
     "stream-frame": "stream reset",
 }
+
+
+class _BanNotifee(INotifee):
+    """Tells the node of every new connection, so that a banned peer's is closed."""
+
+    def __init__(self, node: P2PNode) -> None:
+        self._node = weakref.ref(node)
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        node = self._node()
+        if node is not None:
+            with contextlib.suppress(Exception):
+                node._on_connected(conn.muxed_conn.peer_id)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        return None
 
 
 @dataclass
@@ -719,6 +922,12 @@ class P2PStats:
     pubsub_bad_messages: int = 0
     # Inbound streams whose libp2p handler raised anyway (caught by the outer guard).
     inbound_stream_errors: int = 0
+    # Per-peer limits and scoring (WIRE.md §6.1).
+    peers_banned: int = 0
+    banned_refused: int = 0  # connections, streams and RPCs refused from banned peers
+    gossip_rate_dropped: int = 0  # messages dropped for a peer over its message rate
+    requests_rate_refused: int = 0  # stream requests refused for a peer over its rate
+    bad_requests: int = 0  # stream requests a handler called bad (BadRequest)
 
     def as_dict(self) -> dict[str, int]:
         d = dict(self.__dict__)
@@ -768,6 +977,7 @@ class P2PNode:
         self._log_limiter = _LogLimiter(interval_s=10.0)
         self._stream_log_limiter = _LogLimiter(interval_s=1.0)
         self._bad_peers = _BadPeers(config.bad_peer_table_size)
+        self._guard = _PeerGuard(config)
         self.stats = P2PStats()
 
     # ------------------------------------------------------------ properties
@@ -802,13 +1012,111 @@ class P2PNode:
         """Peer id -> bad RPCs, messages and stream frames it sent (bounded, most recent last)."""
         return self._bad_peers.snapshot()
 
+    def banned_peers(self) -> list[str]:
+        """Peers banned now or recently (bounded; oldest first)."""
+        return self._guard.banned()
+
+    def peer_scores(self) -> dict[str, float]:
+        """Peer id -> score, for peers whose score is not 0 (bounded)."""
+        return self._guard.scores()
+
+    def _offence(self, peer_id: ID | str, kind: str) -> None:
+        """Lower the peer's score by the offence's points; ban it below ban_score."""
+        peer = peer_id if isinstance(peer_id, str) else str(peer_id.to_base58())
+        if peer == self._peer_id:
+            return
+        if self._guard.penalize(peer, _OFFENCE_POINTS[kind], time.monotonic()):
+            self._ban(peer, kind)
+
+    def _ban(self, peer: str, kind: str) -> None:
+        """Disconnect a peer whose score fell below ban_score, and refuse it for ban_ms:
+        its connections (the notifee), streams, pubsub RPCs, and messages it
+        originated that others relay (pubsub's blacklist)."""
+        self.stats.peers_banned += 1
+        # A new peer id costs an attacker a handshake: one record per second at most.
+        if self._stream_log_limiter.allow("ban"):
+            log.warning(
+                "p2p: banned peer %s for %d s: score below %d (last offence: %s); %d banned so far",
+                peer,
+                self.config.ban_ms // 1000,
+                self.config.ban_score,
+                kind,
+                self.stats.peers_banned,
+            )
+        try:
+            pid = ID.from_base58(peer)
+        except Exception:
+            return
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):  # needs the pubsub service running
+                self._pubsub.add_to_blacklist(pid)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._disconnect, pid)
+
+    async def _disconnect(self, pid: ID) -> None:
+        if self._host is None:
+            return
+        with trio.move_on_after(self.config.dial_timeout_ms / 1000):
+            with contextlib.suppress(Exception):
+                await self._host.disconnect(pid)
+
+    def _on_connected(self, pid: ID) -> None:
+        """A new connection: one from a banned peer is closed at once."""
+        if self._guard.is_banned(str(pid.to_base58()), time.monotonic()):
+            self.stats.banned_refused += 1
+            if self._nursery is not None:
+                self._nursery.start_soon(self._disconnect, pid)
+
+    async def _admit_rpc(self, stream: Any, body: bytes) -> bytes:
+        """Charge one inbound pubsub RPC to its peer's limits (our pubsub reader calls it).
+
+        Bytes over the peer's rate delay the next read of its stream
+        (backpressure, no offence). Messages over its rate are cut from the
+        RPC before libp2p sees them, so they never get a task or a validator
+        run; that costs the peer one gossip-rate offence per RPC.
+        """
+        peer = str(stream.muxed_conn.peer_id.to_base58())
+        now_s = time.monotonic()
+        if self._guard.is_banned(peer, now_s):
+            self.stats.banned_refused += 1
+            raise _PeerBanned(peer)
+        st = self._guard.state(peer, now_s)
+        wait_s = st.bytes.charge(len(body), now_s)
+        try:
+            rpc = rpc_pb2.RPC.FromString(body)
+        except Exception:
+            return body  # libp2p's parse raises next, and the stream guard counts it
+        n = len(rpc.publish)
+        if n:
+            allowed = st.msgs.take_upto(n, now_s)
+            if allowed < n:
+                self.stats.gossip_rate_dropped += n - allowed
+                del rpc.publish[allowed:]
+                body = rpc.SerializeToString()
+                self._offence(peer, "gossip-rate")
+        if wait_s > 0:
+            await trio.sleep(wait_s)
+        return body
+
+    async def _guard_loop(self) -> None:
+        """Lift bans that have ended, once a second (the table is bounded)."""
+        while True:
+            await trio.sleep(1.0)
+            for peer in self._guard.expire(time.monotonic()):
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        self._pubsub.remove_from_blacklist(ID.from_base58(peer))
+
     def _note_bad_peer(self, peer_id: ID | str, kind: str, exc: BaseException) -> None:
         """Count bad input from a peer; log its first offence, then at most one per 10 s per kind.
 
         The caller has already contained it (reset the stream, dropped the message).
         """
         peer = peer_id if isinstance(peer_id, str) else str(peer_id.to_base58())
+        if self._guard.is_banned(peer, time.monotonic()):
+            return  # the ban cut its streams mid-RPC: dealt with already
         count = self._bad_peers.add(peer)
+        self._offence(peer, kind)
         if kind == "pubsub-rpc":
             self.stats.pubsub_bad_rpcs += 1
         elif kind == "pubsub-message":
@@ -920,13 +1228,17 @@ class P2PNode:
             strict_signing=True,
             max_inbound_rpc_size=cfg.max_message_bytes,
             on_bad_peer=self._note_bad_peer,
+            admit_rpc=self._admit_rpc,
         )
         # Note 11: the counter starts at time.time() seconds and rises by one per
         # message, so a restarted node would reuse seqnos its peers still remember.
+        # The machine's clock, never the node's test_clock_offset_ms: an offset
+        # lowered between runs would bring back seqnos peers remember.
         pubsub.counter = time.time_ns()
         network: Any = host.get_network()
         # Rule: nothing a remote peer sends may raise out of its handler (WIRE.md section 6).
         network.set_stream_handler(self._contain_inbound(network.common_stream_handler))
+        network.register_notifee(_BanNotifee(self))
         # We dial persistent peers ourselves (below). libp2p's auto-connector
         # would also dial every address it learns, aiming at 200 connections.
         network.auto_connector.run_background_task = _no_background_task
@@ -955,6 +1267,7 @@ class P2PNode:
                             for info in self._persistent:
                                 nursery.start_soon(self._supervise_peer, info)
                             nursery.start_soon(self._janitor)
+                            nursery.start_soon(self._guard_loop)
                             self._running = True
                             log.info(
                                 "p2p: started %s persistent_peers=%d",
@@ -1030,6 +1343,7 @@ class P2PNode:
                 ok = validator(topic, msg.data) is True
             except Exception:
                 self.stats.validator_errors += 1
+                self._offence(forwarder, "invalid-gossip")
                 if self._log_limiter.allow("validator"):
                     log.exception(
                         "p2p: topic validator for %r raised; message rejected (%d so far)",
@@ -1038,6 +1352,7 @@ class P2PNode:
                     )
                 return False
             if not ok:
+                self._offence(forwarder, "invalid-gossip")  # ignored for our own publish
                 if forwarder == self._id:
                     # Our own publish: libp2p drops it silently, so say so.
                     self.stats.own_rejected += 1
@@ -1145,6 +1460,9 @@ class P2PNode:
         defer_s = cfg.peer_check_interval_ms / 1000 if self._id.to_bytes() > pid.to_bytes() else 0.0
         await trio.sleep(random.uniform(0, cfg.redial_backoff_min_ms) / 1000)
         while True:  # runs until the nursery is cancelled; every wait in it is bounded
+            if self._guard.is_banned(name, time.monotonic()):
+                await trio.sleep(cfg.peer_check_interval_ms / 1000)  # no redial while banned
+                continue
             if not network.get_connections(pid) and defer_s and failures == 0:
                 await trio.sleep(defer_s)
             if network.get_connections(pid):
@@ -1218,6 +1536,24 @@ class P2PNode:
         from libp2p.network.stream.exceptions import StreamError
 
         peer = str(stream.muxed_conn.peer_id.to_base58())
+        now_s = time.monotonic()
+        if self._guard.is_banned(peer, now_s):
+            self.stats.banned_refused += 1
+            await _reset_quietly(stream)
+            return
+        # One peer may hold only part of the global inbound slots.
+        state = self._guard.state(peer, now_s)
+        if state.inbound_streams >= self.config.max_inbound_streams_per_peer:
+            self.stats.inbound_streams_refused += 1
+            self._stream_log(
+                "refused-peer",
+                logging.WARNING,
+                "p2p: %s has %d inbound streams open; refused one more",
+                peer,
+                state.inbound_streams,
+            )
+            await _reset_quietly(stream)
+            return
         if self._inbound_slots.value == 0:
             self.stats.inbound_streams_refused += 1
             self._stream_log(
@@ -1228,6 +1564,7 @@ class P2PNode:
             )
             await _reset_quietly(stream)
             return
+        state.inbound_streams += 1
         async with self._inbound_slots:
             try:
                 await self._serve_requests(protocol_id, stream, peer)
@@ -1254,6 +1591,7 @@ class P2PNode:
                     exc_info=True,
                 )
             finally:
+                state.inbound_streams = max(0, state.inbound_streams - 1)
                 # A no-op after a clean close; otherwise the stream must not linger.
                 await _reset_quietly(stream)
 
@@ -1277,9 +1615,30 @@ class P2PNode:
             handler = self._handlers.get(protocol_id)
             if handler is None:
                 return
+            if not self._guard.state(peer, time.monotonic()).requests.take_upto(
+                1, time.monotonic()
+            ):
+                self.stats.requests_rate_refused += 1
+                self._offence(peer, "request-rate")
+                self._stream_log(
+                    "request-rate", logging.WARNING, "p2p: %s is over its request rate", peer
+                )
+                return
             try:
                 with trio.fail_after(cfg.handler_timeout_ms / 1000):
                     response = await handler(request, peer)
+            except BadRequest as exc:
+                self.stats.bad_requests += 1
+                self._offence(peer, "bad-request")
+                self._stream_log(
+                    "bad-request",
+                    logging.INFO,
+                    "p2p: bad %s request from %s: %s",
+                    protocol_id,
+                    peer,
+                    exc,
+                )
+                return
             except trio.TooSlowError:
                 self.stats.handler_errors += 1
                 self._stream_log(

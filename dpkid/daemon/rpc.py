@@ -40,7 +40,17 @@ MAX_JSON_DEPTH: Final = 32
 # A connection with no request for this long and no subscription is closed, so
 # idle clients cannot hold every slot.
 RPC_IDLE_TIMEOUT_MS: Final = 30_000
+# A request line must arrive complete within this long of its first byte. The
+# idle timeout alone would let a client that trickles a byte a second (or blank
+# lines, which are no request) hold a slot, and a reader task, forever.
+RPC_REQUEST_READ_TIMEOUT_MS: Final = 10_000
 SEND_TIMEOUT_S: Final = 10
+# The operator's way in (RPC.md §1.3): a second socket, HOME/admin.sock, with a
+# small pool of its own that the public socket's clients cannot fill. In it the
+# newest connection always gets in, by closing the longest-idle admin one.
+ADMIN_SOCKET_FILE: Final = "admin.sock"
+MAX_ADMIN_CONNECTIONS: Final = 8
+_BLANK: Final = b" \t\r\n"  # JSON whitespace: what a blank line is made of
 
 
 class RpcError(Exception):
@@ -66,6 +76,7 @@ class Connection:
     subscriptions: int = 0  # kept by the subscribe methods; a subscriber is never idle
     last_active_s: float = 0.0  # trio.current_time() of the last request
     cancel: trio.CancelScope | None = None  # ends this connection (eviction)
+    admin: bool = False  # came in on the admin socket (its own pool)
 
     def notify(self, method: str, params: Any) -> bool:
         """Queue a notification; False if the subscriber is too slow (it gets dropped)."""
@@ -113,13 +124,20 @@ class RpcServer:
         log: Callable[..., None] | None = None,
         idle_timeout_ms: int = RPC_IDLE_TIMEOUT_MS,
         max_connections: int = MAX_CONNECTIONS,
+        request_read_timeout_ms: int = RPC_REQUEST_READ_TIMEOUT_MS,
+        max_admin_connections: int = MAX_ADMIN_CONNECTIONS,
     ) -> None:
         self.methods = methods
         self.connections = 0
         self.idle_timeout_ms = idle_timeout_ms
         self.max_connections = max_connections
+        self.request_read_timeout_ms = request_read_timeout_ms
+        self.max_admin_connections = max_admin_connections
         self.evicted = 0
+        self.refused_busy = 0  # connections turned away with the -32000 line
+        self.read_timeouts = 0  # connections cut off for trickling a request
         self._open: dict[int, Connection] = {}
+        self._admin_open: dict[int, Connection] = {}
         self._log = log or (lambda *a, **k: None)
         self.on_disconnect: list[Callable[[Connection], None]] = []
 
@@ -190,7 +208,11 @@ class RpcServer:
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
     # ------------------------------------------------------------------ serving
-    async def serve_unix(self, path: Path, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_unix(
+        self, path: Path, admin: bool = False, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve ``path`` (mode 0600). ``admin``: the operator's socket, whose
+        connections use their own pool (``max_admin_connections``)."""
         if path.exists() or path.is_symlink():
             path.unlink()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -200,11 +222,15 @@ class RpcServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
-        sock.listen(4 * self.max_connections)
+        sock.listen(4 * (self.max_admin_connections if admin else self.max_connections))
         listener = trio.SocketListener(sock)
         task_status.started()
+
+        async def handle(stream: trio.SocketStream) -> None:
+            await self._serve_conn(stream, None, admin)
+
         try:
-            await trio.serve_listeners(self._serve_conn, [listener])
+            await trio.serve_listeners(handle, [listener])
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -245,37 +271,53 @@ class RpcServer:
 
         await trio.serve_listeners(guarded, listeners)
 
-    def _evict_idle(self) -> bool:
-        """Make room: end the longest-idle connection that holds no subscription."""
-        idle = [c for c in self._open.values() if c.subscriptions == 0 and c.cancel is not None]
+    def _evict_idle(self, pool: dict[int, Connection], subscribers_too: bool = False) -> bool:
+        """Make room: end the longest-idle connection of ``pool`` that holds no
+        subscription (or any, with ``subscribers_too``: the admin pool)."""
+        idle = [
+            c
+            for c in pool.values()
+            if (subscribers_too or c.subscriptions == 0) and c.cancel is not None
+        ]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.last_active_s)
         assert victim.cancel is not None
         victim.cancel.cancel()
-        del self._open[id(victim)]
+        del pool[id(victim)]
         self.evicted += 1
         return True
 
-    async def _serve_conn(self, stream: trio.abc.Stream, initial: bytearray | None = None) -> None:
+    async def _serve_conn(
+        self, stream: trio.abc.Stream, initial: bytearray | None = None, admin: bool = False
+    ) -> None:
         # A new client always gets in while some connection is idle and holds
-        # no subscription: the longest-idle one is closed to make room.
-        if len(self._open) >= self.max_connections and not self._evict_idle():
+        # no subscription: the longest-idle one is closed to make room. On the
+        # admin socket any connection may be closed for it, so the operator's
+        # newest connection always gets in.
+        pool, cap = (
+            (self._admin_open, self.max_admin_connections)
+            if admin
+            else (self._open, self.max_connections)
+        )
+        if len(pool) >= cap and not self._evict_idle(pool, subscribers_too=admin):
+            self.refused_busy += 1
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(_err(None, SERVER_BUSY, "too many connections"))
+                with trio.move_on_after(SEND_TIMEOUT_S):
+                    await stream.send_all(_err(None, SERVER_BUSY, "too many connections"))
             await stream.aclose()
             return
         self.connections += 1
         send, recv = trio.open_memory_channel[bytes](MAX_NOTIFY_QUEUE)
-        conn = Connection(stream, trio.Lock(), send, last_active_s=trio.current_time())
-        self._open[id(conn)] = conn
+        conn = Connection(stream, trio.Lock(), send, last_active_s=trio.current_time(), admin=admin)
+        pool[id(conn)] = conn
         buf = initial if initial is not None else bytearray()
         try:
             with trio.CancelScope() as scope:
                 conn.cancel = scope
                 await self._conn_loop(conn, recv, buf)
         finally:
-            self._open.pop(id(conn), None)
+            pool.pop(id(conn), None)
             conn.closed = True
             self.connections -= 1
             for cb in self.on_disconnect:
@@ -291,8 +333,20 @@ class RpcServer:
             nursery.start_soon(self._pump_notifications, conn, recv)
             while True:
                 try:
-                    line = await self._read_or_idle(conn, buf)
+                    line = await self._read_request(conn, buf)
                 except _Idle:
+                    break
+                except _ReadTimeout:
+                    self.read_timeouts += 1
+                    await self._send(
+                        conn,
+                        _err(
+                            None,
+                            INVALID_REQUEST,
+                            f"request line not complete within {self.request_read_timeout_ms}"
+                            " ms of its first byte",
+                        ),
+                    )
                     break
                 except _LineTooLong:
                     await self._send(
@@ -305,21 +359,50 @@ class RpcServer:
                 if line is None:
                     break
                 conn.last_active_s = trio.current_time()
-                if not line.strip():
-                    continue
                 out = await self.handle_line(line, conn)
+                # Idle time counts from the reply: a slow call is not idleness.
+                conn.last_active_s = trio.current_time()
                 if out is not None and not await self._send(conn, out):
                     break
             nursery.cancel_scope.cancel()
 
-    async def _read_or_idle(self, conn: Connection, buf: bytearray) -> bytes | None:
-        """The next line; _Idle once the connection was idle too long without a
-        subscription (a subscriber waits for notifications, not requests)."""
+    async def _read_request(self, conn: Connection, buf: bytearray) -> bytes | None:
+        """The next request line (None at EOF). Blank lines are skipped and are
+        no activity. Raises _Idle when no request began within the idle timeout
+        since the last one (never for a subscriber, which waits for
+        notifications, not requests), and _ReadTimeout when a request's line is
+        not complete within request_read_timeout_ms of its first byte."""
+        started_s: float | None = None  # when the request now in buf began
+        idle_deadline_s = conn.last_active_s + self.idle_timeout_ms / 1000
         while True:
-            with trio.move_on_after(self.idle_timeout_ms / 1000):
-                return await _read_line(conn.stream, buf, MAX_LINE_BYTES)
-            if conn.subscriptions == 0:
-                raise _Idle
+            if buf and buf[0] in _BLANK:  # blank lines and leading space: no request yet
+                del buf[: len(buf) - len(buf.lstrip(_BLANK))]
+            i = buf.find(b"\n")
+            if i >= 0:
+                line = bytes(buf[:i])
+                del buf[: i + 1]
+                return line
+            if len(buf) > MAX_LINE_BYTES:
+                raise _LineTooLong
+            if buf and started_s is None:
+                started_s = trio.current_time()
+            deadline_s = (
+                idle_deadline_s
+                if started_s is None
+                else started_s + self.request_read_timeout_ms / 1000
+            )
+            with trio.move_on_at(deadline_s) as scope:
+                chunk = await conn.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                if started_s is not None:
+                    raise _ReadTimeout
+                if conn.subscriptions == 0:
+                    raise _Idle
+                idle_deadline_s = trio.current_time() + self.idle_timeout_ms / 1000
+                continue
+            if not chunk:
+                return None
+            buf += chunk
 
     async def _pump_notifications(
         self, conn: Connection, recv: trio.MemoryReceiveChannel[bytes]
@@ -353,6 +436,10 @@ class _LineTooLong(Exception):
 
 
 class _Idle(Exception):
+    pass
+
+
+class _ReadTimeout(Exception):
     pass
 
 

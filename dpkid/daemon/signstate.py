@@ -129,7 +129,12 @@ class LockFile:
         try:
             rec: LockRecord = codec.decode(data, LockRecord, max_bytes=MAX_LOCK_BYTES)
         except codec.DecodeError as exc:
-            return None, f"{self.path} is damaged ({exc}); the lock's block is lost"
+            # Safe to go on without it, so the node says so instead of refusing.
+            return None, (
+                f"{self.path} is damaged ({exc}); starting without it, which is safe: the"
+                " sign state keeps the lock, only the locked block is lost, so a height"
+                " this validator is locked on may wait for another proposer"
+            )
         return rec, ""
 
     def save(self, rec: LockRecord) -> None:

@@ -23,15 +23,11 @@ from dpkid.core.consensus.engine import LockRecord, SignState, TimeoutConfig
 from dpkid.core.consensus.messages import (
     Block,
     Commit,
-    Proposal,
-    Vote,
-    proposal_sign_bytes,
-    tx_root,
-    vote_sign_bytes,
 )
 from dpkid.core.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
 from dpkid.core.keys import spki_der_of
 from dpkid.core.node import effects as fx
+from dpkid.core.node.byzantine import conflicting_msg
 from dpkid.core.node.core import NodeConfig, NodeCore
 from dpkid.core.node.wire import (
     SYNC_REPLY_MAX_BYTES,
@@ -381,46 +377,25 @@ class Simulation:
             for d in self._recipients(n, e.msg)
             if d.idx != n.idx and self._connected(n.idx, d.idx)
         ]
-        if (
-            "equivocating_proposers" in n.byz
-            and isinstance(e.msg, ProposalMsg)
-            and n.key is not None
-        ):
-            alt = self._conflicting_proposal(n.key, e.msg.proposal)
+        alt = (
+            conflicting_msg(
+                n.key,
+                e.msg,
+                proposals="equivocating_proposers" in n.byz,
+                votes="double_voters" in n.byz,
+                own_votes_only=False,
+            )
+            if n.key is not None
+            else None
+        )
+        if alt is not None:
+            # Each half of the peers gets one of the two: neither half alone
+            # sees the equivocation, gossip has to bring the pieces together.
             for i, d in enumerate(recips):
-                self._deliver(n, d, e.msg if i % 2 == 0 else ProposalMsg(alt), extra)
-            return
-        if "double_voters" in n.byz and isinstance(e.msg, VoteMsg) and n.key is not None:
-            alts = [self._conflicting_vote(n.key, v) for v in e.msg.votes]
-            for i, d in enumerate(recips):
-                self._deliver(n, d, e.msg if i % 2 == 0 else VoteMsg(alts), extra)
+                self._deliver(n, d, e.msg if i % 2 == 0 else alt, extra)
             return
         for d in recips:
             self._deliver(n, d, e.msg, extra)
-
-    def _conflicting_proposal(self, key: SigningKey, p: Proposal) -> Proposal:
-        blk = p.block
-        txs = blk.txs[: len(blk.txs) // 2]
-        hdr = blk.header
-        import msgspec
-
-        hdr2 = msgspec.structs.replace(hdr, tx_root=tx_root(txs), time_ms=hdr.time_ms)
-        if txs == blk.txs:
-            hdr2 = msgspec.structs.replace(hdr2, evidence_hash=sha256(b"equivocate"))
-        b2 = Block(hdr2, txs, blk.evidence, blk.last_commit)
-        sig = key.sign(
-            proposal_sign_bytes(p.chain_id, p.height, p.round, p.pol_round, b2.hash, key.address)
-        )
-        return Proposal(p.chain_id, p.height, p.round, p.pol_round, b2, key.address, sig)
-
-    def _conflicting_vote(self, key: SigningKey, v: Vote) -> Vote:
-        other = b"" if v.block_hash else sha256(b"phantom" + v.height.to_bytes(8, "big"))
-        sig = key.sign(
-            vote_sign_bytes(
-                v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address
-            )
-        )
-        return Vote(v.chain_id, v.type, v.height, v.round, other, v.timestamp_ms, key.address, sig)
 
     # ------------------------------------------------------------------ checkers
     def _on_commit(self, n: SimNode, e: fx.PersistBlock) -> None:
