@@ -61,3 +61,34 @@ def test_damaged_file_is_refused_not_treated_as_empty(tmp_path: Path, content: b
     p.write_bytes(content)
     with pytest.raises(SignStateError, match=r"sign_state\.json"):
         SignStateFile(p).load()
+
+
+@pytest.mark.slow
+def test_a_deleted_file_with_stored_blocks_signs_nothing_at_the_next_height(
+    tmp_path: Path,
+) -> None:
+    """An operator deletes sign_state.json (or restores an older backup of it
+    missing) but keeps the block store: the key may have signed at the height
+    after the last stored block, so the restarted node must not sign there."""
+    from dpkid.daemon.daemon import NodeDaemon
+    from dpkid.daemon.signstate import SIGN_STATE_FILE
+    from tests.netutil import LocalNet
+
+    net = LocalNet(tmp_path / "tn", validators=1)
+    try:
+        net.start(0)
+        net.wait_height([0], 3, timeout_s=60)
+    finally:
+        net.close()
+    home = net.home(0)
+    (home / SIGN_STATE_FILE).unlink()
+    d = NodeDaemon(home)
+    try:
+        stored = d.store.height()
+        assert stored >= 3
+        ss = d.core.status().sign_state
+        assert ss.height == stored + 2
+        # The conservative guard is durable at once, before any vote could leave.
+        assert SignStateFile(home / SIGN_STATE_FILE).load().height == stored + 2
+    finally:
+        d.store.close()

@@ -176,7 +176,22 @@ class NodeDaemon:
         self.sign_file = SignStateFile(self.home.path / SIGN_STATE_FILE)
         if not self.sign_file.exists():
             # Homes made before the guard had its own file kept it in the store.
-            self.sign_file.save(self.store.load_sign_state())
+            ss = self.store.load_sign_state()
+            stored = self.store.height()
+            if stored > 0 and ss.height < stored + 2:
+                # The file is gone but blocks are stored (deleted, or restored from
+                # an older backup): this key may have signed anything at the next
+                # height, but nothing above it, since votes for a height leave only
+                # after the block before it is stored (effects.carry_out). So sign
+                # nothing until height stored + 2 (CONSENSUS.md §6).
+                self.log.warning(
+                    "sign_state_missing",
+                    file=str(self.sign_file.path),
+                    detail=f"blocks are stored up to {stored}: not signing below height"
+                    f" {stored + 2}",
+                )
+                ss = SignState(height=stored + 2)
+            self.sign_file.save(ss)
         self.lock_file = LockFile(self.home.path / LOCK_FILE)
         lock, why = self.lock_file.load()
         if why:

@@ -114,6 +114,9 @@ class Manifest:
     jitter_s: float = 0.0  # each perturbation starts up to this much later (seeded)
     netns: bool = False
     tmpfs_mib: int = 0  # data directories on a tmpfs of this size (needed by disk_full)
+    # Validators run with the test-only `test_byzantine = "equivocate"`: they
+    # double-vote and send conflicting proposals from the start.
+    byzantine: tuple[int, ...] = ()
     expect_evidence_against: tuple[int, ...] = ()
     perturbations: tuple[Perturbation, ...] = ()
 
@@ -195,6 +198,9 @@ def parse_manifest(text: str, path: str) -> Manifest:
     if any(p.kind == "disk_full" for p in perts) and not tmpfs:
         raise ChaosError(f"{path}: disk_full needs tmpfs_mib (the data directory's size)")
     expect = _nodes(d.get("expect_evidence_against", []), n, path)
+    byz = _nodes(d.get("byzantine", []), n, path)
+    if 3 * len(byz) >= n:
+        raise ChaosError(f"{path}: byzantine validators must hold less than 1/3 of the power")
     name = d.get("name", Path(path).stem)
     desc = d.get("description", "")
     if not isinstance(name, str) or not isinstance(desc, str):
@@ -211,6 +217,7 @@ def parse_manifest(text: str, path: str) -> Manifest:
         jitter_s=_num(d, "jitter_s", 0.0, 0, 60, path),
         netns=netns,
         tmpfs_mib=tmpfs,
+        byzantine=byz,
         expect_evidence_against=expect,
         perturbations=tuple(sorted(perts, key=lambda p: p.at_s)),
     )
@@ -327,6 +334,8 @@ class _Net:
         if self.mesh is not None:
             self.mesh.setup()
             self._rewire()
+        for i in self.m.byzantine:
+            self.set_config(i, test_byzantine="equivocate")
         if self.m.tmpfs_mib:
             for nd in self.nodes:
                 d = Home(nd.home).data_dir
@@ -930,6 +939,7 @@ class _Runner:
             self.failures.append(f"double-signing evidence was committed: {evidence[:2]}")
         if m.expect_evidence_against and not evidence:
             self.failures.append("the Byzantine validator's evidence was never committed")
+        punished = self._punished(m.expect_evidence_against) if evidence else []
         periods = self._judge_periods()
         return {
             "manifest": m.name,
@@ -950,9 +960,23 @@ class _Runner:
             "final_heights": heights,
             "checked_heights": top,
             "evidence": len(evidence),
+            "punished": punished,
             "ok": not self.failures,
             "failures": self.failures,
         }
+
+    def _punished(self, offenders: tuple[int, ...]) -> list[int]:
+        """Offenders that no longer hold voting power (CONSENSUS.md §7.4: jailed)."""
+        vals = call_sync(self.net.nodes[0].home, "validators_list", timeout_s=10)["validators"]
+        out = []
+        for i in offenders:
+            pub = read_key(Home(self.net.nodes[i].home).key_file).public_key.hex()
+            power = sum(int(v.get("power", 0)) for v in vals if pub in json.dumps(v))
+            if power == 0:
+                out.append(i)
+            else:
+                self.failures.append(f"node{i} double-signed and still holds power {power}")
+        return out
 
     def _chains(self, top: int) -> list[list[tuple[str, str, list[str], list[Any]]]]:
         out = []
