@@ -254,7 +254,7 @@ def build_parser() -> Parser:
 
     add_sim(sub)
     add_chaos(sub)
-    from dpkid.dev.fuzz import add_parser as add_fuzz
+    from dpkid.cli.fuzz import add_parser as add_fuzz
 
     add_fuzz(sub)
     add_node(sub)

@@ -14,6 +14,7 @@ naming the file and what to do (:class:`StoreCorrupt` for damage).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sqlite3
 from collections.abc import Iterator
@@ -111,6 +112,20 @@ class StoreCorrupt(StoreError):
         )
 
 
+def _disk_hint(path: Path) -> str:
+    """What an operator should look at first when SQLite cannot write: the two
+    causes a file system can tell us about directly."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f"the data directory {path.parent} is on a read-only file system"
+    if st.f_bavail == 0:
+        return f"the data directory {path.parent} has no free space"
+    return ""
+
+
 def as_store_error(path: Path, doing: str, exc: BaseException) -> StoreError:
     """The one-line StoreError for a failure while ``doing`` something with ``path``."""
     if isinstance(exc, StoreError):
@@ -120,6 +135,12 @@ def as_store_error(path: Path, doing: str, exc: BaseException) -> StoreError:
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return StoreCorrupt(path, reason)
+        hint = _disk_hint(path)
+        if hint:
+            return StoreError(
+                f"store {path.absolute()}: {doing} failed ({_one_line(reason)}): {hint}; the"
+                " data may be intact, so do not delete it: fix that, then restart"
+            )
         return StoreError(
             f"store {path.absolute()}: {doing} failed ({_one_line(reason)}); the data may be"
             " intact, so do not delete it: check that no other dpkid uses this home, the file's"

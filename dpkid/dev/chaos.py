@@ -666,6 +666,7 @@ class _Runner:
         self.changes: list[tuple[float, bool]] = []  # (t, quorum) whenever it may change
         self.failures: list[str] = []
         self.exited: set[int] = set()  # stopped by themselves (a full disk)
+        self.exits: list[dict[str, Any]] = []
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -764,11 +765,15 @@ class _Runner:
         except subprocess.TimeoutExpired:
             self.failures.append(f"node{i} kept running on a read-only data directory")
             return f"node{i} did not stop"
-        log = (self.net.root / f"node{i}.log").read_text(errors="replace").strip().splitlines()
-        last = log[-1] if log else ""
-        if "read" not in last.lower() and "data" not in last.lower():
+        last = self._last_line(i)
+        if "read-only" not in last:
             self.failures.append(f"node{i} on a read-only data directory exited {rc}: {last!r}")
         return f"node{i} refused to start (exit {rc}): {last[:200]}"
+
+    def _last_line(self, i: int) -> str:
+        p = self.net.root / f"node{i}.log"
+        lines = p.read_text(errors="replace").strip().splitlines() if p.exists() else []
+        return lines[-1] if lines else ""
 
     @staticmethod
     def _cross(groups: tuple[tuple[int, ...], ...]) -> list[tuple[int, int]]:
@@ -877,6 +882,14 @@ class _Runner:
                 if gone and i not in self.exited:
                     self.exited.add(i)
                     self._mark()  # it stopped by itself (a full disk): quorum may change
+                    self.exits.append(
+                        {
+                            "t_s": round(self.now(), 1),
+                            "node": i,
+                            "exit": nd.proc.returncode if nd.proc is not None else None,
+                            "last_line": self._last_line(i)[:300],
+                        }
+                    )
                 elif not gone:
                     self.exited.discard(i)
 
@@ -961,6 +974,7 @@ class _Runner:
             "checked_heights": top,
             "evidence": len(evidence),
             "punished": punished,
+            "exits": self.exits,
             "ok": not self.failures,
             "failures": self.failures,
         }
@@ -1061,6 +1075,8 @@ def summary_text(r: dict[str, Any]) -> str:
             f"  {p['from_s']:>6}-{p['to_s']}s quorum={p['quorum']} blocks={p['blocks']}"
             f" {'ok' if p['ok'] else 'WRONG'}"
         )
+    for e in r.get("exits", []):
+        lines.append(f"  {e['t_s']:>6}s node{e['node']} exited {e['exit']}: {e['last_line']}")
     for f in r.get("failures", []):
         lines.append(f"  FAIL: {f}")
     if "reproduce" in r:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import io
 import json
 import random
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -45,6 +45,7 @@ from dpkid.core.node import wire
 from dpkid.core.state.codes import PRECHECK_CODES
 from dpkid.core.state.machine import K_META, RECORD_TYPES
 from dpkid.core.types import MAX_TX_BYTES, CertApply, OrgIdentity, Transfer, decode_tx
+from dpkid.dev.procs import make_testnet
 
 DEFAULT_SEED: Final = 13
 MAX_REPORTED_CRASHES: Final = 5  # per decoder; the count is always complete
@@ -476,20 +477,17 @@ class FuzzNode:
         return {k: codec.encode(v) for k, v in self.daemon.core.state.items() if k != K_META}
 
 
+class FuzzUsageError(ValueError):
+    """Arguments the run cannot use (the CLI reports it as a usage error)."""
+
+
 def make_home(tmp: Path, timeout_commit_ms: int = 200) -> tuple[Path, int]:
     """A one-validator testnet home with the TCP RPC on; returns (home, tcp port)."""
-    from dpkid.cli.main import main as cli_main
-    from dpkid.cli.node import free_ports
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = cli_main(
-            ["testnet", "--validators", "1", "--out", str(tmp / "tn"), "--json",
-             "--timeout-commit-ms", str(timeout_commit_ms)]
-        )  # fmt: skip
-    if rc != 0:
-        raise RuntimeError(f"dpkid testnet exited {rc}")
+    make_testnet(tmp / "tn", 1, "--timeout-commit-ms", str(timeout_commit_ms))
     home = tmp / "tn" / "node0"
-    (port,) = free_ports(1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cfg = home / "config.toml"
     cfg.write_text(re.sub(r'rpc_tcp = ".*"', f'rpc_tcp = "127.0.0.1:{port}"', cfg.read_text()))
     return home, port
@@ -974,13 +972,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(p.parse_args(argv))
 
 
-def add_parser(sub: Any) -> None:
-    """`dpkid fuzz`: the same run as ``python -m dpkid.dev.fuzz``."""
-    p = sub.add_parser("fuzz", help="feed every decoder and interface N generated bad inputs")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", type=int, default=10_000, help="inputs per decoder")
     p.add_argument("--decoder", action="append", choices=DECODERS, help="repeatable; default all")
@@ -992,9 +983,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     decoders = list(args.decoder or DECODERS)
     if args.inputs < 1:
-        from dpkid.cli.common import UsageError
-
-        raise UsageError(f"--inputs must be at least 1, not {args.inputs}")
+        raise FuzzUsageError(f"--inputs must be at least 1, not {args.inputs}")
     t0 = time.perf_counter()
 
     def report(t: Tally) -> None:
