@@ -318,6 +318,7 @@ class _Node:
     tmpfs: bool = False
     ro_bind: bool = False
     filler: Path | None = None
+    stopped_by_us: bool = False  # a harness stop, not an exit to report
 
 
 class _Net:
@@ -379,6 +380,7 @@ class _Net:
         with open(self.root / f"node{i}.log", "ab") as log:
             nd.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         nd.paused = False
+        nd.stopped_by_us = False
 
     def running(self, i: int) -> bool:
         p = self.nodes[i].proc
@@ -400,6 +402,7 @@ class _Net:
         p = self.nodes[i].proc
         if p is None:
             return
+        self.nodes[i].stopped_by_us = True
         if p.poll() is None:
             p.send_signal(signal.SIGCONT)  # a paused process must be able to die
             p.kill()
@@ -410,6 +413,7 @@ class _Net:
         p = self.nodes[i].proc
         if p is None or p.poll() is not None:
             return
+        self.nodes[i].stopped_by_us = True
         p.send_signal(signal.SIGCONT)
         p.terminate()
         try:
@@ -421,7 +425,9 @@ class _Net:
         """Is there a set of up, mutually connected validators holding more than
         2/3 of the power? testnet validators have equal power (10 each)."""
         n = len(self.nodes)
-        up = [i for i in range(n) if self.up(i)]
+        # A Byzantine validator is never counted on: it is jailed (power 0) once
+        # its evidence commits, and until then the honest nodes must not need it.
+        up = [i for i in range(n) if self.up(i) and i not in self.m.byzantine]
         best = 0
         seen: set[int] = set()
         for s in up:
@@ -878,7 +884,7 @@ class _Runner:
         while self.now() < t:
             time.sleep(min(0.1, t - self.now()))
             for i, nd in enumerate(self.net.nodes):
-                gone = nd.proc is not None and nd.proc.poll() is not None
+                gone = nd.proc is not None and nd.proc.poll() is not None and not nd.stopped_by_us
                 if gone and i not in self.exited:
                     self.exited.add(i)
                     self._mark()  # it stopped by itself (a full disk): quorum may change
@@ -942,9 +948,13 @@ class _Runner:
             self.failures.append(f"the nodes differ at height {fork_at}: {seen}")
         committed: set[str] = set()
         evidence: list[dict[str, Any]] = []
-        for h, (_, _, txs, ev) in enumerate(chains[0], start=1):
+        last_time_ms = 0
+        for h, (_, _, txs, ev, time_ms) in enumerate(chains[0], start=1):
             committed.update(txs)
             evidence.extend({"height": h, "evidence": e} for e in ev)
+            if time_ms < last_time_ms:
+                self.failures.append(f"block time went back at height {h}")
+            last_time_ms = time_ms
         lost = sorted(h for h in self.load.acked if h not in committed)
         if lost:
             self.failures.append(f"{len(lost)} transactions acknowledged as committed are gone")
@@ -953,6 +963,17 @@ class _Runner:
         if m.expect_evidence_against and not evidence:
             self.failures.append("the Byzantine validator's evidence was never committed")
         punished = self._punished(m.expect_evidence_against) if evidence else []
+        offenders = {
+            read_key(Home(net.nodes[i].home).key_file).address.hex(): i
+            for i in m.expect_evidence_against
+        }
+        for e in evidence:
+            ev = e["evidence"]
+            who = ev.get("vote_a", {}).get("validator") if isinstance(ev, dict) else None
+            if offenders and who not in offenders:
+                self.failures.append(
+                    f"evidence at height {e['height']} names {who}, not the offender"
+                )
         periods = self._judge_periods()
         return {
             "manifest": m.name,
@@ -992,7 +1013,7 @@ class _Runner:
                 self.failures.append(f"node{i} double-signed and still holds power {power}")
         return out
 
-    def _chains(self, top: int) -> list[list[tuple[str, str, list[str], list[Any]]]]:
+    def _chains(self, top: int) -> list[list[tuple[str, str, list[str], list[Any], int]]]:
         out = []
         for nd in self.net.nodes:
             chain = []
@@ -1000,7 +1021,13 @@ class _Runner:
                 b = call_sync(nd.home, "block_get", {"height": h}, timeout_s=10)
                 txs = [sha256(bytes.fromhex(t)).hex() for t in b["txs"]]
                 chain.append(
-                    (b["hash"], b["header"]["app_hash"], txs, list(b.get("evidence") or []))
+                    (
+                        b["hash"],
+                        b["header"]["app_hash"],
+                        txs,
+                        list(b.get("evidence") or []),
+                        int(b["header"]["time_ms"]),
+                    )
                 )
             out.append(chain)
         return out
