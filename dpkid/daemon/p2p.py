@@ -1048,8 +1048,11 @@ class P2PNode:
         except Exception:
             return
         if self._pubsub is not None:
-            with contextlib.suppress(Exception):  # needs the pubsub service running
-                self._pubsub.add_to_blacklist(pid)
+            # The set, not add_to_blacklist(): that also schedules pubsub's
+            # _teardown_if_connected, which races our disconnect (both delete
+            # pubsub.peers[pid]; its KeyError escapes pubsub's manager and stops
+            # the node). The disconnect below does the teardown.
+            self._pubsub.blacklisted_peers.add(pid)
         if self._nursery is not None:
             self._nursery.start_soon(self._disconnect, pid)
 
@@ -1102,10 +1105,14 @@ class P2PNode:
         """Lift bans that have ended, once a second (the table is bounded)."""
         while True:
             await trio.sleep(1.0)
-            for peer in self._guard.expire(time.monotonic()):
-                if self._pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        self._pubsub.remove_from_blacklist(ID.from_base58(peer))
+            self._guard.expire(time.monotonic())
+            if self._pubsub is not None:
+                # pubsub's blacklist follows the bounded ban table, including bans
+                # it evicted when full, so the blacklist stays bounded too.
+                banned = set(self._guard.banned())
+                for pid in list(self._pubsub.blacklisted_peers):
+                    if str(pid.to_base58()) not in banned:
+                        self._pubsub.blacklisted_peers.discard(pid)
 
     def _note_bad_peer(self, peer_id: ID | str, kind: str, exc: BaseException) -> None:
         """Count bad input from a peer; log its first offence, then at most one per 10 s per kind.
