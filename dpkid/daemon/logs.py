@@ -16,8 +16,23 @@ LEVELS = {
 }
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is when a line is written, not as it was when logging
+    was set up: a caller that swaps it (a test's capture, later closed) must not
+    leave every later log line writing to a closed file."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     lvl = LEVELS.get(level.lower())
     if lvl is None:
         raise ValueError(f"log level must be one of {sorted(LEVELS)}")

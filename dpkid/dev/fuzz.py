@@ -501,7 +501,7 @@ async def fuzz_node(tmp: Path, min_height: int = 2, quiet: bool = True) -> Async
 
     home, port = make_home(tmp)
     if quiet:
-        setup_logging("error", stream=sys.stderr)  # the fuzz provokes warnings by the thousand
+        setup_logging("error")  # the fuzz provokes warnings by the thousand
     d = NodeDaemon(home)
     try:
         async with trio.open_nursery() as n:
