@@ -721,18 +721,7 @@ class _Runner:
                 net.signal(i, signal.SIGSTOP)
             return "SIGSTOP"
         if p.kind in ("partition", "isolate"):
-            assert net.mesh is not None
-            groups = (
-                p.groups
-                if p.kind == "partition"
-                else (nodes, tuple(i for i in range(len(net.nodes)) if i not in nodes))
-            )
-            for ga, gb in self._cross(groups):
-                if p.one_sided:
-                    net.mesh.blackhole(ga, gb, True)
-                else:
-                    net.mesh.set_link(ga, gb, False)
-                net.cut.add((min(ga, gb), max(ga, gb)))
+            groups = self._set_cut(p, nodes, cut=True)
             how = "blackhole routes on one side" if p.one_sided else "links down"
             return f"{how} between {[list(g) for g in groups]}"
         if p.kind == "clock_skew":
@@ -781,6 +770,29 @@ class _Runner:
         lines = p.read_text(errors="replace").strip().splitlines() if p.exists() else []
         return lines[-1] if lines else ""
 
+    def _set_cut(
+        self, p: Perturbation, nodes: tuple[int, ...], cut: bool
+    ) -> tuple[tuple[int, ...], ...]:
+        """Cut (or heal) every link between the perturbation's groups; the groups."""
+        net = self.net
+        assert net.mesh is not None
+        groups = (
+            p.groups
+            if p.kind == "partition"
+            else (nodes, tuple(i for i in range(len(net.nodes)) if i not in nodes))
+        )
+        for ga, gb in self._cross(groups):
+            if p.one_sided:
+                net.mesh.blackhole(ga, gb, cut)
+            else:
+                net.mesh.set_link(ga, gb, not cut)
+            pair = (min(ga, gb), max(ga, gb))
+            if cut:
+                net.cut.add(pair)
+            else:
+                net.cut.discard(pair)
+        return groups
+
     @staticmethod
     def _cross(groups: tuple[tuple[int, ...], ...]) -> list[tuple[int, int]]:
         """Pairs (a, b) with a in an earlier group than b."""
@@ -801,18 +813,7 @@ class _Runner:
             for i in nodes:
                 net.signal(i, signal.SIGCONT)
         elif p.kind in ("partition", "isolate"):
-            assert net.mesh is not None
-            groups = (
-                p.groups
-                if p.kind == "partition"
-                else (nodes, tuple(i for i in range(len(net.nodes)) if i not in nodes))
-            )
-            for ga, gb in self._cross(groups):
-                if p.one_sided:
-                    net.mesh.blackhole(ga, gb, False)
-                else:
-                    net.mesh.set_link(ga, gb, True)
-                net.cut.discard((min(ga, gb), max(ga, gb)))
+            self._set_cut(p, nodes, cut=False)
         elif p.kind == "clock_skew":
             for i in nodes:
                 net.stop(i)
