@@ -151,6 +151,79 @@ class GovVote(_S, frozen=True, tag="gov_vote"):
     approve: bool
 
 
+# --------------------------------------------------------------------------- threshold signing
+# SPEC §16: the validators hold shares of one Ed25519 key (FROST, RFC 9591)
+# and sign the X.509 certificates and CRLs that the ledger decides.
+
+MAX_TSS_MEMBERS: Final = 64  # = weights.MAX_TSS_SHARES: every member holds at least one share
+MAX_TSS_THRESHOLD: Final = 64
+MAX_TSS_SLOTS_PER_TX: Final = 200
+MAX_TSS_ITEMS_PER_TX: Final = 200
+Point = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Scalar = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Serial = Annotated[bytes, Meta(min_length=16, max_length=16)]
+
+
+class TssPoly(_S, frozen=True):
+    """A dealt polynomial: Feldman commitments to its coefficients, and (fresh
+    DKG only) the proof of knowledge of the constant term."""
+
+    commitment: Annotated[list[Point], Meta(min_length=1, max_length=MAX_TSS_THRESHOLD)]
+    pok: Annotated[bytes, Meta(max_length=64)] = b""
+
+
+class TssDeal(_S, frozen=True, tag="tss_deal"):
+    """A dealer's round-1 message (SPEC §16.3): its polynomials and, for every
+    member of the new committee in order, a sealed box with that member's
+    shares of every polynomial."""
+
+    round: U64
+    polys: Annotated[list[TssPoly], Meta(min_length=1, max_length=MAX_TSS_MEMBERS)]
+    boxes: Annotated[
+        list[Annotated[bytes, Meta(max_length=8192)]], Meta(max_length=MAX_TSS_MEMBERS)
+    ]
+
+
+class TssAck(_S, frozen=True, tag="tss_ack"):
+    """A member has checked every share dealt to it; ``complaints`` names the
+    dealers whose shares failed (SPEC §16.4)."""
+
+    round: U64
+    complaints: Annotated[list[Addr], Meta(max_length=MAX_TSS_MEMBERS)]
+
+
+class TssJustify(_S, frozen=True, tag="tss_justify"):
+    """A dealer's answer to a complaint: the complainer's shares in the clear."""
+
+    round: U64
+    complainer: Addr
+    shares: Annotated[list[Scalar], Meta(min_length=1, max_length=4096)]
+
+
+class TssNonces(_S, frozen=True, tag="tss_nonces"):
+    """Round-one commitments posted ahead (SPEC §16.6): each slot holds, for
+    every share of the sender in index order, hiding || binding (64 bytes)."""
+
+    epoch: U64
+    first_seq: U64
+    slots: Annotated[
+        list[Annotated[bytes, Meta(min_length=64, max_length=64 * 64)]],
+        Meta(min_length=1, max_length=MAX_TSS_SLOTS_PER_TX),
+    ]
+
+
+class TssShareItem(_S, frozen=True):
+    request: U64
+    attempt: U32
+    shares: Annotated[list[Scalar], Meta(min_length=1, max_length=64)]
+
+
+class TssSign(_S, frozen=True, tag="tss_sign"):
+    """Signature shares for open signing attempts (SPEC §16.7)."""
+
+    items: Annotated[list[TssShareItem], Meta(min_length=1, max_length=MAX_TSS_ITEMS_PER_TX)]
+
+
 TxBody = (
     Transfer
     | CertApply
@@ -162,6 +235,11 @@ TxBody = (
     | EndorserRevoke
     | GovPropose
     | GovVote
+    | TssDeal
+    | TssAck
+    | TssJustify
+    | TssNonces
+    | TssSign
 )
 
 
@@ -458,3 +536,169 @@ class Jailed(_S, frozen=True):
     address: Addr
     height: U64
     evidence_key: Hash32
+
+
+# ------------------------------------------------------------------ threshold-signing records
+
+
+class TssMember(_S, frozen=True):
+    address: Addr
+    pubkey: PubKey
+    first_index: U32
+    count: U32
+
+
+class TssComplaint(_S, frozen=True):
+    complainer: Addr
+    dealer: Addr
+    answered: bool = False
+
+
+class TssRound(_S, frozen=True):
+    """The key-generation round in progress (or the last one), under ``tss:round``."""
+
+    round: U64
+    kind: str  # fresh | reshare
+    start_height: U64
+    phase: str  # deal | ack | justify | done | failed
+    phase_end: U64  # the phase closes at the end of this height at the latest
+    members: list[TssMember]  # the committee being made
+    threshold: U32
+    dealers: list[TssMember]  # fresh: the members; reshare: the committee in force
+    old_epoch: U64
+    valset_hash: Hash32  # the validator set the committee is for
+    dealt: list[bytes]  # sorted addresses
+    acked: list[bytes]
+    complaints: list[TssComplaint]
+    disqualified: list[bytes]
+    note: Reason = ""
+
+
+class TssDealRecord(_S, frozen=True):
+    """A posted deal, under ``tss:deal:`` || round || dealer."""
+
+    dealer: Addr
+    polys: list[TssPoly]
+    boxes: list[bytes]
+    height: U64
+
+
+class TssRevealed(_S, frozen=True):
+    """A dealer's published answer to a complaint, under ``tss:just:``."""
+
+    shares: list[bytes]
+
+
+class TssKey(_S, frozen=True):
+    """The committee in force and its group key, under ``tss:key``."""
+
+    epoch: U64
+    group_pk: Point
+    threshold: U32
+    members: list[TssMember]
+    verification_shares: list[bytes]  # index i at position i - 1
+    round: U64
+    height: U64
+    valset_hash: Hash32
+
+
+class TssRoot(_S, frozen=True):
+    """The root certificate, under ``tss:root``: self-signed by the group key."""
+
+    group_pk: Point
+    not_before_s: U64
+    der: bytes  # b"" until signed
+    cert_hash: OptHash  # sha256(der)
+    request: U64
+    height: U64
+
+
+class TssSigner(_S, frozen=True):
+    address: Addr
+    first_index: U32
+    count: U32
+    slot_seq: U64  # the signer's nonce slot this attempt uses
+    commitments: list[bytes]  # count x (hiding || binding)
+    shares: list[bytes]  # count x scalar, empty until posted
+
+
+class TssRequest(_S, frozen=True):
+    """Something the ledger decided to sign, under ``tss:req:`` || seq."""
+
+    seq: U64
+    kind: str  # root | cert | crl
+    ref: bytes  # cert_id for kind cert, else b""
+    version: U32
+    tbs: bytes
+    created_height: U64
+    epoch: U64  # the key epoch of the attempt (0: no attempt yet)
+    attempt: U32
+    deadline: U64
+    signers: list[TssSigner]
+    excluded: list[bytes]  # sorted: timed out or misbehaved in this request
+    status: str = "pending"  # pending | signed
+    sig: bytes = b""
+    signed_height: U64 = 0
+
+
+class TssActive(_S, frozen=True):
+    seq: U64
+    deadline: U64
+
+
+class TssNonceQueue(_S, frozen=True):
+    """A member's posted round-one commitments, under ``tss:nonce:`` || address."""
+
+    epoch: U64
+    next_seq: U64  # the seq the next TssNonces must start at
+    first_seq: U64  # seq of slots[0]
+    slots: list[bytes]
+
+
+class TssQueue(_S, frozen=True):
+    """Signing bookkeeping, under ``tss:queue``."""
+
+    next_seq: U64 = 1  # the next request number
+    next_start: U64 = 1  # the first request that has never had an attempt
+    active: list[TssActive] = msgspec.field(default_factory=list)
+    crl_number: U64 = 0
+    crl_due: bool = True
+    last_crl_height: U64 = 0
+    crl_open: U64 = 0
+    next_round: U64 = 1
+    retry_height: U64 = 0  # a failed round is retried from this height
+
+
+class TssRevokedEntry(_S, frozen=True):
+    serial: Serial
+    revoked_s: U64
+    reason: int
+    not_after_s: U64
+
+
+class TssRevoked(_S, frozen=True):
+    """Every revoked serial the CRL must list, under ``tss:revoked``."""
+
+    entries: list[TssRevokedEntry]  # by serial
+
+
+class TssCert(_S, frozen=True):
+    """The threshold-signed X.509 of a ledger certificate, under ``tss:x509:`` || cert_id."""
+
+    cert_id: Hash32
+    version: U32  # of the newest request
+    der: bytes  # the newest signed version, b"" until one is signed
+    request: U64  # the newest request
+    signed_height: U64 = 0
+    signed_version: U32 = 0
+
+
+class TssCrl(_S, frozen=True):
+    """The newest threshold-signed CRL, under ``tss:crl``."""
+
+    number: U64
+    this_update_s: U64
+    next_update_s: U64
+    der: bytes
+    request: U64
+    height: U64

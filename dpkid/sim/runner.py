@@ -88,6 +88,8 @@ class SimNode:
     disk_app_hashes: list[bytes] = field(default_factory=list)
     disk_sign_state: SignState = field(default_factory=SignState)
     disk_lock: LockRecord | None = None
+    disk_tss: bytes | None = None
+    starts: int = 0
     byz: set[str] = field(default_factory=set)
     skew_ms: int = 0
     starved_until_ms: int = 0
@@ -283,8 +285,23 @@ class Simulation:
 
     def _make_core(self, n: SimNode) -> NodeCore:
         cache = self.shared_cache if self.sc.sig_check == "cached" else SignatureCache(200_000)
+        n.starts += 1
+        # Fresh entropy at every start, as the daemon draws from the OS: a
+        # restarted node must not regenerate the nonces it used before.
+        entropy = (
+            sha256(f"sim-tss/{self.sc.seed}/{n.idx}/{n.starts}".encode()) if self.sc.tss else b""
+        )
         core = NodeCore(
-            self.genesis, n.key, self.config, cache, n.disk_sign_state, self._verify, n.disk_lock
+            self.genesis,
+            n.key,
+            self.config,
+            cache,
+            n.disk_sign_state,
+            self._verify,
+            n.disk_lock,
+            tss_secrets=n.disk_tss,
+            entropy=entropy,
+            tss_mode="bad_shares" if n.idx in self.sc.byzantine.bad_signers else "",
         )
         rp = self._resume_point(n)
         if rp is not None:
@@ -880,6 +897,9 @@ class _NodeShell:
 
     def persist_sign_state(self, state: SignState) -> None:
         self.n.disk_sign_state = state
+
+    def persist_tss(self, blob: bytes) -> None:
+        self.n.disk_tss = blob
 
     def persist_block(self, block: fx.PersistBlock) -> None:
         n, sim = self.n, self.sim

@@ -100,6 +100,7 @@ class ByzantineSettings:
     false_attestors: list[int] = field(default_factory=list)  # attest ok for bogus applications
     byzantine_endorsers: int = 0  # the first N endorsers
     endorser_mode: str = "approve_bogus"  # "approve_bogus" | "collude" | "withhold"
+    bad_signers: list[int] = field(default_factory=list)  # send invalid threshold-signature shares
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Scenario:
     max_sim_ms: int = 300_000
     block_txs: int = 500
     sig_check: str = "cached"  # "real": every node verifies; "cached": one shared verify-once cache
+    tss: bool = True  # validators run the threshold key (SPEC §16)
     # Defaults are the daemon's own (TimeoutConfig, NodeConfig): one place each.
     timeout_propose_ms: int = _T.propose_ms
     timeout_delta_ms: int = _T.propose_delta_ms

@@ -66,6 +66,7 @@ from dpkid.core.node.effects import (
     NodeEvent,
     NodeInput,
     PersistBlock,
+    PersistTss,
     Ready,
     Receive,
     ReceiveBytes,
@@ -94,7 +95,9 @@ from dpkid.core.node.wire import (
     decode_msg,
 )
 from dpkid.core.state.machine import State, apply_block, genesis_state, scheduled_powers
-from dpkid.core.types import Genesis, Header, Receipt
+from dpkid.core.state.codes import Code
+from dpkid.core.tss.agent import TssAgent
+from dpkid.core.types import Genesis, Header, Receipt, encode_tx, sign_tx
 
 MAX_PENDING_FUTURE: Final = 2048
 # Votes of decided heights kept to catch equivocation that arrives late, e.g.
@@ -147,6 +150,9 @@ class NodeCore:
         sign_state: SignState | None = None,
         verify: Callable[[bytes, bytes, bytes], bool] = verify_ed25519,
         lock: LockRecord | None = None,
+        tss_secrets: bytes | None = None,
+        entropy: bytes = b"",
+        tss_mode: str = "",
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -187,6 +193,11 @@ class NodeCore:
         # and the set that ran each of those heights (§7.1, late equivocation).
         self.vote_history: OrderedDict[tuple[int, int, int, bytes], Vote] = OrderedDict()
         self.history_vals: OrderedDict[int, ValidatorSet] = OrderedDict()
+        # The validator's part in the threshold key (SPEC §16). It needs fresh
+        # entropy from the shell; a shell that gives none runs without it.
+        self.tss: TssAgent | None = (
+            TssAgent(key, entropy, tss_secrets, tss_mode) if key is not None and entropy else None
+        )
 
     # ------------------------------------------------------------------ the engine's requests
     def _build_block(self, height: int) -> Block:
@@ -715,6 +726,7 @@ class NodeCore:
                 [(v.pubkey, v.power) for v in self.vals.members],
             )
         ]
+        out += self._tss_duties()
         if synced:
             out += self._start_next_height()
         else:
@@ -723,6 +735,28 @@ class NodeCore:
             out.append(
                 SetTimer("commit", block.header.height, 0, "", self.config.timeouts.commit_ms)
             )
+        return out
+
+    def _tss_duties(self) -> list[NodeEffect]:
+        """What the ledger now asks of this validator's key share (SPEC §16),
+        done from the newest block only: while catching up, older blocks'
+        duties are stale."""
+        if self.tss is None or self.key is None or self.sync_target > self.state.height:
+            return []
+        res = self.tss.on_commit(self.state)
+        out: list[NodeEffect] = []
+        if res.dirty:
+            out.append(PersistTss(self.tss.secrets_blob()))
+        out += [NodeEvent(kind, detail) for kind, detail in res.events]
+        for body in res.bodies:
+            nonce = self.next_nonce(self.key.address)
+            raw = encode_tx(
+                sign_tx(self.key, self.chain_id, nonce, self.state.policy.min_tx_fee, body)
+            )
+            verdict, eff = self._submit(raw)
+            if verdict.verdict != Code.OK:
+                out.append(NodeEvent("tss_tx_refused", f"{type(body).__name__}: {verdict.why}"))
+            out += eff
         return out
 
     def _start_next_height(self) -> list[NodeEffect]:

@@ -72,7 +72,17 @@ class NodeEvent:
     detail: str
 
 
-NodeEffect = Send | PersistSignState | PersistBlock | SetTimer | ServeBlocks | NodeEvent
+@dataclass(frozen=True)
+class PersistTss:
+    """The threshold-signing agent's secrets (dpkid/core/tss/agent.py): durable
+    before any transaction made with them leaves, like the sign state."""
+
+    blob: bytes
+
+
+NodeEffect = (
+    Send | PersistSignState | PersistTss | PersistBlock | SetTimer | ServeBlocks | NodeEvent
+)
 
 
 # ------------------------------------------------------------------ inputs
@@ -137,6 +147,7 @@ class Ready:
 
     lock: LockRecord | None = None  # the latest lock record, if it changed
     sign_state: SignState | None = None  # the latest double-sign guard, if it moved
+    tss: bytes | None = None  # the latest threshold-signing secrets, if they changed
     blocks: list[PersistBlock] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     serve: list[ServeBlocks] = field(default_factory=list)
@@ -154,6 +165,8 @@ class Ready:
                 r.sign_state = e.state
                 if e.lock is not None:
                     r.lock = e.lock
+            elif isinstance(e, PersistTss):
+                r.tss = e.blob  # each blob is the whole secret state: the last wins
             elif isinstance(e, PersistBlock):
                 r.blocks.append(e)
             elif isinstance(e, Send):
@@ -175,6 +188,8 @@ class Shell(Protocol):
 
     def persist_sign_state(self, state: SignState) -> None: ...
 
+    def persist_tss(self, blob: bytes) -> None: ...
+
     def persist_block(self, block: PersistBlock) -> None: ...
 
     def send(self, send: Send) -> None: ...
@@ -192,6 +207,8 @@ def carry_out(ready: Ready, shell: Shell) -> None:
         shell.persist_lock(ready.lock)  # before the sign state that names it
     if ready.sign_state is not None:
         shell.persist_sign_state(ready.sign_state)  # before any vote it guards leaves
+    if ready.tss is not None:
+        shell.persist_tss(ready.tss)  # before any deal, nonce or share made with it leaves
     for b in ready.blocks:
         shell.persist_block(b)
     for s in ready.sends:

@@ -46,6 +46,11 @@ class Code(IntEnum):
     PROPOSAL_CLOSED = 51
     DUPLICATE_VOTE = 52
     INVALID_GOV_ACTION = 53
+    TSS_WRONG_PHASE = 60
+    TSS_DUPLICATE = 61
+    TSS_BAD_DEAL = 62
+    TSS_BAD_COMPLAINT = 63
+    TSS_BAD_NONCES = 64
 
 
 PRECHECK_CODES = frozenset(c for c in Code if 0 < c < 10)

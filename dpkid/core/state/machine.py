@@ -26,6 +26,7 @@ from dpkid.core.domains import DomainError, validate_domain_list
 from dpkid.core.keys import SubjectKeyError, parse_spki, verify_with_spki
 from dpkid.core.merkle import MerkleLog
 from dpkid.core.state.codes import BlockError, Code, StaleStateError, TxFailure
+from dpkid.core.state import tss
 from dpkid.core.state.smt import SmtProof, SparseMerkleTree
 from dpkid.core.types import (
     MAX_TX_BYTES,
@@ -65,6 +66,11 @@ from dpkid.core.types import (
     Revoke,
     SetValidator,
     Transfer,
+    TssAck,
+    TssDeal,
+    TssJustify,
+    TssNonces,
+    TssSign,
     Tx,
     ValidatorRecord,
     ValidatorRecords,
@@ -102,6 +108,7 @@ RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
     (P_GOV, GovProposal),
     (P_LOG, LogEntry),
     (P_JAIL, Jailed),
+    *tss.TSS_RECORD_TYPES,
 )
 
 # RFC 5280 CRLReason values a ledger revocation may carry. cACompromise and
@@ -742,6 +749,8 @@ def scheduled_powers(
 
 
 def _end_block(b: _Block) -> None:
+    # SPEC §16: key generation, CRL schedule and signing attempts.
+    tss.end_block(b)
     # SPEC §9: all fees of the block go to its proposer.
     if b.fees:
         b.credit(b.header.proposer, b.fees)
@@ -1158,6 +1167,7 @@ def _issue(b: _Block, app: Application, endorsers: list[bytes], ok_power: int, t
     )
     b.put(key_cert(cert_id), cert)
     b.append_log("issued", cert)
+    tss.on_cert_changed(b, cert)
     for d in app.domains:
         live = _live_certs(b, d)
         b.put(key_domain(d), DomainIndex([*live, cert_id]))
@@ -1209,6 +1219,7 @@ def _revoke(b: _Block, cert: Certificate, reason: int) -> None:
     )
     b.put(key_cert(cert.cert_id), cert)
     b.append_log("revoked", cert)
+    tss.on_cert_revoked(b, cert)
     b.emit("cert_revoked", cert.cert_id, REASON_NAMES.get(reason, str(reason)))
 
 
@@ -1270,6 +1281,7 @@ def _degrade_if_short(b: _Block, cert: Certificate, why: str) -> Certificate:
     cert = msgspec.structs.replace(cert, cert_type="DV", org=None, degraded_height=b.height)
     b.put(key_cert(cert.cert_id), cert)
     b.append_log("degraded", cert)
+    tss.on_cert_changed(b, cert)
     b.emit("cert_degraded", cert.cert_id, why)
     return cert
 
@@ -1446,4 +1458,9 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Block, Tx, bytes, bytes], None]]] = 
     EndorserRevoke: _h_endorser_revoke,
     GovPropose: _h_gov_propose,
     GovVote: _h_gov_vote,
+    TssDeal: tss.h_tss_deal,
+    TssAck: tss.h_tss_ack,
+    TssJustify: tss.h_tss_justify,
+    TssNonces: tss.h_tss_nonces,
+    TssSign: tss.h_tss_sign,
 }

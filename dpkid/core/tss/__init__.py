@@ -1,0 +1,1 @@
+"""Threshold signing by the validators: weights, DKG rules, X.509 formats and the node's agent."""
