@@ -38,8 +38,12 @@ from dpkid.core.state.machine import (
     key_domain,
     key_gov,
 )
+from dpkid.core.state import tss as tss_rules
 from dpkid.core.state.smt import verify_proof
 from dpkid.core.types import (
+    TssAck,
+    TssJustify,
+    TssNonces,
     MAX_TX_BYTES,
     TX_SIGN_TAG,
     Account,
@@ -1819,7 +1823,8 @@ def test_set_validator_takes_effect_at_h_plus_2() -> None:
     assert c.state.validators.power_of(newval.address) == 25
     assert c.state.validators.total_power() == 65
     assert c.state.pending_validator_changes.changes == []
-    assert c.state.last_events == [Event("validator_update", newval.address, "25")]
+    ledger_events = [e for e in c.state.last_events if not e.kind.startswith("tss_")]
+    assert ledger_events == [Event("validator_update", newval.address, "25")]
     addrs = [v.address for v in c.state.validators.validators]
     assert addrs == sorted(addrs)
 
@@ -2181,6 +2186,55 @@ def _sc_invalid_gov_action() -> Final:
     c = make_chain()
     action = AddEndorser(c.keys.endorsers[1].public_key, "dup")
     return Final(c, c.keys.validators[0], GovPropose(action))
+
+
+def _tss_chain(until: str) -> tuple[Chain, dict[bytes, Any]]:
+    from tests.tss_util import agents_for, key_of, run_until
+
+    c = make_chain()
+    agents = agents_for(c)
+    if until == "ack":
+        run_until(c, agents, lambda c: c.state.get(tss_rules.K_TSS_ROUND).phase == "ack")
+    elif until == "key":
+        run_until(c, agents, lambda c: key_of(c) is not None)
+    return c, agents
+
+
+@scenario(Code.TSS_WRONG_PHASE)
+def _sc_tss_wrong_phase() -> Final:
+    c, _ = _tss_chain("deal")
+    return Final(c, c.keys.validators[0], TssAck(1, []))
+
+
+@scenario(Code.TSS_DUPLICATE)
+def _sc_tss_duplicate() -> Final:
+    c, agents = _tss_chain("deal")
+    v = c.keys.validators[0]
+    (deal,) = agents[v.address].on_commit(c.state).bodies
+    ok(send(c, v, deal))
+    return Final(c, v, deal)
+
+
+@scenario(Code.TSS_BAD_DEAL)
+def _sc_tss_bad_deal() -> Final:
+    c, agents = _tss_chain("deal")
+    v = c.keys.validators[0]
+    (deal,) = agents[v.address].on_commit(c.state).bodies
+    return Final(c, v, msgspec.structs.replace(deal, boxes=deal.boxes[:-1]))
+
+
+@scenario(Code.TSS_BAD_COMPLAINT)
+def _sc_tss_bad_complaint() -> Final:
+    c, _ = _tss_chain("ack")
+    v = c.keys.validators[0]
+    return Final(c, v, TssJustify(1, c.keys.validators[1].address, [bytes(32)]))
+
+
+@scenario(Code.TSS_BAD_NONCES)
+def _sc_tss_bad_nonces() -> Final:
+    c, _ = _tss_chain("key")
+    v = c.keys.validators[0]
+    return Final(c, v, TssNonces(1, 999, [bytes(64)]))
 
 
 def test_every_code_has_a_scenario() -> None:

@@ -44,7 +44,9 @@ FORBIDDEN = {
     "structlog",
 }
 # An injected, seeded generator is how randomness may enter the core.
-ALLOWED_FROM = {("random", "Random")}
+# cryptography's X.509 builders take datetimes: dpkid/core/tss/x509.py turns
+# ledger seconds into them and never reads the clock (checked below).
+ALLOWED_FROM = {("random", "Random"), ("datetime", "datetime"), ("datetime", "UTC")}
 
 
 def _module_name(path: Path) -> str:
@@ -103,6 +105,21 @@ def test_core_imports_only_core_and_nothing_impure() -> None:
             if t.split(".")[0] == "dpkid" and not _dpkid_target(t, n).startswith("dpkid.core"):
                 problems.append(f"{mod} reaches {_dpkid_target(t, n)}, outside dpkid/core/")
     assert not problems, "\n".join(problems)
+
+
+def test_core_never_reads_the_clock_through_datetime() -> None:
+    """The datetime import allowed above is for conversions only."""
+    calls = {"now", "utcnow", "today", "fromtimestamp_now"}
+    problems = []
+    for mod in _modules("core"):
+        path = _module_file(mod)
+        assert path is not None
+        if not any(t == "datetime" for t, _ in _imports(path)):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in calls:
+                problems.append(f"{mod}: .{node.attr}")
+    assert not problems, problems
 
 
 def test_simulator_reaches_nothing_impure() -> None:

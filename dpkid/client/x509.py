@@ -22,23 +22,40 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from dpkid.core.crypto import sha256
+from dpkid.core.tss.x509 import (
+    DPKID_ARC,
+    OID_CABF_TYPE,
+    OID_DPKID_TYPE,
+    OID_JURISDICTION_COUNTRY,
+    OID_LEDGER_REF,
+    ledger_ref,
+    ledger_ref_extension,
+)
 from dpkid.core.types import Certificate
 
-# 2.25.<uuid> is an OID anyone may use without registration (ITU-T X.667).
-DPKID_ARC: Final = "2.25.198472309651873226097328425071626716801"
-OID_LEDGER_REF: Final = x509.ObjectIdentifier(DPKID_ARC + ".1")
-OID_DPKID_TYPE: Final = {
-    "DV": x509.ObjectIdentifier(DPKID_ARC + ".2.1"),
-    "OV": x509.ObjectIdentifier(DPKID_ARC + ".2.2"),
-    "EV": x509.ObjectIdentifier(DPKID_ARC + ".2.3"),
-}
-# CA/Browser Forum certificate policy OIDs for the same validation levels.
-OID_CABF_TYPE: Final = {
-    "DV": x509.ObjectIdentifier("2.23.140.1.2.1"),
-    "OV": x509.ObjectIdentifier("2.23.140.1.2.2"),
-    "EV": x509.ObjectIdentifier("2.23.140.1.1"),
-}
-OID_JURISDICTION_COUNTRY: Final = x509.ObjectIdentifier("1.3.6.1.4.1.311.60.2.1.3")
+# The OIDs and the ledger reference are defined once, with the threshold-signed
+# formats (dpkid/core/tss/x509.py), and re-exported here.
+__all__ = [
+    "DPKID_ARC",
+    "EXPORT_KEY_TAG",
+    "KEY_USAGE_BITS",
+    "OID_CABF_TYPE",
+    "OID_DPKID_TYPE",
+    "OID_JURISDICTION_COUNTRY",
+    "OID_LEDGER_REF",
+    "ExportError",
+    "SubjectPrivateKey",
+    "claimed_type",
+    "export_key",
+    "key_usage",
+    "ledger_ref",
+    "ledger_ref_extension",
+    "parse_ledger_ref",
+    "to_pem",
+    "to_x509",
+]
+
+
 EXPORT_KEY_TAG: Final = b"dpkid/x509-export-key/v1\x00"
 
 SubjectPrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -72,31 +89,6 @@ def key_usage(*granted: str) -> x509.KeyUsage:
 def export_key(chain_id: str) -> ed25519.Ed25519PrivateKey:
     """The chain's public export key: derived from the chain id, so it is not a secret."""
     return ed25519.Ed25519PrivateKey.from_private_bytes(sha256(EXPORT_KEY_TAG + chain_id.encode()))
-
-
-def _der_utf8(s: str) -> bytes:
-    raw = s.encode()
-    n = len(raw)
-    if n < 0x80:
-        length = bytes([n])
-    elif n < 0x100:
-        length = b"\x81" + bytes([n])
-    else:
-        length = b"\x82" + n.to_bytes(2, "big")
-    return b"\x0c" + length + raw
-
-
-def ledger_ref(chain_id: str, height: int, cert_id: bytes, log_index: int) -> str:
-    return f"dpkid:{chain_id}:{height}:{cert_id.hex()}:{log_index}"
-
-
-def ledger_ref_extension(
-    chain_id: str, height: int, cert_id: bytes, log_index: int
-) -> x509.UnrecognizedExtension:
-    """The X.509 extension that points at the ledger record (non-critical)."""
-    return x509.UnrecognizedExtension(
-        OID_LEDGER_REF, _der_utf8(ledger_ref(chain_id, height, cert_id, log_index))
-    )
 
 
 def parse_ledger_ref(cert: x509.Certificate) -> dict[str, Any] | None:

@@ -200,9 +200,85 @@ def chain_vectors() -> dict[str, Any]:
     }
 
 
+def _chain_record(c: DevChain, genesis: Any, keys: Any, description: str) -> dict[str, Any]:
+    from dpkid.core.state.machine import apply_block
+
+    blocks = []
+    for (header, txs), receipts in zip(c.blocks, c.receipts, strict=True):
+        blocks.append(
+            {
+                "header": codec.encode(header).hex(),
+                "txs": [t.hex() for t in txs],
+                "receipt_codes": [r.code for r in receipts],
+                "receipts": [codec.encode(r).hex() for r in receipts],
+            }
+        )
+    st = DevChain(genesis, keys).state
+    hashes = [st.app_hash.hex()]
+    for header, txs in c.blocks:
+        st, _, app_hash = apply_block(st, header, txs)
+        hashes.append(app_hash.hex())
+    return {
+        "description": description,
+        "genesis": codec.encode(genesis).hex(),
+        "blocks": blocks,
+        "app_hashes": hashes,
+        "final_log_size": st.log.size,
+        "final_log_root": st.log.root().hex(),
+    }
+
+
+def tss_chain_vectors() -> dict[str, Any]:
+    """The threshold key from genesis (SPEC §16): the four validators' agents,
+    with fixed entropy, deal, acknowledge, post nonces and sign the root, a DV
+    certificate and, after its revocation, a CRL."""
+    from dpkid.core.node.tss_agent import TssAgent
+    from dpkid.core.state import tss as rules
+
+    genesis, keys = dev_genesis(chain_id=VECTOR_CHAIN_ID)
+    c = DevChain(genesis, keys)
+    v, a = keys.validators, keys.accounts
+    agents = [TssAgent(k, sha256(b"vector-entropy-" + k.public_key)) for k in v]
+
+    def step() -> None:
+        for ag in agents:
+            for body in ag.on_commit(c.state).bodies:
+                c.tx(ag.key, body)
+        c.block()
+
+    spki = spki_der_of(subject_key("dv").public_key())
+    r_dv = c.tx(a[0], CertApply("DV", ["tss.example"], spki, 90, 1_000))
+    step()
+    app = sha256(b"dpkid/app/v1\x00" + sha256(r_dv))
+    for val in v[:3]:
+        c.tx(val, DvAttest([Attestation(app, True, "http-01")]))
+    cert_id = cert_id_for(app)
+    for _ in range(8):
+        step()
+    tc = c.state.get(rules.key_x509(cert_id))
+    assert tc is not None and tc.der, "vector chain: the certificate was not signed"
+    c.tx(a[0], Revoke(cert_id, 1))
+    for _ in range(6):
+        step()
+    crl = c.state.get(rules.K_TSS_CRL)
+    assert crl is not None and crl.number >= 2, "vector chain: no CRL after the revocation"
+    out = _chain_record(
+        c,
+        genesis,
+        keys,
+        "Apply each block in order from the genesis, as chain.json. The blocks run the "
+        "threshold key's DKG, nonce posting and signing (SPEC §16).",
+    )
+    out["root_der"] = c.state.get(rules.K_TSS_ROOT).der.hex()
+    out["leaf_der"] = tc.der.hex()
+    out["crl_der"] = crl.der.hex()
+    return out
+
+
 def build_vectors() -> dict[str, dict[str, Any]]:
     return {
         "encoding.json": encoding_vectors(),
         "smt.json": smt_vectors(),
         "chain.json": chain_vectors(),
+        "tss-chain.json": tss_chain_vectors(),
     }

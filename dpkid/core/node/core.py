@@ -96,7 +96,7 @@ from dpkid.core.node.wire import (
 )
 from dpkid.core.state.machine import State, apply_block, genesis_state, scheduled_powers
 from dpkid.core.state.codes import Code
-from dpkid.core.tss.agent import TssAgent
+from dpkid.core.node.tss_agent import TssAgent
 from dpkid.core.types import Genesis, Header, Receipt, encode_tx, sign_tx
 
 MAX_PENDING_FUTURE: Final = 2048

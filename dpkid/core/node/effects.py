@@ -74,7 +74,7 @@ class NodeEvent:
 
 @dataclass(frozen=True)
 class PersistTss:
-    """The threshold-signing agent's secrets (dpkid/core/tss/agent.py): durable
+    """The threshold-signing agent's secrets (dpkid/core/node/tss_agent.py): durable
     before any transaction made with them leaves, like the sign state."""
 
     blob: bytes

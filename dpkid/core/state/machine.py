@@ -512,6 +512,7 @@ def genesis_state(g: Genesis) -> State:
         supply += a.balance
     log = MerkleLog()
     kv[K_META] = Meta_(g.chain_id, 0, g.genesis_time_ms, supply, 0, log.root())
+    kv.update(tss.genesis_records([(v.address, v.pubkey, v.power) for v in vals]))
     tree = SparseMerkleTree().update(
         [(sha256(k), sha256(codec.encode(v))) for k, v in sorted(kv.items())]
     )

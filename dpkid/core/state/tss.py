@@ -145,45 +145,58 @@ def _current_vals(b: _Block) -> list[tuple[bytes, bytes, int]]:
     return [(v.address, v.pubkey, v.power) for v in b.validators.validators]
 
 
-def _open_round(b: _Block, q: TssQueue) -> None:
-    vals = _current_vals(b)
-    vh = valset_hash([(a, p) for a, _, p in vals])
-    key: TssKey | None = b.get(K_TSS_KEY)
+def _make_round(
+    vals: Sequence[tuple[bytes, bytes, int]], key: TssKey | None, rnd: int, height: int
+) -> TssRound | None:
     committee = committee_for(vals)
     if committee is None:
-        b.emit("tss_no_committee", b"", "no share mapping keeps both threshold properties")
-        b.put(K_TSS_QUEUE, msgspec.structs.replace(q, retry_height=2**62))
-        return
+        return None
     members = [TssMember(m.address, m.pubkey, m.first_index, m.count) for m in committee.members]
-    rnd = q.next_round
-    old = _round(b)
-    if old is not None:
-        _drop_deals(b, old)
     if key is None:
         kind, dealers, old_epoch = "fresh", members, 0
     else:
         kind, dealers, old_epoch = "reshare", list(key.members), key.epoch
-    b.put(
-        K_TSS_ROUND,
-        TssRound(
-            round=rnd,
-            kind=kind,
-            start_height=b.height,
-            phase="deal",
-            phase_end=b.height + PHASE_BLOCKS,
-            members=members,
-            threshold=committee.threshold,
-            dealers=dealers,
-            old_epoch=old_epoch,
-            valset_hash=vh,
-            dealt=[],
-            acked=[],
-            complaints=[],
-            disqualified=[],
-        ),
+    return TssRound(
+        round=rnd,
+        kind=kind,
+        start_height=height,
+        phase="deal",
+        phase_end=height + PHASE_BLOCKS,
+        members=members,
+        threshold=committee.threshold,
+        dealers=dealers,
+        old_epoch=old_epoch,
+        valset_hash=valset_hash([(a, p) for a, _, p in vals]),
+        dealt=[],
+        acked=[],
+        complaints=[],
+        disqualified=[],
     )
+
+
+def genesis_records(vals: Sequence[tuple[bytes, bytes, int]]) -> dict[bytes, Any]:
+    """The first key-generation round opens with the chain (SPEC §16.3)."""
+    r = _make_round(vals, None, 1, 1)
+    if r is None:
+        return {K_TSS_QUEUE: TssQueue(next_round=1, retry_height=2**62)}
+    return {K_TSS_ROUND: r, K_TSS_QUEUE: TssQueue(next_round=2)}
+
+
+def _open_round(b: _Block, q: TssQueue) -> None:
+    key: TssKey | None = b.get(K_TSS_KEY)
+    rnd = q.next_round
+    r = _make_round(_current_vals(b), key, rnd, b.height)
+    if r is None:
+        b.emit("tss_no_committee", b"", "no share mapping keeps both threshold properties")
+        b.put(K_TSS_QUEUE, msgspec.structs.replace(q, retry_height=2**62))
+        return
+    old = _round(b)
+    if old is not None:
+        _drop_deals(b, old)
+    b.put(K_TSS_ROUND, r)
     b.put(K_TSS_QUEUE, msgspec.structs.replace(q, next_round=rnd + 1, retry_height=0))
-    b.emit("tss_round_open", _u64(rnd), f"{kind} t={committee.threshold}/{committee.total_shares}")
+    total = sum(m.count for m in r.members)
+    b.emit("tss_round_open", _u64(rnd), f"{r.kind} t={r.threshold}/{total}")
 
 
 def _round(b: _Block) -> TssRound | None:
