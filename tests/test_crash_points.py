@@ -546,6 +546,9 @@ class _CrashingShell:
         self.d.persist_sign_state(state)
         self._done(Write("sign", 0))
 
+    def persist_tss(self, blob: bytes) -> None:
+        self.d.persist_tss(blob)
+
     def persist_block(self, block: fx.PersistBlock) -> None:
         self.d.persist_block(block)
         self._done(Write("block", self.blocks))
@@ -587,6 +590,9 @@ class _PeerShell:
     def persist_sign_state(self, state: SignState) -> None:
         pass
 
+    def persist_tss(self, blob: bytes) -> None:
+        pass
+
     def persist_block(self, block: fx.PersistBlock) -> None:
         self.peer.blocks.append((block.block, block.commit))
         self.peer.app_hashes.append(block.app_hash)
@@ -622,6 +628,9 @@ class _VictimShell:
 
     def persist_sign_state(self, state: SignState) -> None:
         self.d.persist_sign_state(state)
+
+    def persist_tss(self, blob: bytes) -> None:
+        self.d.persist_tss(blob)
 
     def persist_block(self, block: fx.PersistBlock) -> None:
         self.d.persist_block(block)

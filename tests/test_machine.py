@@ -21,6 +21,7 @@ from dpkid.core import codec
 from dpkid.core.crypto import SigningKey, sha256
 from dpkid.core.keys import SigningKey as SubjectPrivateKey
 from dpkid.core.keys import sign_with_private_key, spki_der_of
+from dpkid.core.state import tss as tss_rules
 from dpkid.core.state.codes import PRECHECK_CODES, BlockError, Code, StaleStateError
 from dpkid.core.state.machine import (
     APP_TAG,
@@ -38,12 +39,8 @@ from dpkid.core.state.machine import (
     key_domain,
     key_gov,
 )
-from dpkid.core.state import tss as tss_rules
 from dpkid.core.state.smt import verify_proof
 from dpkid.core.types import (
-    TssAck,
-    TssJustify,
-    TssNonces,
     MAX_TX_BYTES,
     TX_SIGN_TAG,
     Account,
@@ -72,6 +69,9 @@ from dpkid.core.types import (
     Revoke,
     SetValidator,
     Transfer,
+    TssAck,
+    TssJustify,
+    TssNonces,
     TxBody,
     decode_tx,
     encode_tx,

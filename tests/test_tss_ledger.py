@@ -93,10 +93,10 @@ def test_a_coalition_below_the_threshold_cannot_sign() -> None:
     addrs = sorted(agents)
     msg = b"a certificate nobody decided to issue"
     for size, expect in ((2, False), (3, True)):
-        for sub in itertools.combinations(addrs, size):
-            assert (frost.scalar_base_mult(_secret_of(agents, list(sub))) == key.group_pk) is expect
-        sub = list(addrs[:size])
-        sig = _frost_sign(agents, sub, key, msg)
+        for combo in itertools.combinations(addrs, size):
+            got = frost.scalar_base_mult(_secret_of(agents, list(combo)))
+            assert (got == key.group_pk) is expect
+        sig = _frost_sign(agents, list(addrs[:size]), key, msg)
         assert frost.verify_signature(key.group_pk, msg, sig) is expect
 
 
@@ -110,9 +110,7 @@ def _frost_sign(agents: dict[bytes, Any], signers: list[bytes], key: TssKey, msg
         comms.append(cm)
         nonces[a] = (s.first_index, sk, n)
     comms.sort(key=lambda cm: cm.identifier)
-    shares = {
-        i: frost.sign(i, sk, key.group_pk, n, msg, comms) for i, sk, n in nonces.values()
-    }
+    shares = {i: frost.sign(i, sk, key.group_pk, n, msg, comms) for i, sk, n in nonces.values()}
     return frost.aggregate(comms, msg, key.group_pk, shares)
 
 
@@ -132,7 +130,9 @@ def _bad_dealer(dealer_key: SigningKey, victim: SigningKey, answer: str) -> Any:
             if answer == "silent":
                 return None
             if answer == "wrong":
-                return msgspec.structs.replace(body, shares=[frost.serialize_scalar(7)] * len(body.shares))
+                return msgspec.structs.replace(
+                    body, shares=[frost.serialize_scalar(7)] * len(body.shares)
+                )
         return body
 
     return tamper
@@ -147,7 +147,7 @@ def test_a_dealer_that_sends_a_bad_share_is_disqualified_and_the_dkg_completes(
     vals = c.keys.validators
     dealer, victim = vals[0], vals[1]
     tamper = _bad_dealer(dealer, victim, answer)
-    tamper.members = _round(c).members  # type: ignore[attr-defined]
+    tamper.members = _round(c).members
     run_until(c, agents, lambda c: key_of(c) is not None, tamper=tamper, max_blocks=60)
     r = _round(c)
     assert r.disqualified == [dealer.address]

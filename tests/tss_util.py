@@ -15,7 +15,9 @@ from dpkid.dev.devchain import DevChain
 Tamper = Callable[[SigningKey, Any], Any]
 
 
-def agents_for(c: DevChain, keys: Sequence[SigningKey] | None = None, seed: str = "t") -> dict[bytes, TssAgent]:
+def agents_for(
+    c: DevChain, keys: Sequence[SigningKey] | None = None, seed: str = "t"
+) -> dict[bytes, TssAgent]:
     ks = list(keys) if keys is not None else c.keys.validators
     return {k.address: TssAgent(k, sha256(f"{seed}/{k.address.hex()}".encode())) for k in ks}
 

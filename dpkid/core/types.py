@@ -13,6 +13,7 @@ from msgspec import Meta, Struct
 
 from dpkid.core import codec
 from dpkid.core.crypto import ADDR_LEN, HASH_LEN, PUBKEY_LEN, SIG_LEN, SigningKey, sha256
+from dpkid.core.frost import Element
 
 # Non-negative integers are bounded to 2**63 - 1 (msgspec validates int64 bounds).
 U64 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -159,7 +160,7 @@ MAX_TSS_MEMBERS: Final = 64  # = weights.MAX_TSS_SHARES: every member holds at l
 MAX_TSS_THRESHOLD: Final = 64
 MAX_TSS_SLOTS_PER_TX: Final = 200
 MAX_TSS_ITEMS_PER_TX: Final = 200
-Point = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Point = Annotated[Element, Meta(min_length=32, max_length=32)]  # checked on use
 Scalar = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Serial = Annotated[bytes, Meta(min_length=16, max_length=16)]
 
@@ -596,7 +597,7 @@ class TssKey(_S, frozen=True):
     group_pk: Point
     threshold: U32
     members: list[TssMember]
-    verification_shares: list[bytes]  # index i at position i - 1
+    verification_shares: list[Point]  # index i at position i - 1
     round: U64
     height: U64
     valset_hash: Hash32
@@ -636,7 +637,7 @@ class TssRequest(_S, frozen=True):
     deadline: U64
     signers: list[TssSigner]
     excluded: list[bytes]  # sorted: timed out or misbehaved in this request
-    status: str = "pending"  # pending | signed
+    status: str = "pending"  # pending | signed | unsignable
     sig: bytes = b""
     signed_height: U64 = 0
 

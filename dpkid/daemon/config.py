@@ -23,7 +23,7 @@ import tomli_w
 from dpkid.core.consensus.engine import TimeoutConfig
 from dpkid.core.crypto import SigningKey
 from dpkid.core.genesis import GenesisError, genesis_from_json
-from dpkid.core.node.byzantine import EQUIVOCATE
+from dpkid.core.node.byzantine import BAD_SHARES, EQUIVOCATE
 from dpkid.core.node.core import NodeConfig
 from dpkid.core.types import (
     Genesis,
@@ -115,7 +115,7 @@ RPC_TCP_HOSTS: Final = ("127.0.0.1", "::1")  # the hosts serve_tcp listens on
 # chain id is "dpkid-testnet"): only there are settings for local test setups
 # accepted (dv_allow_private_addresses).
 TESTNET_CHAIN_ID_SUFFIX: Final = "testnet"
-TEST_BYZANTINE_MODES: Final = ("", EQUIVOCATE)
+TEST_BYZANTINE_MODES: Final = ("", EQUIVOCATE, BAD_SHARES)
 # A day either way: enough to put a node's clock far off the others, small
 # enough that every timestamp stays a positive U64 of milliseconds.
 MAX_TEST_CLOCK_OFFSET_MS: Final = 86_400_000
@@ -212,7 +212,9 @@ def _check(name: str, v: Any) -> str | None:
     if name == "log_format":
         return None if v in LOG_FORMATS else f"expected one of {', '.join(LOG_FORMATS)}"
     if name == "test_byzantine":
-        return None if v in TEST_BYZANTINE_MODES else f'expected "" or "{EQUIVOCATE}"'
+        return (
+            None if v in TEST_BYZANTINE_MODES else f'expected "", "{EQUIVOCATE}" or "{BAD_SHARES}"'
+        )
     if name == "test_clock_offset_ms":
         lim = MAX_TEST_CLOCK_OFFSET_MS
         return None if -lim <= v <= lim else f"expected milliseconds, -{lim} to {lim}"

@@ -10,6 +10,7 @@ answered through the core's ``ServeBlocks``, as in the simulator.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import OrderedDict, deque
@@ -25,9 +26,10 @@ from dpkid.core.consensus.engine import LockRecord, SignState
 from dpkid.core.crypto import SignatureCache, sha256
 from dpkid.core.node import effects as fx
 from dpkid.core.node import wire
-from dpkid.core.node.byzantine import EQUIVOCATE, conflicting_msg
+from dpkid.core.node.byzantine import BAD_SHARES, EQUIVOCATE, conflicting_msg
 from dpkid.core.node.core import NodeCore
 from dpkid.core.node.mempool import Refusal
+from dpkid.core.node.tss_agent import TssAgent
 from dpkid.core.types import Receipt
 from dpkid.daemon.config import (
     Home,
@@ -38,7 +40,15 @@ from dpkid.daemon.config import (
 )
 from dpkid.daemon.logs import get_logger, quiet_libp2p
 from dpkid.daemon.metrics import Metrics
-from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, LockFile, SignStateFile
+from dpkid.daemon.signstate import (
+    LOCK_FILE,
+    SIGN_STATE_FILE,
+    TSS_SECRETS_FILE,
+    LockFile,
+    SignStateError,
+    SignStateFile,
+    atomic_write,
+)
 from dpkid.daemon.store import Store
 
 INPUT_QUEUE: Final = 10_000  # urgent inputs (consensus, timers, sync) waiting for the driver
@@ -196,8 +206,21 @@ class NodeDaemon:
         lock, why = self.lock_file.load()
         if why:
             self.log.warning("lock_unreadable", detail=why)
+        self.tss_file = self.home.path / TSS_SECRETS_FILE
         self.core = NodeCore(
-            self.genesis, self.key, cfg, SignatureCache(), self.sign_file.load(), lock=lock
+            self.genesis,
+            self.key,
+            cfg,
+            SignatureCache(),
+            self.sign_file.load(),
+            lock=lock,
+            tss_secrets=self._load_tss(),
+            # Fresh at every start, so a restarted node never draws the nonces
+            # it drew before (the ones it posted are in tss_secrets).
+            entropy=os.urandom(32),
+            tss_mode=self.settings.test_byzantine
+            if self.settings.test_byzantine == BAD_SHARES
+            else "",
         )
         self._restore()
         self.topics = topics(self.genesis.chain_id)
@@ -206,7 +229,7 @@ class NodeDaemon:
         # Test only (config.check_settings_for_genesis refuses it elsewhere).
         self.clock_offset_ms = self.settings.test_clock_offset_ms
         self.byzantine = self.settings.test_byzantine == EQUIVOCATE
-        if self.byzantine or self.clock_offset_ms:
+        if self.settings.test_byzantine or self.clock_offset_ms:
             self.log.warning(
                 "test_faults_on",
                 test_byzantine=self.settings.test_byzantine,
@@ -419,6 +442,26 @@ class NodeDaemon:
 
     def persist_sign_state(self, state: SignState) -> None:
         self.sign_file.save(state)  # fsynced: durable before the vote it guards is sent
+
+    def persist_tss(self, blob: bytes) -> None:
+        # fsynced and 0600: the key share and nonces, durable before anything
+        # made with them is sent (dpkid/core/node/tss_agent.py).
+        atomic_write(self.tss_file, blob)
+
+    def _load_tss(self) -> bytes | None:
+        try:
+            blob = self.tss_file.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            TssAgent.check_blob(blob)
+        except ValueError as exc:
+            raise SignStateError(
+                f"{self.tss_file} is damaged ({exc}); it holds this validator's key share and"
+                " nonces. Restore it from a backup, or move it away to rejoin without a share"
+                " (the validator then cannot sign until the next key re-sharing)"
+            ) from exc
+        return blob
 
     def persist_block(self, block: fx.PersistBlock) -> None:
         self.store.save_block(block)

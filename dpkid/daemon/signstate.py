@@ -23,6 +23,7 @@ from dpkid.core.consensus.messages import MAX_BLOCK_BYTES
 
 SIGN_STATE_FILE: Final = "sign_state.json"
 LOCK_FILE: Final = "lock.msgpack"
+TSS_SECRETS_FILE: Final = "tss_secrets.msgpack"  # the threshold key share and nonces
 MAX_SIGN_STATE_BYTES: Final = 4096
 MAX_LOCK_BYTES: Final = 2 * MAX_BLOCK_BYTES  # a block plus its polka
 

@@ -275,10 +275,17 @@ def tss_chain_vectors() -> dict[str, Any]:
     return out
 
 
+def x509_tss_vectors() -> dict[str, Any]:
+    from dpkid.dev.x509_vectors import x509_tss_vectors as build
+
+    return build()
+
+
 def build_vectors() -> dict[str, dict[str, Any]]:
     return {
         "encoding.json": encoding_vectors(),
         "smt.json": smt_vectors(),
         "chain.json": chain_vectors(),
         "tss-chain.json": tss_chain_vectors(),
+        "x509-tss.json": x509_tss_vectors(),
     }

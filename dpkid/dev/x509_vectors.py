@@ -4,7 +4,7 @@
 group key from a trusted dealer with fixed secrets, the TBS of the root, of a
 DV and an EV leaf and of a CRL, and for each a FROST signature made by
 participants 1 and 3 with fixed nonce randomness, and the assembled DER.
-Regenerating gives the same file (``python -m dpkid.dev.x509_vectors``
+Regenerating gives the same file (``dpkid vectors``
 rewrites protocol/vectors/x509-tss.json); tests/test_tss_x509.py compares.
 
 The leaf records are given field by field (bytes as lower-case hex) and as
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -30,9 +28,6 @@ from dpkid.core.tss import x509 as tss
 from dpkid.core.types import Certificate, OrgIdentity
 
 CHAIN_ID = "dpkid-vectors"
-VECTOR_FILE = (
-    Path(__file__).resolve().parent.parent.parent / "protocol" / "vectors" / "x509-tss.json"
-)
 MAX_PARTICIPANTS = 3
 MIN_PARTICIPANTS = 2
 SIGNERS = (1, 3)
@@ -234,15 +229,3 @@ def x509_tss_vectors() -> dict[str, Any]:
 
 def vector_text() -> str:
     return json.dumps(x509_tss_vectors(), indent=1, sort_keys=True) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    path = Path(args[0]) if args else VECTOR_FILE
-    path.write_text(vector_text())
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -31,6 +31,9 @@ from dpkid.core.node.wire import ProposalMsg, VoteMsg, WireMsg
 # A second, conflicting proposal whenever it proposes and a second, conflicting
 # prevote/precommit for each of its own votes.
 EQUIVOCATE: Final = "equivocate"
+# Sign with invalid threshold-signature shares (SPEC §16.7): the ledger must
+# name the signer, jail it and finish the signature without it.
+BAD_SHARES: Final = "bad_shares"
 
 
 def conflicting_proposal(key: SigningKey, p: Proposal) -> Proposal:

@@ -79,6 +79,7 @@ from dpkid.core.node.effects import (
     TxVerdict,
 )
 from dpkid.core.node.mempool import Mempool
+from dpkid.core.node.tss_agent import TssAgent
 from dpkid.core.node.wire import (
     MAX_SYNC_BLOCKS,
     MAX_TX_BATCH,
@@ -94,9 +95,8 @@ from dpkid.core.node.wire import (
     WireMsg,
     decode_msg,
 )
-from dpkid.core.state.machine import State, apply_block, genesis_state, scheduled_powers
 from dpkid.core.state.codes import Code
-from dpkid.core.node.tss_agent import TssAgent
+from dpkid.core.state.machine import State, apply_block, genesis_state, scheduled_powers
 from dpkid.core.types import Genesis, Header, Receipt, encode_tx, sign_tx
 
 MAX_PENDING_FUTURE: Final = 2048

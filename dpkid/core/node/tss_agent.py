@@ -25,6 +25,7 @@ import msgspec
 
 from dpkid.core import codec, frost
 from dpkid.core.crypto import SigningKey
+from dpkid.core.node.byzantine import BAD_SHARES
 from dpkid.core.state import tss as rules
 from dpkid.core.tss import dkg
 from dpkid.core.types import (
@@ -49,10 +50,6 @@ BATCH_SLOTS: Final = 128
 RESUBMIT_BLOCKS: Final = 4  # resend a duty the ledger has not seen after this long
 MAX_HELD_NONCES: Final = rules.MAX_QUEUED_SLOTS + rules.MAX_ACTIVE + BATCH_SLOTS
 MAX_TX_PAYLOAD: Final = 14_000
-
-# Test-only misbehaviour (refused unless the chain is a testnet, like
-# test_byzantine = "equivocate"): sign with a wrong share.
-BAD_SHARES: Final = "bad_shares"
 
 
 class _Secrets(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -106,6 +103,14 @@ class TssAgent:
         self._sent: dict[tuple[Any, ...], int] = {}
 
     # -- persistence
+    @staticmethod
+    def check_blob(blob: bytes) -> None:
+        """Raise ValueError if ``blob`` is not a secrets file this agent wrote."""
+        try:
+            codec.decode(blob, _Secrets)
+        except codec.DecodeError as exc:
+            raise ValueError(str(exc)) from exc
+
     def secrets_blob(self) -> bytes:
         self.s.nonces = sorted(self._nonces.items())
         return codec.encode(self.s)
@@ -137,29 +142,35 @@ class TssAgent:
     # -- DKG
     def _dkg_duties(self, state: Any, r: TssRound, key: TssKey | None, out: AgentOutput) -> None:
         h = state.height
-        me_dealer = rules._member(r.dealers, self.address)
-        me_member = rules._member(r.members, self.address)
-        if r.phase == "deal" and me_dealer is not None and self.address not in r.dealt:
-            if self._due(("deal", r.round), h):
-                deal = self._make_deal(state, r, me_dealer, key, out)
-                if deal is not None:
-                    out.bodies.append(deal)
-        if r.phase == "ack" and me_member is not None and self.address not in r.acked:
-            if self._due(("ack", r.round), h):
-                out.bodies.append(self._make_ack(state, r, me_member, out))
-        if r.phase in ("ack", "justify") and self.s.round == r.round and self.s.coeffs:
-            for c in r.complaints:
-                if c.dealer == self.address and not c.answered:
-                    if self._due(("justify", r.round, c.complainer), h):
-                        m = rules._member(r.members, c.complainer)
-                        assert m is not None
-                        vals = [
-                            dkg.poly_eval(self._coeffs(p), x)
-                            for p in range(len(self.s.coeffs))
-                            for x in range(m.first_index, m.first_index + m.count)
-                        ]
-                        shares = [frost.serialize_scalar(v) for v in vals]
-                        out.bodies.append(TssJustify(r.round, c.complainer, shares))
+        dealer = rules._member(r.dealers, self.address)
+        member = rules._member(r.members, self.address)
+        if r.phase == "deal" and dealer is not None and self.address not in r.dealt:
+            deal = (
+                self._make_deal(state, r, dealer, key, out)
+                if self._due(("deal", r.round), h)
+                else None
+            )
+            if deal is not None:
+                out.bodies.append(deal)
+        acking = r.phase == "ack" and member is not None and self.address not in r.acked
+        if acking and self._due(("ack", r.round), h):
+            out.bodies.append(self._make_ack(state, r, member, out))
+        if r.phase not in ("ack", "justify") or self.s.round != r.round or not self.s.coeffs:
+            return
+        for c in r.complaints:
+            if c.dealer != self.address or c.answered:
+                continue
+            if not self._due(("justify", r.round, c.complainer), h):
+                continue
+            m = rules._member(r.members, c.complainer)
+            assert m is not None
+            vals = [
+                dkg.poly_eval(self._coeffs(p), x)
+                for p in range(len(self.s.coeffs))
+                for x in range(m.first_index, m.first_index + m.count)
+            ]
+            shares = [frost.serialize_scalar(v) for v in vals]
+            out.bodies.append(TssJustify(r.round, c.complainer, shares))
 
     def _coeffs(self, p: int) -> list[int]:
         return [frost.deserialize_scalar(c) for c in self.s.coeffs[p]]
@@ -406,7 +417,7 @@ def rules_items_per_tx() -> int:
     return MAX_TSS_ITEMS_PER_TX
 
 
-def _pok(identifier: int, a_0: int, a_0_commitment: bytes, ctx: bytes, rnd: bytes) -> bytes:
+def _pok(identifier: int, a_0: int, a_0_commitment: frost.Element, ctx: bytes, rnd: bytes) -> bytes:
     """Komlo-Goldberg's proof of knowledge of a_0: (R, mu), mu = k + a_0 * c."""
     k = frost.nonce_generate(a_0, rnd)
     r = frost.scalar_base_mult(k)

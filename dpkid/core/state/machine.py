@@ -25,8 +25,8 @@ from dpkid.core.crypto import SignatureCache, address_of, sha256, verify_ed25519
 from dpkid.core.domains import DomainError, validate_domain_list
 from dpkid.core.keys import SubjectKeyError, parse_spki, verify_with_spki
 from dpkid.core.merkle import MerkleLog
-from dpkid.core.state.codes import BlockError, Code, StaleStateError, TxFailure
 from dpkid.core.state import tss
+from dpkid.core.state.codes import BlockError, Code, StaleStateError, TxFailure
 from dpkid.core.state.smt import SmtProof, SparseMerkleTree
 from dpkid.core.types import (
     MAX_TX_BYTES,

@@ -296,7 +296,7 @@ def _finalize(b: _Block, r: TssRound, key: TssKey | None) -> None:
     if not _enough(r, qual, key.threshold if key is not None else 0):
         _fail(b, r, "too few qualified dealers")
         return
-    weighted: list[tuple[int, Sequence[bytes]]] = []
+    weighted: list[tuple[int, Sequence[frost.Element]]] = []
     if r.kind == "fresh":
         for d in qual:
             rec: TssDealRecord = b.get(key_deal(r.round, d.address))
@@ -369,7 +369,7 @@ def h_tss_deal(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
                 frost.DkgRound1Package(
                     dealer.first_index,
                     tuple(poly.commitment),
-                    poly.pok[:32],
+                    frost.Element(poly.pok[:32]),
                     int.from_bytes(poly.pok[32:], "little"),
                 ),
                 ctx,
@@ -499,7 +499,11 @@ def _commitment_list(req: TssRequest) -> list[frost.SigningCommitment]:
     for s in req.signers:
         for j in range(s.count):
             c = s.commitments[j]
-            out.append(frost.SigningCommitment(s.first_index + j, c[:32], c[32:]))
+            out.append(
+                frost.SigningCommitment(
+                    s.first_index + j, frost.Element(c[:32]), frost.Element(c[32:])
+                )
+            )
     return out
 
 
@@ -663,7 +667,7 @@ def _new_request(
     return TssRequest(seq, kind, ref, version, tbs, height, 0, 0, 0, [], [])
 
 
-# ------------------------------------------------------------------ hooks from the certificate rules
+# ------------------------------------------------------------------ hooks from certificate rules
 
 
 def on_cert_changed(b: _Block, cert: Certificate) -> None:
@@ -680,8 +684,11 @@ def on_cert_changed(b: _Block, cert: Certificate) -> None:
     key: TssKey | None = b.get(K_TSS_KEY)
     # The TBS is fixed by the record as it is now; without a key yet it is
     # built when the first attempt starts (the key, once made, never changes).
-    tbs = tx509.leaf_tbs(cert, b.chain_id, version, key.group_pk) if key is not None else b""
-    b.put(key_req(seq), _new_request(seq, "cert", cert.cert_id, version, tbs, b.height))
+    tbs = _leaf_tbs(b, cert, version, key) if key is not None else b""
+    req = _new_request(seq, "cert", cert.cert_id, version, tbs or b"", b.height)
+    if tbs is None:
+        req = msgspec.structs.replace(req, status="unsignable")
+    b.put(key_req(seq), req)
     if tc is None:
         tc = TssCert(cert.cert_id, version, b"", seq)
     b.put(key_x509(cert.cert_id), msgspec.structs.replace(tc, version=version, request=seq))
@@ -785,6 +792,8 @@ def _run_attempts(b: _Block, key: TssKey) -> None:
         nxt += 1
     waiting: list[TssActive] = []
     for req in todo:
+        if req.status != "pending":
+            continue
         if starts >= MAX_STARTS_PER_BLOCK:
             waiting.append(TssActive(req.seq, 0))
             b.put(key_req(req.seq), req)
@@ -800,7 +809,11 @@ def _run_attempts(b: _Block, key: TssKey) -> None:
 
 def _start_attempt(b: _Block, req: TssRequest, key: TssKey) -> TssRequest | None:
     if not req.tbs:
-        req = msgspec.structs.replace(req, tbs=_tbs_for(b, req, key))
+        tbs = _leaf_tbs(b, b.certificate(req.ref), req.version, key)
+        if tbs is None:
+            b.put(key_req(req.seq), msgspec.structs.replace(req, status="unsignable"))
+            return None
+        req = msgspec.structs.replace(req, tbs=tbs)
     members = key.members
     n = len(members)
     chosen: list[tuple[TssMember, TssNonceQueue]] = []
@@ -842,8 +855,14 @@ def _start_attempt(b: _Block, req: TssRequest, key: TssKey) -> TssRequest | None
     return req
 
 
-def _tbs_for(b: _Block, req: TssRequest, key: TssKey) -> bytes:
-    if req.kind == "cert":
-        cert: Certificate = b.certificate(req.ref)
-        return tx509.leaf_tbs(cert, b.chain_id, req.version, key.group_pk)
-    raise AssertionError(f"request {req.seq} of kind {req.kind} has no TBS")
+def _leaf_tbs(b: _Block, cert: Certificate | None, version: int, key: TssKey) -> bytes | None:
+    """The leaf's TBS, or None (with an event) if the record cannot be encoded.
+    tx509.leaf_tbs is built never to fail for a record the ledger accepts;
+    this keeps a bug there from halting the chain."""
+    if cert is None:
+        return None
+    try:
+        return tx509.leaf_tbs(cert, b.chain_id, version, key.group_pk)
+    except tx509.TbsError as exc:
+        b.emit("tss_unsignable", cert.cert_id, str(exc)[:200])
+        return None
