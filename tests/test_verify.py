@@ -171,6 +171,8 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
                     str(w.home),
                     "--out",
                     str(pem_path),
+                    "--wait",
+                    "60",
                 ],
                 capture_output=True,
                 text=True,

@@ -1241,6 +1241,9 @@ def _leaf(
 def add_parsers(sub: Any) -> None:
     _add_account(sub)
     _add_cert(sub)
+    from dpkid.cli.verify import add_root_parsers
+
+    add_root_parsers(sub)
     _add_endorse(sub)
     v = _leaf(sub, "validators", cmd_validators, "list the current validator set")
     _connection(v)

@@ -151,13 +151,114 @@ def _subject_key(path: str) -> Any:
         raise UsageError(f"{path} is not a private key (PEM or DER)") from None
 
 
+def _proven_tss(args: argparse.Namespace, method: str, params: Any, key: bytes) -> dict[str, Any]:
+    """Ask the node for a threshold-signed object and check its record's proof
+    against the header the node returns (as `cert export` always did); with
+    --wait, poll until it is signed. Returns the answer and the proven record."""
+    import time
+
+    from dpkid.client.lightclient import decode_header
+    from dpkid.client.rpc import RpcClientError
+    from dpkid.core.state.proofs import ProofError, decode_proof, verify_record
+
+    client = node_client(args)
+    deadline = time.monotonic() + max(0, getattr(args, "wait", 0) or 0)
+    while True:
+        try:
+            res: dict[str, Any] = client.call(method, params)
+            break
+        except RpcClientError as exc:
+            if exc.code != -32005 or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+    header = decode_header(res["header_bytes"])
+    try:
+        rec = verify_record(header.app_hash, decode_proof(bytes.fromhex(res["proof"])), key)
+    except (ProofError, ValueError) as exc:
+        raise UsageError(f"the node's proof for {method} does not verify: {exc}") from None
+    if rec is None:
+        raise Refused(f"{method}: the node's proof says there is no such record")
+    res["_record"] = rec
+    return res
+
+
+def _write_out(args: argparse.Namespace, text: str, what: str, doc: dict[str, Any]) -> int:
+    if args.out:
+        write_file(Path(args.out), text, what)
+    if args.json:
+        print_json({**doc, "file": args.out})
+    elif args.out:
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return Exit.OK
+
+
+def cmd_root_export(args: argparse.Namespace) -> int:
+    from dpkid.core.crypto import sha256
+    from dpkid.core.state import tss as rules
+
+    res = _proven_tss(args, "root_get", None, rules.K_TSS_ROOT)
+    der = bytes.fromhex(res["root_der"])
+    if not der or sha256(der) != res["_record"].cert_hash or res["_record"].der != der:
+        raise UsageError("the node's root does not match the proven ledger record")
+    return _write_out(
+        args,
+        res["root_pem"],
+        "root certificate",
+        {"root_hash": res["root_hash"], "group_pk": res["group_pk"], "pem": res["root_pem"]},
+    )
+
+
+def cmd_root_crl(args: argparse.Namespace) -> int:
+    from dpkid.core.state import tss as rules
+
+    res = _proven_tss(args, "crl_get", None, rules.K_TSS_CRL)
+    if res["_record"].der != bytes.fromhex(res["crl_der"]):
+        raise UsageError("the node's CRL does not match the proven ledger record")
+    return _write_out(
+        args,
+        res["crl_pem"],
+        "CRL",
+        {
+            "number": res["number"],
+            "this_update_s": res["this_update_s"],
+            "next_update_s": res["next_update_s"],
+            "pem": res["crl_pem"],
+        },
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    cert_id = _cert_id(args.cert_id)
+    if args.cert_key:
+        return _export_self_signed(args, cert_id)
+    from dpkid.core.state import tss as rules
+
+    res = _proven_tss(args, "cert_x509", {"cert_id": cert_id.hex()}, rules.key_x509(cert_id))
+    if res["_record"].der != bytes.fromhex(res["leaf_der"]):
+        raise UsageError("the node's certificate does not match the proven ledger record")
+    text = res["leaf_pem"] if args.leaf_only else res["chain_pem"]
+    return _write_out(
+        args,
+        text,
+        "certificate",
+        {
+            "cert_id": cert_id.hex(),
+            "version": res["version"],
+            "pem": res["leaf_pem"],
+            "root_pem": res["root_pem"],
+            "self_signed": False,
+        },
+    )
+
+
+def _export_self_signed(args: argparse.Namespace, cert_id: bytes) -> int:
     from dpkid.client.lightclient import decode_header
     from dpkid.client.x509 import ExportError, to_pem, to_x509
     from dpkid.core.state.proofs import ProofError, decode_proof, verify_cert
 
-    cert_id = _cert_id(args.cert_id)
-    key = _subject_key(args.cert_key) if args.cert_key else None
+    key = _subject_key(args.cert_key)
     client = node_client(args)
     status = client.status()
     res = client.call("cert_proof", {"cert_id": cert_id.hex()})
@@ -172,23 +273,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         x = to_x509(cert, status["chain_id"], header.height, signing_key=key)
     except ExportError as exc:
         raise UsageError(f"{args.cert_key}: {exc}") from None
-    pem = to_pem(x)
-    if args.out:
-        write_file(Path(args.out), pem, "certificate")
-    if args.json:
-        print_json(
-            {
-                "cert_id": cert_id.hex(),
-                "file": args.out,
-                "pem": pem.decode(),
-                "self_signed": key is not None,
-            }
+    pem = to_pem(x).decode()
+    return _write_out(
+        args, pem, "certificate", {"cert_id": cert_id.hex(), "pem": pem, "self_signed": True}
+    )
+
+
+def add_root_parsers(sub: Any) -> None:
+    """`dpkid root export` and `dpkid root crl`."""
+    g = sub.add_parser(
+        "root",
+        help="the validators' root certificate and CRL, for ordinary TLS software",
+        description="The root certificate (a CA whose key the validators hold in shares; no one\n"
+        "holds it whole) and its CRL, both threshold-signed on the ledger and checked\n"
+        "here against a Merkle proof. Install root.pem as a trust anchor; give crl.pem to\n"
+        "`openssl verify -crl_check`. See protocol/SPEC.md sections 14 and 16.",
+    )
+    ss = g.add_subparsers(dest="root_command", metavar="ACTION", required=True)
+    for name, fn, what in (
+        ("export", cmd_root_export, "write the root certificate (PEM)"),
+        ("crl", cmd_root_crl, "write the newest CRL (PEM)"),
+    ):
+        p = add_command(ss, name, what, what + ", checked against the ledger.")
+        p.add_argument(
+            "--out", default=None, metavar="FILE.pem", help="write here (default stdout)"
         )
-    elif args.out:
-        print(f"wrote {args.out}")
-    else:
-        sys.stdout.write(pem.decode())
-    return Exit.OK
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="wait this long for it to be signed (default: do not wait)",
+        )
+        add_node_args(p)
+        p.set_defaults(func=fn)
 
 
 def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
@@ -196,11 +314,12 @@ def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
     e = add_command(
         sub,
         name,
-        "write an issued certificate as an X.509 v3 PEM (checked against a proof)",
-        "Fetch the certificate record with its Merkle proof, check the proof, and\n"
-        "write it as X.509 v3. With --cert-key (the certificate's private key) it is\n"
-        "self-signed, proving possession; otherwise it is signed by the chain's public\n"
-        "export key. Trust comes from the ledger: see protocol/SPEC.md section 14.",
+        "write an issued certificate as X.509 v3 PEM, with the root (checked against a proof)",
+        "Write the certificate the validators threshold-signed on the ledger, followed\n"
+        "by the root (`dpkid root export`), after checking the record's Merkle proof.\n"
+        "openssl, curl, Python and Go verify it against root.pem. With --cert-key (the\n"
+        "certificate's private key) write instead a self-signed export that proves\n"
+        "possession. See protocol/SPEC.md sections 14 and 16.",
         hidden=hidden,
     )
     e.add_argument("cert_id", metavar="CERT_ID", help="certificate id (64 hex digits)")
@@ -212,6 +331,14 @@ def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
     )
     hidden_alias(e, k, "--key")
     e.add_argument("--out", default=None, metavar="FILE.pem", help="write here (default stdout)")
+    e.add_argument("--leaf-only", action="store_true", help="write the leaf without the root")
+    e.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait this long for the validators to sign it (default: do not wait)",
+    )
     add_node_args(e)
     e.set_defaults(func=cmd_export)
 

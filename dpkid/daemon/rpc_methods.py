@@ -13,6 +13,7 @@ from dpkid.core.consensus.messages import Block, Commit
 from dpkid.core.domains import DomainError, validate_domain
 from dpkid.core.jsonview import to_json
 from dpkid.core.node.mempool import Refusal
+from dpkid.core.state import tss as tss_rules
 from dpkid.core.state.codes import Code
 from dpkid.core.state.machine import (
     K_META,
@@ -471,6 +472,133 @@ async def unsubscribe(c: Ctx, params: Any, conn: Connection) -> Any:
     return {"unsubscribed": c.subs.remove(conn, sid)}
 
 
+def _tss_proof(c: Ctx, key: bytes) -> tuple[dict[str, Any], Any]:
+    """A record of the threshold key with its proof (as cert_proof), and the
+    record as of the proof's state; NOT_FOUND while there is none."""
+    out = record_proof(c, key)
+    rec = c.d.core.ledger.get_previous(key)
+    return out, rec
+
+
+def _pem(der: bytes, label: str = "CERTIFICATE") -> str:
+    from dpkid.core.tss.x509 import pem
+
+    return pem(der, label).decode()
+
+
+async def tss_status(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The threshold key: committee, threshold, the DKG round, signing backlog."""
+    st = c.d.core.ledger
+    key = st.get(tss_rules.K_TSS_KEY)
+    rnd = st.get(tss_rules.K_TSS_ROUND)
+    q = st.get(tss_rules.K_TSS_QUEUE)
+    root = st.get(tss_rules.K_TSS_ROOT)
+    crl = st.get(tss_rules.K_TSS_CRL)
+    signed = 0
+    if q is not None:
+        # Requests below next_start that are not in flight are done; count the
+        # in-flight ones to report the backlog.
+        signed = q.next_start - 1 - len(q.active)
+    return {
+        "height": st.height,
+        "key": None
+        if key is None
+        else {
+            "epoch": key.epoch,
+            "group_pk": key.group_pk.hex(),
+            "threshold": key.threshold,
+            "total_shares": len(key.verification_shares),
+            "members": [
+                {"address": m.address.hex(), "first_index": m.first_index, "count": m.count}
+                for m in key.members
+            ],
+            "height": key.height,
+        },
+        "round": None
+        if rnd is None
+        else {
+            "round": rnd.round,
+            "kind": rnd.kind,
+            "phase": rnd.phase,
+            "phase_end": rnd.phase_end,
+            "dealt": len(rnd.dealt),
+            "dealers": len(rnd.dealers),
+            "acked": len(rnd.acked),
+            "complaints": len(rnd.complaints),
+            "disqualified": [d.hex() for d in rnd.disqualified],
+            "note": rnd.note,
+        },
+        "root_signed": bool(root is not None and root.der),
+        "root_hash": root.cert_hash.hex() if root is not None and root.der else None,
+        "requests": 0 if q is None else q.next_seq - 1,
+        "in_flight": 0 if q is None else len(q.active),
+        "unstarted": 0 if q is None else q.next_seq - q.next_start,
+        "done": max(0, signed),
+        "crl_number": crl.number if crl is not None else 0,
+    }
+
+
+async def root_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The root certificate, threshold-signed by the validators, with its proof."""
+    out, root = _tss_proof(c, tss_rules.K_TSS_ROOT)
+    if root is None or not root.der:
+        raise RpcError(NOT_READY, "the root is not signed yet: the validators' key is being made")
+    out.update(
+        {
+            "root_pem": _pem(root.der),
+            "root_der": root.der.hex(),
+            "root_hash": root.cert_hash.hex(),
+            "group_pk": root.group_pk.hex(),
+        }
+    )
+    return out
+
+
+async def crl_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The newest threshold-signed CRL (RFC 5280), with its proof."""
+    out, crl = _tss_proof(c, tss_rules.K_TSS_CRL)
+    if crl is None:
+        raise RpcError(NOT_READY, "no CRL is signed yet")
+    out.update(
+        {
+            "crl_pem": _pem(crl.der, "X509 CRL"),
+            "crl_der": crl.der.hex(),
+            "number": crl.number,
+            "this_update_s": crl.this_update_s,
+            "next_update_s": crl.next_update_s,
+        }
+    )
+    return out
+
+
+async def cert_x509(c: Ctx, params: Any, conn: Connection) -> Any:
+    """The threshold-signed X.509 of a ledger certificate and the root, with the
+    proof of the signed record."""
+    cert_id = hex_param(params, "cert_id", 32)
+    if c.d.core.ledger.certificate(cert_id) is None:
+        raise RpcError(NOT_FOUND, "no such certificate", {"cert_id": cert_id.hex()})
+    out, tc = _tss_proof(c, tss_rules.key_x509(cert_id))
+    root = c.d.core.ledger.get(tss_rules.K_TSS_ROOT)
+    if tc is None or not tc.der or root is None or not root.der:
+        raise RpcError(
+            NOT_READY, "not signed yet: the validators sign within a few blocks of issuance"
+        )
+    leaf = _pem(tc.der)
+    root_pem = _pem(root.der)
+    out.update(
+        {
+            "cert_id": cert_id.hex(),
+            "version": tc.signed_version,
+            "newest_version": tc.version,
+            "leaf_pem": leaf,
+            "leaf_der": tc.der.hex(),
+            "root_pem": root_pem,
+            "chain_pem": leaf + root_pem,
+        }
+    )
+    return out
+
+
 # Method name -> handler (RPC.md §7; tests/test_rpc_doc.py reads this table).
 METHODS: dict[str, Method] = {
     "status": status,
@@ -490,6 +618,10 @@ METHODS: dict[str, Method] = {
     "validators_at": validators_at,
     "subscribe": subscribe,
     "unsubscribe": unsubscribe,
+    "tss_status": tss_status,
+    "root_get": root_get,
+    "crl_get": crl_get,
+    "cert_x509": cert_x509,
 }
 
 
