@@ -206,7 +206,7 @@ def to_toml(d: dict[str, Any], prefix: str = "") -> str:
 def jailed_honest(sim: Simulation) -> list[str]:
     """Honest validators that some honest node's state jails (must be none)."""
     b = sim.sc.byzantine
-    may = {sim.val_keys[i].address for i in {*b.double_voters, *b.twins}}
+    may = {sim.val_keys[i].address for i in {*b.double_voters, *b.twins, *b.bad_signers}}
     bad: set[int] = set()
     for n in sim.nodes:
         if n.honest and n.core is not None:
@@ -359,6 +359,7 @@ def test_manifests_are_all_here() -> None:
         "crash-restart",
         "lossy-network",
         "silent-delaying",
+        "tss-signing",
     } <= names
     readme = (SIMULATIONS / "README.md").read_text()
     for n in names:

@@ -78,6 +78,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
         report["safety_violations"] == 0
         and report["policy_violations"] == 0
         and report["liveness_ok"]
+        and report.get("tss_violations", 0) == 0
     )
     if args.plot:
         plot(report, Path(args.plot))
@@ -113,6 +114,15 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
             f"safety violations {out['safety_violations']}, policy violations "
             f"{out['policy_violations']}, liveness {'ok' if out['liveness_ok'] else 'FAILED'}"
         )
+        t = out.get("tss") or {}
+        if t:
+            print(
+                f"threshold key: epoch {t['key_epoch']}, t={t['threshold']}, root "
+                f"{'signed' if t['root_signed'] else 'NOT signed'}; {t['signed']} of "
+                f"{t['requests']} requests signed in {t['attempts']} attempts, latency p50 "
+                f"{t.get('latency_blocks_p50', 0)} max {t.get('latency_blocks_max', 0)} blocks; "
+                f"{t['jailed']} jailed; violations {out['tss_violations']}"
+            )
         for v in out["violations"]:
             print(f"  {v}")
         if args.plot:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from dpkid.core import codec
 from dpkid.core.consensus.engine import LockRecord, SignState, TimeoutConfig
@@ -826,6 +826,7 @@ class Simulation:
                     f"{'never' if seen is None else f'{seen} ms'})"
                 )
             self._violate("liveness", why)
+        tss = self._check_tss()
         safety = [v for v in self.violations if v.kind in ("safety", "validity")]
         policy = [v for v in self.violations if v.kind == "policy"]
         b = sc.byzantine
@@ -868,10 +869,92 @@ class Simulation:
             "cpu_s": round(self.cpu_clock() - self._cpu0, 2),
             "series": self._series(),
             "latency_series": self.latency_series,
+            "tss": tss,
+            "tss_violations": len([v for v in self.violations if v.kind == "tss"]),
         }
+
+    def _check_tss(self) -> dict[str, Any]:
+        """The threshold key on the final state of an honest node (SPEC §16):
+        every signature the ledger released verifies under the group key
+        (safety); every request older than TSS_SETTLE_BLOCKS is signed
+        (liveness); only Byzantine validators are jailed for their shares."""
+        from dpkid.core import frost
+        from dpkid.core.state import tss as rules
+        from dpkid.core.types import TssKey, TssQueue, TssRequest
+
+        node = next((n for n in self.nodes if n.honest and n.alive and n.core is not None), None)
+        if not self.sc.tss or node is None or node.core is None:
+            return {}
+        st = node.core.state
+        key: TssKey | None = st.get(rules.K_TSS_KEY)
+        q: TssQueue | None = st.get(rules.K_TSS_QUEUE)
+        root = st.get(rules.K_TSS_ROOT)
+        out: dict[str, Any] = {
+            "key_epoch": key.epoch if key else 0,
+            "threshold": key.threshold if key else 0,
+            "root_signed": bool(root is not None and root.der),
+            "requests": 0,
+            "signed": 0,
+            "pending": 0,
+            "attempts": 0,
+            "oldest_pending_blocks": 0,
+            "latency_blocks_p50": 0,
+            "latency_blocks_max": 0,
+            "jailed": 0,
+        }
+        if key is None or q is None:
+            from dpkid.core.tss.weights import committee_for
+
+            vals = [(v.address, v.pubkey, v.power) for v in st.validators.validators]
+            if st.height >= TSS_SETTLE_BLOCKS and committee_for(vals) is not None:
+                self._violate("tss", f"no threshold key by height {st.height}")
+            return out
+        lat: list[int] = []
+        for seq in range(1, q.next_seq):
+            req: TssRequest | None = st.get(rules.key_req(seq))
+            if req is None:
+                continue
+            out["requests"] += 1
+            out["attempts"] += req.attempt
+            if req.status == "signed":
+                out["signed"] += 1
+                lat.append(req.signed_height - req.created_height)
+                if not frost.verify_signature(key.group_pk, req.tbs, req.sig):
+                    self._violate("tss", f"request {seq}: the released signature does not verify")
+            elif req.status == "pending":
+                out["pending"] += 1
+                age = st.height - req.created_height
+                out["oldest_pending_blocks"] = max(out["oldest_pending_blocks"], age)
+                if st.height - req.created_height > TSS_SETTLE_BLOCKS:
+                    self._violate(
+                        "tss",
+                        f"request {seq} ({req.kind}) unsigned {st.height - req.created_height}"
+                        f" blocks after it was made (attempt {req.attempt})",
+                    )
+        lat.sort()
+        out["latency_blocks_p50"] = lat[len(lat) // 2] if lat else 0
+        out["latency_blocks_max"] = lat[-1] if lat else 0
+        bad = {self.nodes[i].key.address for i in self.sc.byzantine.bad_signers}
+        byz = {n.key.address for n in self.nodes if not n.honest}
+        jailed = sorted(
+            n.key.address
+            for n in self.nodes
+            if n.role == "validator" and st.get(rules.P_JAIL + n.key.address) is not None
+        )
+        out["jailed"] = len(jailed)
+        for addr in jailed:
+            if addr not in byz and addr not in bad:
+                self._violate("tss", f"honest validator {addr.hex()[:12]} was jailed")
+        return out
 
     def _series(self) -> list[tuple[float, int]]:
         return [(t / 1000, n) for t, n in self.commit_times]
+
+
+# Blocks after which a signing request must be signed, in any scenario whose
+# faults have ended: a few attempts' timeouts (SIGN_TIMEOUT_BLOCKS) and a key
+# re-sharing (three DKG phases) fit well inside.
+TSS_SETTLE_BLOCKS: Final = 30
 
 
 def run_scenario(
