@@ -934,12 +934,10 @@ class Simulation:
         lat.sort()
         out["latency_blocks_p50"] = lat[len(lat) // 2] if lat else 0
         out["latency_blocks_max"] = lat[-1] if lat else 0
-        bad = {self.nodes[i].key.address for i in self.sc.byzantine.bad_signers}
-        byz = {n.key.address for n in self.nodes if not n.honest}
+        bad = {self.val_keys[i].address for i in self.sc.byzantine.bad_signers}
+        byz = {n.key.address for n in self.nodes if not n.honest and n.key is not None}
         jailed = sorted(
-            n.key.address
-            for n in self.nodes
-            if n.role == "validator" and st.get(rules.P_JAIL + n.key.address) is not None
+            k.address for k in self.val_keys if st.get(rules.P_JAIL + k.address) is not None
         )
         out["jailed"] = len(jailed)
         for addr in jailed:
