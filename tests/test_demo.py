@@ -16,8 +16,11 @@ EXPECTED_STEPS = [
     "dv_issued_and_verified",
     "ov_issued_and_verified",
     "ev_issued_and_verified",
+    "x509_verified_by_standard_clients",
     "dv_revoked_verification_fails",
+    "dv_revoked_on_signed_crl",
     "ev_degraded_to_dv",
+    "ev_resigned_as_dv",
     "bogus_application_rejected",
 ]
 

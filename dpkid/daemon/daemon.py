@@ -66,6 +66,8 @@ WATCHDOG_ROUNDS: Final = 3
 WATCHDOG_INTERVAL_S: Final = 1.0
 # Node events that mean the operator must look now.
 LOUD_EVENTS: Final = frozenset({"store_behind_sign_state", "liveness_invariant"})
+# Node events that are news, not trouble (the threshold key's progress).
+INFO_EVENTS: Final = frozenset({"tss_share_ready"})
 
 
 def topics(chain_id: str) -> dict[str, str]:
@@ -507,6 +509,8 @@ class NodeDaemon:
             self.log.error("node_event", kind=event.kind, detail=event.detail)
             if event.kind == "liveness_invariant":
                 self.metrics.liveness_violations.inc()
+        elif event.kind in INFO_EVENTS:
+            self.log.info("node_event", kind=event.kind, detail=event.detail)
         else:
             self.log.warning("node_event", kind=event.kind, detail=event.detail)
 

@@ -77,6 +77,8 @@ class Demo:
         self.dns: Any = None
         self.http: Any = None
         self.nonces: dict[bytes, int] = {}
+        self._root: bytes | None = None
+        self.x509s: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ plumbing
     def rpc(self, method: str, params: dict[str, Any] | None = None, node: int = 0) -> Any:
@@ -220,6 +222,107 @@ class Demo:
         x = to_x509(cert, self.chain_id, header.height)
         return verify_certificate(rpc, self.genesis, parsed_from_x509(x)), x
 
+    # ------------------------------------------------------------------ X.509 for standard clients
+    def proven(self, method: str, params: dict[str, Any] | None, key: bytes, node: int) -> Any:
+        """An answer about a threshold-signed object whose record's Merkle proof
+        checks against the header the node returns; None while not signed."""
+        from dpkid.client.lightclient import decode_header
+        from dpkid.core.state.proofs import decode_proof, verify_record
+
+        try:
+            res = self.rpc(method, params, node)
+        except RpcClientError as exc:
+            if exc.code == -32005:
+                return None
+            raise
+        header = decode_header(res["header_bytes"])
+        rec = verify_record(header.app_hash, decode_proof(bytes.fromhex(res["proof"])), key)
+        if rec is None:
+            return None
+        res["_record"] = rec
+        return res
+
+    def root_pem(self) -> bytes:
+        from dpkid.core.state import tss as rules
+
+        if self._root is None:
+            res = self.wait(
+                lambda: self.proven("root_get", None, rules.K_TSS_ROOT, 1),
+                "the validators' root certificate",
+            )
+            if res["_record"].der != bytes.fromhex(res["root_der"]):
+                raise DemoError("root_get answered a root that is not the proven record")
+            root: bytes = res["root_pem"].encode()
+            (self.dir / "root.pem").write_bytes(root)
+            self._root = root
+        return self._root
+
+    def leaf(self, cert_id: bytes, name: str, min_version: int = 0) -> dict[str, Any]:
+        """Wait until the validators signed version >= min_version; write NAME.pem."""
+        from dpkid.core.state import tss as rules
+
+        def signed() -> Any:
+            res = self.proven("cert_x509", {"cert_id": cert_id.hex()}, rules.key_x509(cert_id), 2)
+            return res if res is not None and res["version"] >= min_version else None
+
+        res: dict[str, Any] = self.wait(signed, f"the threshold signature on {name}")
+        if res["_record"].der != bytes.fromhex(res["leaf_der"]):
+            raise DemoError(f"cert_x509 answered a {name} that is not the proven record")
+        (self.dir / f"{name}.pem").write_text(res["chain_pem"])
+        return res
+
+    def crl_listing(self, serials: list[int]) -> bytes:
+        from cryptography import x509 as cx509
+
+        from dpkid.core.state import tss as rules
+
+        def listed() -> Any:
+            res = self.proven("crl_get", None, rules.K_TSS_CRL, 3)
+            if res is None:
+                return None
+            crl = cx509.load_der_x509_crl(bytes.fromhex(res["crl_der"]))
+            if all(crl.get_revoked_certificate_by_serial_number(s) for s in serials):
+                return res
+            return None
+
+        res = self.wait(listed, f"a signed CRL listing serial(s) {serials}")
+        pem: bytes = res["crl_pem"].encode()
+        (self.dir / "crl.pem").write_bytes(pem)
+        return pem
+
+    def standard_clients(self, certs: list[tuple[str, bytes, str, Any]]) -> None:
+        """Every certificate, as ordinary TLS software sees it through root.pem."""
+        from cryptography.hazmat.primitives import serialization
+
+        from dpkid.dev.tlscheck import openssl_verify, tls_handshake
+
+        root = self.root_pem()
+        details, all_ok = [], True
+        for typ, cert_id, domain, key in certs:
+            res = self.leaf(cert_id, typ.lower())
+            self.x509s[typ] = res
+            leaf = res["leaf_pem"].encode()
+            ov = openssl_verify(root, leaf)
+            key_pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            hs = tls_handshake(res["chain_pem"].encode(), key_pem, root, domain)
+            wrong = tls_handshake(res["chain_pem"].encode(), key_pem, root, "other." + domain)
+            ok = ov.ok and "OK" in ov.detail and hs.ok and not wrong.ok
+            all_ok = all_ok and ok
+            details.append(
+                f"{typ}: openssl verify {'OK' if ov.ok else 'FAILED (' + ov.detail + ')'}, "
+                f"Python ssl {hs.detail if hs.ok else 'FAILED: ' + hs.detail}"
+            )
+        self.record(
+            "x509_verified_by_standard_clients",
+            all_ok,
+            "root.pem (key held only in validator shares) -> " + "; ".join(details),
+            root=str(self.dir / "root.pem"),
+        )
+
     def issue_endorsed(
         self, key: SigningKey, typ: str, domain: str, spki: bytes, via: str, org: Endorsed
     ) -> tuple[bytes, Any]:
@@ -275,7 +378,9 @@ class Demo:
         org_ov = OrgIdentity("Example Shop GmbH", "DE", "Berlin", "Berlin", "HRB 12345", "")
         ov_key = ec.generate_private_key(ec.SECP256R1())
         ov = Endorsed(org_ov, self.endorsers[:2], "trade register extract checked")
-        self.issue_endorsed(acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key), "dns-01", ov)
+        ov_cert, _ = self.issue_endorsed(
+            acc_ov, "OV", "shop-gmbh.example", spki_der_of(ov_key), "dns-01", ov
+        )
         # EV via http-01, three endorsers
         org_ev = OrgIdentity(
             "Example Bank AG", "CH", "Zurich", "Zurich", "CHE-123.456.789", "CH-ZH"
@@ -285,6 +390,15 @@ class Demo:
         ev_cert, ev_x509 = self.issue_endorsed(
             acc_ev, "EV", "bank.example", spki_der_of(ev_key), "http-01", ev
         )
+        # The same three certificates, threshold-signed by the validators, for
+        # openssl and Python's ssl module with nothing but root.pem.
+        self.standard_clients(
+            [
+                ("DV", dv_cert, "shop.example", dv_key),
+                ("OV", ov_cert, "shop-gmbh.example", ov_key),
+                ("EV", ev_cert, "bank.example", ev_key),
+            ]
+        )
         # Revocation of the DV certificate by its owner
         raw = self.submit(acc_dv, Revoke(dv_cert, 1))
         self.wait_tx(raw)
@@ -293,6 +407,21 @@ class Demo:
             "dv_revoked_verification_fails",
             (not v.valid) and v.status == "revoked",
             f"owner revoked with keyCompromise; light client now says {v.status}",
+        )
+        from cryptography import x509 as cx509
+
+        from dpkid.dev.tlscheck import openssl_verify
+
+        dv_leaf = self.x509s["DV"]["leaf_pem"].encode()
+        dv_serial = cx509.load_pem_x509_certificate(dv_leaf).serial_number
+        crl = self.crl_listing([dv_serial])
+        revoked = openssl_verify(self.root_pem(), dv_leaf, crl)
+        still = openssl_verify(self.root_pem(), self.x509s["OV"]["leaf_pem"].encode(), crl)
+        self.record(
+            "dv_revoked_on_signed_crl",
+            (not revoked.ok) and "certificate revoked" in revoked.detail and still.ok,
+            f"the validators signed a CRL listing serial {dv_serial:x}: openssl verify -crl_check"
+            f" says '{revoked.detail}' for the DV leaf, '{still.detail}' for the OV leaf",
         )
         # An endorser withdraws: EV degrades to DV
         raw = self.submit(self.endorsers[0], EndorseWithdraw(ev_cert, "registration under review"))
@@ -307,6 +436,22 @@ class Demo:
             v.valid and v.cert is not None and v.cert.cert_type == "DV",
             f"endorsement withdrawn: the certificate is now {v.cert.cert_type if v.cert else '?'}, "
             f"still {v.status} for its domain ({v.reason})",
+        )
+        # The validators sign a DV version, and the CRL retires the EV one.
+        old_ev = self.x509s["EV"]["leaf_pem"].encode()
+        new = self.leaf(ev_cert, "ev-as-dv", min_version=1)
+        new_leaf = new["leaf_pem"].encode()
+        parsed = cx509.load_pem_x509_certificate(new_leaf)
+        pols = parsed.extensions.get_extension_for_class(cx509.CertificatePolicies).value
+        dv_policy = any(p.policy_identifier.dotted_string == "2.23.140.1.2.1" for p in pols)
+        crl = self.crl_listing([cx509.load_pem_x509_certificate(old_ev).serial_number])
+        new_ok = openssl_verify(self.root_pem(), new_leaf, crl)
+        old_gone = openssl_verify(self.root_pem(), old_ev, crl)
+        self.record(
+            "ev_resigned_as_dv",
+            dv_policy and new_ok.ok and not old_gone.ok and "revoked" in old_gone.detail,
+            f"version {new['version']} signed with the DV policy: '{new_ok.detail}'; the EV"
+            f" version on the CRL: '{old_gone.detail}'",
         )
         # A bogus application: nobody publishes the challenge -> validators attest failure.
         bogus_key = ed25519.Ed25519PrivateKey.generate()
