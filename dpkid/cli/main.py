@@ -109,6 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what in ("crypto", "all"):
         results["ed25519"] = bench.bench_ed25519()
         results["codec"] = bench.bench_codec()
+    if args.what in ("tss", "all"):
+        results["tss"] = bench.bench_tss(args.validators, 500)
     if args.what == "proof-scaling":
         results["proof_scaling"] = [bench.bench_proof_scaling(n) for n in args.scale]
     if args.what in ("smt", "all"):
@@ -205,7 +207,7 @@ def build_parser() -> Parser:
     b = sub.add_parser("bench", help="measure the state machine, proofs and crypto")
     b.add_argument(
         "what",
-        choices=["state", "crypto", "smt", "proof-scaling", "all", "net"],
+        choices=["state", "crypto", "smt", "proof-scaling", "tss", "all", "net"],
         nargs="?",
         default="state",
         help="net: a real testnet under load (the options below marked net)",

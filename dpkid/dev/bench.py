@@ -17,7 +17,7 @@ from typing import Any
 from dpkid.core import codec
 from dpkid.core.crypto import SignatureCache, SigningKey, sha256, verify_ed25519
 from dpkid.core.keys import spki_der_of
-from dpkid.core.state.machine import State, apply_block, genesis_state, key_account
+from dpkid.core.state.machine import State, apply_block, cert_id_for, genesis_state, key_account
 from dpkid.core.state.proofs import make_proof, verify_account, verify_cert
 from dpkid.core.types import (
     Attestation,
@@ -330,4 +330,79 @@ def bench_proof_scaling(n_certs: int, samples: int = 2_000) -> dict[str, Any]:
         "proof_siblings_median": depths[len(depths) // 2],
         "verify_ms_median": round(statistics.median(times) * 1000, 3),
         "samples": len(proofs),
+    }
+
+
+def bench_tss(validators: int = 4, certs: int = 200) -> dict[str, Any]:
+    """Threshold signing of issued certificates (SPEC §16), in one process:
+    every validator's agent (FROST round two per share) and the ledger's work
+    (verifying each share per RFC 9591 §5.4, aggregating, building the TBS),
+    on a DevChain. In a network each validator signs only its own shares, in
+    parallel, and every node repeats the ledger part; so ``ledger_*`` is the
+    per-node ceiling and ``one_process_*`` a lower bound for the whole."""
+    from dpkid.core.node.tss_agent import TssAgent
+    from dpkid.core.state import tss as rules
+    from dpkid.core.types import Attestation, CertApply, DvAttest, TssSign
+    from dpkid.dev.devchain import DevChain
+
+    c = DevChain.create(n_validators=validators, n_accounts=4)
+    agents = [TssAgent(k, sha256(b"bench/" + k.public_key)) for k in c.keys.validators]
+    agent_s = 0.0
+
+    def step() -> list[Any]:
+        nonlocal agent_s
+        t = time.perf_counter()
+        bodies = [(a.key, b) for a in agents for b in a.on_commit(c.state).bodies]
+        agent_s += time.perf_counter() - t
+        for k, b in bodies:
+            c.tx(k, b)
+        return bodies
+
+    for _ in range(40):  # key, root, nonces
+        step()
+        c.block()
+        root = c.state.get(rules.K_TSS_ROOT)
+        q = c.state.get(rules.key_nonce(c.keys.validators[0].address))
+        if root is not None and root.der and q is not None and len(q.slots) >= 64:
+            break
+    spki = spki_der_of(subject_key("bench").public_key())
+    apps = []
+    accts = c.keys.accounts
+    for i in range(certs):
+        raw = c.tx(accts[i % len(accts)], CertApply("DV", [f"b{i}.example"], spki, 30, 1_000))
+        apps.append(sha256(b"dpkid/app/v1\x00" + sha256(raw)))
+    c.block()
+    for v in c.keys.validators:
+        for j in range(0, certs, 64):
+            c.tx(v, DvAttest([Attestation(a, True, "dns-01") for a in apps[j : j + 64]]))
+    c.block()
+    issued_height = c.state.height
+    agent_s = 0.0
+    ledger_s = 0.0
+    shares = 0
+    t_all = time.perf_counter()
+    blocks = 0
+    while blocks < 60:
+        bodies = step()
+        shares += sum(len(it.shares) for _, b in bodies if isinstance(b, TssSign) for it in b.items)
+        t = time.perf_counter()
+        c.block()
+        ledger_s += time.perf_counter() - t
+        blocks += 1
+        q = c.state.get(rules.K_TSS_QUEUE)
+        if q.next_start == q.next_seq and not q.active:
+            break
+    total_s = time.perf_counter() - t_all
+    signed = sum(1 for a in apps if (tc := c.state.get(rules.key_x509(cert_id_for(a)))) and tc.der)
+    key = c.state.get(rules.K_TSS_KEY)
+    return {
+        "validators": validators,
+        "threshold": key.threshold,
+        "certs": certs,
+        "certs_signed": signed,
+        "blocks_issue_to_all_signed": c.state.height - issued_height,
+        "shares": shares,
+        "agent_shares_per_s": round(shares / agent_s) if agent_s else 0,
+        "ledger_certs_per_s": round(signed / ledger_s, 1) if ledger_s else 0.0,
+        "one_process_certs_per_s": round(signed / total_s, 1),
     }

@@ -36,7 +36,7 @@ from typing import Any, Final
 
 from dpkid.client.rpc import call_sync
 from dpkid.core.crypto import SigningKey, sha256, verify_ed25519
-from dpkid.core.types import DvAttest, decode_tx
+from dpkid.core.types import DvAttest, TssSign, decode_tx
 from dpkid.daemon.config import read_genesis
 from dpkid.dev.procs import make_testnet, start_node, stop_nodes
 
@@ -104,16 +104,26 @@ class _Watcher:
     # mix certs: name -> when a committed receipt first said it was issued
     issued: dict[str, float] = field(default_factory=dict)
     watch_issuance: bool = False
+    # cert_id hex -> height of issuance / (height, time) of its threshold signature
+    issued_height: dict[str, int] = field(default_factory=dict)
+    issued_time: dict[str, float] = field(default_factory=dict)
+    signed: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def _issuance(self, raw: bytes, seen: float) -> None:
-        """Issuance happens in the attestation that crosses the threshold."""
-        if not isinstance(decode_tx(raw).body, DvAttest):
+    def _issuance(self, raw: bytes, seen: float, height: int) -> None:
+        """Issuance happens in the attestation that crosses the threshold; the
+        X.509 is signed in the validators' tss_sign that completes it."""
+        body = decode_tx(raw).body
+        if not isinstance(body, DvAttest | TssSign):
             return
         r = call_sync(self.home, "tx_get", {"hash": sha256(raw).hex()})
         for ev in (r.get("receipt") or {}).get("events", []):
             if ev["kind"] == "cert_issued":
+                self.issued_height.setdefault(ev["ref"], height)
+                self.issued_time.setdefault(ev["ref"], seen)
                 for name in ev["detail"].split(","):
                     self.issued.setdefault(name, seen)
+            elif ev["kind"] == "tss_cert_signed":
+                self.signed.setdefault(ev["ref"], (height, seen))
 
     def run(self) -> None:
         try:
@@ -127,7 +137,7 @@ class _Watcher:
                         raw = bytes.fromhex(tx)
                         self.committed.setdefault(sha256(raw).hex(), seen)
                         if self.watch_issuance:
-                            self._issuance(raw, seen)
+                            self._issuance(raw, seen, height)
                     self.block_times.append(seen)
                     self.blocks += 1
                 self.height = max(self.height, h)
@@ -388,6 +398,7 @@ def run_net(
         while time.monotonic() < drain_until and not (
             all(h in watcher.committed for h in accepted)
             and all(n in watcher.issued for n in names.values())
+            and all(c in watcher.signed for c in watcher.issued_height)
         ):
             time.sleep(0.2)
         watcher.stop.set()
@@ -431,6 +442,7 @@ def run_net(
         }
         if servers is not None:
             out |= _cert_figures(accepted, names, watcher.issued, t0, t_end, servers)
+            out |= _tss_figures(watcher, t0, t_end)
         if workdir is not None or out["errors"]:
             out["workdir"] = str(base)  # kept: asked for, or needed to see what went wrong
         else:
@@ -443,6 +455,23 @@ def run_net(
             servers.stop()
         if clean:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _tss_figures(w: _Watcher, t0: float, t_end: float) -> dict[str, Any]:
+    """Threshold signatures on issued certificates (SPEC §16): how many per
+    second, and how many blocks and seconds after issuance."""
+    blocks = [w.signed[c][0] - h for c, h in w.issued_height.items() if c in w.signed]
+    secs = [w.signed[c][1] - w.issued_time[c] for c in w.issued_height if c in w.signed]
+    in_window = sum(1 for h, t in w.signed.values() if t0 <= t <= t_end)
+    return {
+        "certs_threshold_signed": len(blocks),
+        "certs_unsigned": len(w.issued_height) - len(blocks),
+        "threshold_signed_per_s": round(in_window / max(t_end - t0, 1e-9), 1),
+        "issue_to_signed_blocks_p50": _pct([float(b) for b in blocks], 0.50),
+        "issue_to_signed_blocks_p99": _pct([float(b) for b in blocks], 0.99),
+        "issue_to_signed_p50_s": round(_pct(secs, 0.50), 3),
+        "issue_to_signed_p99_s": round(_pct(secs, 0.99), 3),
+    }
 
 
 def _cert_figures(
