@@ -621,6 +621,7 @@ class TssSigner(_S, frozen=True):
     slot_seq: U64  # the signer's nonce slot this attempt uses
     commitments: list[bytes]  # count x (hiding || binding)
     shares: list[bytes]  # count x scalar, empty until posted
+    share_tx: OptHash = b""  # the tx that carried the shares: the evidence if they are bad
 
 
 class TssRequest(_S, frozen=True):

@@ -10,7 +10,16 @@ from typing import Final
 from dpkid.core.crypto import SignatureCache, address_of, sha256
 from dpkid.core.state.codes import Code, TxFailure
 from dpkid.core.state.machine import State, check_tx_fee, check_tx_form
-from dpkid.core.types import CertApply, CertRenew, DvAttest, Tx
+from dpkid.core.types import (
+    CertApply,
+    CertRenew,
+    DvAttest,
+    TssDeal,
+    TssJustify,
+    TssNonces,
+    TssSign,
+    Tx,
+)
 
 # ------------------------------------------------------------------ mempool
 
@@ -43,6 +52,12 @@ MAX_DROPPED: Final = 100_000  # why recent accepted txs left the pool uncommitte
 # one that crosses the threshold issues and logs a certificate.
 CERT_APPLY_WEIGHT: Final = 8
 ATTESTATION_WEIGHT: Final = 2
+# Threshold signing (SPEC §16): checking one signature share costs about
+# 0.75 ms here (`dpkid bench tss`: ledger_certs_per_s with two shares each),
+# some eight transfers; a nonce slot is two point decodes per share.
+TSS_SHARE_WEIGHT: Final = 8
+TSS_SLOTS_PER_WEIGHT: Final = 8
+TSS_DEAL_WEIGHT: Final = 64
 
 
 def tx_weight(tx: Tx) -> int:
@@ -54,6 +69,12 @@ def tx_weight(tx: Tx) -> int:
         return CERT_APPLY_WEIGHT
     if isinstance(body, DvAttest):
         return 1 + ATTESTATION_WEIGHT * len(body.items)
+    if isinstance(body, TssSign):
+        return 1 + TSS_SHARE_WEIGHT * sum(len(i.shares) for i in body.items)
+    if isinstance(body, TssNonces):
+        return 1 + len(body.slots) // TSS_SLOTS_PER_WEIGHT
+    if isinstance(body, TssDeal | TssJustify):
+        return TSS_DEAL_WEIGHT
     return 1
 
 

@@ -27,7 +27,7 @@ from dpkid.core import codec, frost
 from dpkid.core.crypto import SigningKey
 from dpkid.core.node.byzantine import BAD_SHARES
 from dpkid.core.state import tss as rules
-from dpkid.core.tss import dkg
+from dpkid.core.tss import dkg, signing
 from dpkid.core.types import (
     TssAck,
     TssDeal,
@@ -337,7 +337,10 @@ class TssAgent:
                     nonces.binding
                 )
                 public += comm.hiding + comm.binding
-            self._nonces[next_seq + i] = secret
+            # The public half rides along so that signing can check, by
+            # comparing bytes, that the ledger put our own commitment in the
+            # attempt (RFC 9591 §5.2) without recomputing it.
+            self._nonces[next_seq + i] = secret + public
             slots.append(public)
         out.dirty = True
         out.bodies.append(TssNonces(key.epoch, next_seq, slots))
@@ -385,26 +388,22 @@ class TssAgent:
     def _shares_for(
         self, req: TssRequest, me: Any, secret: bytes, key: TssKey, out: AgentOutput
     ) -> list[bytes] | None:
-        cl = rules._commitment_list(req)
+        n = me.count
+        public = secret[64 * n :]
+        if b"".join(me.commitments) != public:
+            # The attempt names a commitment that is not ours: never sign.
+            out.events.append(("tss_sign_refused", f"request {req.seq}: not our commitment"))
+            return None
+        ctx = signing.attempt_context(key.group_pk, req.tbs, rules._commitment_list(req))
         shares = []
-        for j in range(me.count):
-            idx = self.s.first_index + j
-            nonce = frost.SigningNonces(
+        for j in range(n):
+            z = signing.sign_share(
+                ctx,
+                self.s.first_index + j,
+                frost.deserialize_scalar(self.s.shares[j]),
                 frost.deserialize_scalar(secret[64 * j : 64 * j + 32]),
                 frost.deserialize_scalar(secret[64 * j + 32 : 64 * j + 64]),
             )
-            try:
-                z = frost.sign(
-                    idx,
-                    frost.deserialize_scalar(self.s.shares[j]),
-                    key.group_pk,
-                    nonce,
-                    req.tbs,
-                    cl,
-                )
-            except frost.FrostError as exc:
-                out.events.append(("tss_sign_refused", f"request {req.seq}: {exc}"))
-                return None
             if self.mode == BAD_SHARES:
                 z = (z + 1) % frost.ORDER
             shares.append(frost.serialize_scalar(z))
