@@ -389,6 +389,10 @@ def test_standard_tls_clients_verify_dpkid_certificates(tn: Net, tmp_path: Path)
         assert "hostname mismatch" in str(err).lower(), str(err)
     dv, ov, ev = certs
     assert EV_POLICY_OID in policy_oids(ev.files["leaf"])
+    # The same threshold-signed file also passes dpkid's own trust-no-node check
+    # (the ledger reference it carries), from another node.
+    r = net.dpkid("verify", str(dv.files["chain"]), "--home", str(net.home(3)))
+    assert r.returncode == 0, f"dpkid verify: {r.stdout}{r.stderr}"
 
     # The owner revokes the DV certificate: the next CRL lists it.
     net.run(0, dv.owner, Revoke(bytes.fromhex(dv.cert_id), KEY_COMPROMISE))
