@@ -1,6 +1,6 @@
 """The validators' threshold-signed X.509, end to end on real `dpkid start`
 processes, checked by unmodified `openssl` and Python `ssl` (SPEC §16,
-protocol/X509-TSS.md).
+protocol/SPEC.md §14.6).
 
 * DV, OV and EV certificates issued on a 4-validator testnet are exported with
   `dpkid cert export`, verify against `dpkid root export`'s root.pem alone and

@@ -638,7 +638,7 @@ class TssRequest(_S, frozen=True):
     deadline: U64
     signers: list[TssSigner]
     excluded: list[bytes]  # sorted: timed out or misbehaved in this request
-    status: str = "pending"  # pending | signed | unsignable
+    status: str = "pending"  # pending | signed | unsignable | cancelled
     sig: bytes = b""
     signed_height: U64 = 0
 

@@ -1,4 +1,4 @@
-"""Golden vectors for the threshold-signed X.509 formats (protocol/X509-TSS.md).
+"""Golden vectors for the threshold-signed X.509 formats (protocol/SPEC.md §14.6).
 
 ``x509_tss_vectors()`` derives everything from fixed labels: a 2-of-3 FROST
 group key from a trusted dealer with fixed secrets, the TBS of the root, of a
@@ -196,7 +196,7 @@ def x509_tss_vectors() -> dict[str, Any]:
     ]
     return {
         "description": (
-            "Threshold-signed X.509 (protocol/X509-TSS.md): TBS bytes of the root, a DV leaf "
+            "Threshold-signed X.509 (protocol/SPEC.md §14.6): TBS bytes of the root, a DV leaf "
             "(version 0), an EV leaf (version 1) and a CRL for a fixed 2-of-3 FROST group key; "
             "signatures by participants 1 and 3 (FROST nonces are not unique: only the TBS and "
             "the assembly are normative; any valid Ed25519 signature may be assembled). "

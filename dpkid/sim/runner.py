@@ -897,6 +897,8 @@ class Simulation:
             "signed": 0,
             "pending": 0,
             "attempts": 0,
+            "cancelled": 0,  # revoked, expired or replaced before an attempt
+            "unsignable": 0,
             "oldest_pending_blocks": 0,
             "latency_blocks_p50": 0,
             "latency_blocks_max": 0,
@@ -921,6 +923,8 @@ class Simulation:
                 lat.append(req.signed_height - req.created_height)
                 if not frost.verify_signature(key.group_pk, req.tbs, req.sig):
                     self._violate("tss", f"request {seq}: the released signature does not verify")
+            elif req.status in ("cancelled", "unsignable"):
+                out[req.status] += 1
             elif req.status == "pending":
                 out["pending"] += 1
                 age = st.height - req.created_height

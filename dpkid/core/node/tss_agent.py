@@ -45,11 +45,10 @@ from dpkid.core.types import (
     TssSign,
 )
 
-# Post more nonces while fewer than this are queued on the ledger. At the
-# measured 100-140 certificates/s each member spends 50-70 slots a block, and a
-# nonce tx takes one or two blocks to land: half the queue is several blocks
-# of supply (BENCHMARKS.md "Threshold signing").
-LOW_WATER_SLOTS: Final = rules.MAX_QUEUED_SLOTS // 2
+# Nonces are posted while fewer than half of rules.queued_slots_limit are
+# queued on the ledger. At the measured 100-140 certificates/s each member
+# spends 50-70 slots a block, and a nonce tx takes one or two blocks to land:
+# half the queue is several blocks of supply (BENCHMARKS.md "Threshold signing").
 BATCH_SLOTS: Final = 200
 RESUBMIT_BLOCKS: Final = 4  # resend a duty the ledger has not seen after this long
 MAX_HELD_NONCES: Final = rules.MAX_QUEUED_SLOTS + rules.MAX_ACTIVE + BATCH_SLOTS
@@ -322,10 +321,11 @@ class TssAgent:
         for seq in [s for s in self._nonces if s < first and s not in keep]:
             del self._nonces[seq]
             out.dirty = True
-        if queued >= LOW_WATER_SLOTS or not self._due(("nonces", next_seq), state.height):
-            return
         count = len(self.s.shares)
-        n = min(BATCH_SLOTS, rules.MAX_QUEUED_SLOTS - queued, MAX_TX_PAYLOAD // (64 * count))
+        limit = rules.queued_slots_limit(count)
+        if queued >= limit // 2 or not self._due(("nonces", next_seq), state.height):
+            return
+        n = min(BATCH_SLOTS, limit - queued, MAX_TX_PAYLOAD // (64 * count))
         if n <= 0 or len(self._nonces) + n > MAX_HELD_NONCES:
             return
         slots = []
@@ -398,7 +398,11 @@ class TssAgent:
             # The attempt names a commitment that is not ours: never sign.
             out.events.append(("tss_sign_refused", f"request {req.seq}: not our commitment"))
             return None
-        ctx = signing.attempt_context(key.group_pk, req.tbs, rules._commitment_list(req))
+        try:
+            ctx = signing.attempt_context(key.group_pk, req.tbs, rules._commitment_list(req))
+        except frost.FrostError as exc:  # R is the identity: the ledger restarts it
+            out.events.append(("tss_sign_refused", f"request {req.seq}: {exc}"))
+            return None
         shares = []
         for j in range(n):
             z = signing.sign_share(

@@ -24,7 +24,7 @@ from dpkid.core.crypto import sha256, verify_ed25519
 from dpkid.core.state.codes import Code, TxFailure
 from dpkid.core.tss import dkg, signing
 from dpkid.core.tss import x509 as tx509
-from dpkid.core.tss.weights import committee_for
+from dpkid.core.tss.weights import MAX_DEAL_BYTES, committee_for, deal_bytes
 from dpkid.core.types import (
     Certificate,
     Jailed,
@@ -147,10 +147,17 @@ def _current_vals(b: _Block) -> list[tuple[bytes, bytes, int]]:
 
 def _make_round(
     vals: Sequence[tuple[bytes, bytes, int]], key: TssKey | None, rnd: int, height: int
-) -> TssRound | None:
+) -> TssRound | str:
+    """The round for ``vals``, or why there can be none."""
     committee = committee_for(vals)
     if committee is None:
-        return None
+        return "no share mapping keeps both threshold properties within the bounds"
+    if key is not None:
+        # A re-sharing dealer deals one polynomial per share it holds now.
+        most = max(m.count for m in key.members)
+        size = deal_bytes(most, committee.threshold, committee.total_shares, len(vals))
+        if size > MAX_DEAL_BYTES:
+            return f"a re-sharing deal would take {size} bytes (> {MAX_DEAL_BYTES})"
     members = [TssMember(m.address, m.pubkey, m.first_index, m.count) for m in committee.members]
     if key is None:
         kind, dealers, old_epoch = "fresh", members, 0
@@ -177,8 +184,8 @@ def _make_round(
 def genesis_records(vals: Sequence[tuple[bytes, bytes, int]]) -> dict[bytes, Any]:
     """The first key-generation round opens with the chain (SPEC §16.3)."""
     r = _make_round(vals, None, 1, 1)
-    if r is None:
-        return {K_TSS_QUEUE: TssQueue(next_round=1, retry_height=2**62)}
+    if isinstance(r, str):
+        return {K_TSS_QUEUE: TssQueue(next_round=1, retry_height=1 + RETRY_BLOCKS)}
     return {K_TSS_ROUND: r, K_TSS_QUEUE: TssQueue(next_round=2)}
 
 
@@ -186,9 +193,10 @@ def _open_round(b: _Block, q: TssQueue) -> None:
     key: TssKey | None = b.get(K_TSS_KEY)
     rnd = q.next_round
     r = _make_round(_current_vals(b), key, rnd, b.height)
-    if r is None:
-        b.emit("tss_no_committee", b"", "no share mapping keeps both threshold properties")
-        b.put(K_TSS_QUEUE, msgspec.structs.replace(q, retry_height=2**62))
+    if isinstance(r, str):
+        why = r
+        b.emit("tss_no_committee", b"", why)
+        b.put(K_TSS_QUEUE, msgspec.structs.replace(q, retry_height=b.height + RETRY_BLOCKS))
         return
     old = _round(b)
     if old is not None:
@@ -228,7 +236,8 @@ def _dkg_step(b: _Block) -> None:
         assert r is not None
         if r.valset_hash != vh:
             _fail(b, r, "the validator set changed during the round")
-            _open_round(b, _queue(b))
+            if key is None or key.valset_hash != vh:
+                _open_round(b, _queue(b))
             return
         _advance(b, r)
         return
@@ -273,7 +282,7 @@ def _advance(b: _Block, r: TssRound) -> None:
     if r.phase == "ack":
         if len(r.acked) < len(r.members) and b.height < r.phase_end:
             return
-        if any(not c.answered for c in r.complaints):
+        if _open_complaints(r):
             r = msgspec.structs.replace(r, phase="justify", phase_end=b.height + PHASE_BLOCKS)
             b.put(K_TSS_ROUND, r)
             b.emit("tss_phase", _u64(r.round), "justify")
@@ -281,7 +290,7 @@ def _advance(b: _Block, r: TssRound) -> None:
         _finalize(b, r, key)
         return
     if r.phase == "justify":
-        if any(not c.answered for c in r.complaints) and b.height < r.phase_end:
+        if _open_complaints(r) and b.height < r.phase_end:
             return
         late = sorted({c.dealer for c in r.complaints if not c.answered} - set(r.disqualified))
         if late:
@@ -289,6 +298,12 @@ def _advance(b: _Block, r: TssRound) -> None:
             for d in late:
                 b.emit("tss_dealer_disqualified", d, "did not answer a complaint")
         _finalize(b, r, key)
+
+
+def _open_complaints(r: TssRound) -> bool:
+    """Complaints still waiting for an answer (one against a dealer already
+    disqualified needs none)."""
+    return any(not c.answered and c.dealer not in r.disqualified for c in r.complaints)
 
 
 def _finalize(b: _Block, r: TssRound, key: TssKey | None) -> None:
@@ -331,7 +346,12 @@ def _finalize(b: _Block, r: TssRound, key: TssKey | None) -> None:
         b.put(key_req(a.seq), msgspec.structs.replace(req, signers=[], deadline=0))
     if key is None:
         root_s = b.now // 1000
-        tbs = tx509.root_tbs(b.chain_id, group_pk, root_s)
+        try:
+            tbs = tx509.root_tbs(b.chain_id, group_pk, root_s)
+        except tx509.TbsError as exc:  # only for a block time the X.509 rules cannot encode
+            b.emit("tss_unsignable", b"root", str(exc)[:200])
+            b.put(K_TSS_QUEUE, q)
+            return
         seq = q.next_seq
         b.put(K_TSS_ROOT, TssRoot(group_pk, root_s, b"", b"", seq, b.height))
         b.put(key_req(seq), _new_request(seq, "root", b"", 0, tbs, b.height))
@@ -480,8 +500,9 @@ def h_tss_nonces(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         q = TssNonceQueue(key.epoch, q.next_seq, q.next_seq, [])
     if body.first_seq != q.next_seq:
         raise TxFailure(Code.TSS_BAD_NONCES, f"first_seq {body.first_seq}, expected {q.next_seq}")
-    if len(q.slots) + len(body.slots) > MAX_QUEUED_SLOTS:
-        raise TxFailure(Code.TSS_BAD_NONCES, f"at most {MAX_QUEUED_SLOTS} slots may be queued")
+    limit = queued_slots_limit(m.count)
+    if len(q.slots) + len(body.slots) > limit:
+        raise TxFailure(Code.TSS_BAD_NONCES, f"at most {limit} slots may be queued")
     for s in body.slots:
         if len(s) != 64 * m.count or not dkg.valid_points(
             [s[i : i + 32] for i in range(0, len(s), 32)]
@@ -492,6 +513,12 @@ def h_tss_nonces(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         key_nonce(sender),
         TssNonceQueue(key.epoch, q.next_seq + n, q.first_seq, [*q.slots, *body.slots]),
     )
+
+
+def queued_slots_limit(count: int) -> int:
+    """Slots a member with ``count`` shares may keep posted: MAX_QUEUED_SLOTS
+    commitment pairs in all, so the queue record stays under 48 KiB."""
+    return max(8, MAX_QUEUED_SLOTS // count)
 
 
 def _commitment_list(req: TssRequest) -> list[frost.SigningCommitment]:
@@ -567,18 +594,39 @@ def _take_share(
     if not all(s.shares for s in signers):
         b.put(key_req(req.seq), req)
         return True
-    ctx = _context(req, key)
     z = 0
     for s in signers:
         for share in s.shares:
             z = (z + frost.deserialize_scalar(share)) % frost.ORDER
-    sig = ctx.group_commitment + frost.serialize_scalar(z)
+    try:
+        sig = _context(req, key).group_commitment + frost.serialize_scalar(z)
+    except frost.FrostError:  # R is the identity: chance 2^-252, start again
+        b.put(key_req(req.seq), msgspec.structs.replace(req, signers=[], deadline=0))
+        return True
     if verify_ed25519(key.group_pk, req.tbs, sig):
         _signed(b, req, sig)
         return True
-    culprits = [
+    culprits = _bad_signers(req, key)
+    if not culprits:  # cannot happen: valid shares always aggregate
+        b.emit("tss_aggregate_failed", _u64(req.seq), "")
+        b.put(key_req(req.seq), msgspec.structs.replace(req, signers=[], deadline=0))
+        return True
+    _bad_share(b, req, culprits, {s.address: s.share_tx for s in signers})
+    return signer.address not in culprits
+
+
+def _bad_signers(req: TssRequest, key: TssKey) -> list[bytes]:
+    """Signers of ``req`` whose posted shares fail RFC 9591 §5.4."""
+    posted = [s for s in req.signers if s.shares]
+    if not posted:
+        return []
+    try:
+        ctx = _context(req, key)
+    except frost.FrostError:  # R is the identity (chance 2^-252): no share is judged
+        return []
+    return [
         s.address
-        for s in signers
+        for s in posted
         if not all(
             signing.share_ok(
                 ctx,
@@ -589,12 +637,6 @@ def _take_share(
             for j, share in enumerate(s.shares)
         )
     ]
-    if not culprits:  # cannot happen: valid shares always aggregate
-        b.emit("tss_aggregate_failed", _u64(req.seq), "")
-        b.put(key_req(req.seq), msgspec.structs.replace(req, signers=[], deadline=0))
-        return True
-    _bad_share(b, req, culprits, {s.address: s.share_tx for s in signers})
-    return signer.address not in culprits
 
 
 def _bad_share(b: _Block, req: TssRequest, culprits: list[bytes], txs: dict[bytes, bytes]) -> None:
@@ -617,10 +659,12 @@ def jail(b: _Block, addr: bytes, evidence_key: bytes, why: str) -> None:
     from dpkid.core.state.machine import scheduled_powers
 
     if b.get(P_JAIL + addr) is not None:
+        b.emit("evidence_duplicate", addr, "already jailed")
         return
     rec = next((v for v in b.validators.validators if v.address == addr), None)
     pending: PendingValidatorChanges = b.get(K_VALS_PENDING)
     if rec is None:
+        b.emit("evidence_not_a_validator", addr, "no longer a validator: excluded only")
         return
     if not (set(scheduled_powers(b.validators, pending)) - {addr}):
         b.emit("evidence_deferred", addr, "jailing would leave no validator")
@@ -650,7 +694,7 @@ def _signed(b: _Block, req: TssRequest, sig: bytes) -> None:
             b.put(key_x509(req.ref), tc)
         b.emit("tss_cert_signed", req.ref, f"version {req.version}")
     else:
-        number = int.from_bytes(req.ref, "big")
+        number = int.from_bytes(req.ref[:8], "big")
         crl = _crl_from_request(req, der, b.height, number)
         b.put(K_TSS_CRL, crl)
         q = msgspec.structs.replace(q, crl_open=0)
@@ -659,7 +703,7 @@ def _signed(b: _Block, req: TssRequest, sig: bytes) -> None:
 
 
 def _crl_from_request(req: TssRequest, der: bytes, height: int, number: int) -> TssCrl:
-    this_s = req.version  # CRL requests keep thisUpdate in version (seconds)
+    this_s = int.from_bytes(req.ref[8:16], "big")
     return TssCrl(number, this_s, this_s + CRL_VALIDITY_S, der, req.seq, height)
 
 
@@ -683,14 +727,10 @@ def on_cert_changed(b: _Block, cert: Certificate) -> None:
         _add_revoked(b, tx509.leaf_serial(cert.cert_id, tc.version), b.now, 4, cert)
         q = msgspec.structs.replace(q, crl_due=True)
     seq = q.next_seq
-    key: TssKey | None = b.get(K_TSS_KEY)
-    # The TBS is fixed by the record as it is now; without a key yet it is
-    # built when the first attempt starts (the key, once made, never changes).
-    tbs = _leaf_tbs(b, cert, version, key) if key is not None else b""
-    req = _new_request(seq, "cert", cert.cert_id, version, tbs or b"", b.height)
-    if tbs is None:
-        req = msgspec.structs.replace(req, status="unsignable")
-    b.put(key_req(seq), req)
+    # The TBS is built when the first attempt starts, from the record as it is
+    # then: that bounds the work per block (MAX_STARTS_PER_BLOCK), however many
+    # certificates one transaction changes (a corrupt endorser's removal).
+    b.put(key_req(seq), _new_request(seq, "cert", cert.cert_id, version, b"", b.height))
     if tc is None:
         tc = TssCert(cert.cert_id, version, b"", seq)
     b.put(key_x509(cert.cert_id), msgspec.structs.replace(tc, version=version, request=seq))
@@ -742,20 +782,30 @@ def _schedule_crl(b: _Block, key: TssKey) -> None:
         return
     now_s = b.now // 1000
     rv: TssRevoked | None = b.get(K_TSS_REVOKED)
-    live = [e for e in (rv.entries if rv else []) if e.not_after_s > now_s]
+    last: TssCrl | None = b.get(K_TSS_CRL)
+    # RFC 5280 §3.3: an entry may leave only after it has appeared on one CRL
+    # issued beyond the certificate's validity period.
+    gone_before = last.this_update_s if last is not None else 0
+    live = [e for e in (rv.entries if rv else []) if e.not_after_s >= gone_before]
     if rv is not None and len(live) != len(rv.entries):
-        b.put(K_TSS_REVOKED, TssRevoked(live))  # RFC 5280 §3.3: expired entries may go
+        b.put(K_TSS_REVOKED, TssRevoked(live))
     number = q.crl_number + 1
-    tbs = tx509.crl_tbs(
-        b.chain_id,
-        key.group_pk,
-        number,
-        now_s,
-        now_s + CRL_VALIDITY_S,
-        [(int.from_bytes(e.serial, "big"), e.revoked_s, e.reason) for e in live],
-    )
+    try:
+        tbs = tx509.crl_tbs(
+            b.chain_id,
+            key.group_pk,
+            number,
+            now_s,
+            now_s + CRL_VALIDITY_S,
+            [(int.from_bytes(e.serial, "big"), e.revoked_s, e.reason) for e in live],
+        )
+    except tx509.TbsError as exc:  # only for times the X.509 rules cannot encode
+        b.emit("tss_unsignable", b"crl", str(exc)[:200])
+        b.put(K_TSS_QUEUE, msgspec.structs.replace(q, crl_due=False, last_crl_height=b.height))
+        return
     seq = q.next_seq
-    req = _new_request(seq, "crl", _u64(number), now_s, tbs, b.height)
+    # ref = number || thisUpdate (seconds), both u64 big-endian.
+    req = _new_request(seq, "crl", _u64(number) + _u64(now_s), 0, tbs, b.height)
     b.put(key_req(seq), req)
     b.put(
         K_TSS_QUEUE,
@@ -782,7 +832,13 @@ def _run_attempts(b: _Block, key: TssKey) -> None:
             active.append(a)
             continue
         if req.signers:
-            # The deadline passed: leave out whoever did not answer this time.
+            # The deadline passed: leave out whoever did not answer this time,
+            # and check the shares that did come (they are checked one by one
+            # only when an attempt fails), so a bad one never goes unpunished.
+            bad = _bad_signers(req, key)
+            if bad:
+                _bad_share(b, req, bad, {s.address: s.share_tx for s in req.signers})
+                req = b.get(key_req(req.seq))
             silent = [s.address for s in req.signers if not s.shares]
             req = msgspec.structs.replace(req, excluded=sorted({*req.excluded, *silent}))
         restarts.append(req)
@@ -803,26 +859,40 @@ def _run_attempts(b: _Block, key: TssKey) -> None:
         started = _start_attempt(b, req, key)
         starts += 1
         if started is None:
-            waiting.append(TssActive(req.seq, 0))
+            now: TssRequest = b.get(key_req(req.seq))
+            if now.status == "pending":
+                waiting.append(TssActive(req.seq, 0))
         else:
             active.append(TssActive(started.seq, started.deadline))
     b.put(K_TSS_QUEUE, msgspec.structs.replace(_queue(b), active=active + waiting, next_start=nxt))
 
 
 def _start_attempt(b: _Block, req: TssRequest, key: TssKey) -> TssRequest | None:
-    if not req.tbs:
-        tbs = _leaf_tbs(b, b.certificate(req.ref), req.version, key)
-        if tbs is None:
-            b.put(key_req(req.seq), msgspec.structs.replace(req, status="unsignable"))
+    if req.kind == "cert":
+        cert = b.certificate(req.ref)
+        tc: TssCert | None = b.get(key_x509(req.ref))
+        # Nothing to sign for a revoked or expired certificate, nor for a
+        # version a newer one has replaced (its serial is on the CRL).
+        gone = cert is None or cert.status == "revoked" or cert.not_after_ms <= b.now
+        if gone or (tc is not None and tc.version > req.version):
+            b.put(key_req(req.seq), msgspec.structs.replace(req, status="cancelled"))
             return None
-        req = msgspec.structs.replace(req, tbs=tbs)
+        if not req.tbs:
+            tbs = _leaf_tbs(b, cert, req.version, key)
+            if tbs is None:
+                b.put(key_req(req.seq), msgspec.structs.replace(req, status="unsignable"))
+                return None
+            req = msgspec.structs.replace(req, tbs=tbs)
     members = key.members
     n = len(members)
     chosen: list[tuple[TssMember, TssNonceQueue]] = []
     shares = 0
     for i in range(n):
         m = members[(req.seq + i) % n]
-        if m.address in req.excluded or b.get(P_JAIL + m.address) is not None:
+        jailed: Jailed | None = b.get(P_JAIL + m.address)
+        # Jailed since this committee was formed: out. (A validator governance
+        # re-admitted after a jail is in a newer committee, made after it.)
+        if m.address in req.excluded or (jailed is not None and jailed.height >= key.height):
             continue
         nq: TssNonceQueue | None = b.get(key_nonce(m.address))
         if nq is None or nq.epoch != key.epoch or not nq.slots:

@@ -1,4 +1,4 @@
-"""The X.509 bytes the validators threshold-sign: root, leaf and CRL TBS (protocol/X509-TSS.md).
+"""The X.509 bytes the validators threshold-sign: root, leaf and CRL TBS (protocol/SPEC.md §14.6).
 
 The ledger computes the exact DER ``TBSCertificate`` of the chain's
 self-signed root and of every leaf certificate, and the ``TBSCertList`` of
