@@ -214,9 +214,40 @@ def _fresh_txs() -> tuple[bytes, ...]:
 
 
 @functools.cache
+def _tss_chain() -> tuple[list[bytes], list[Any]]:
+    """The threshold key's transactions and records, from the tss-chain vectors
+    (a DKG, nonces, shares and the resulting records, replayed here)."""
+    import json
+    from pathlib import Path
+
+    from dpkid.core.state.machine import apply_block, genesis_state
+    from dpkid.core.types import Genesis, Header
+
+    v = json.loads(
+        (Path(__file__).resolve().parents[1] / "protocol/vectors/tss-chain.json").read_text()
+    )
+    st = genesis_state(codec.decode(bytes.fromhex(v["genesis"]), Genesis))
+    txs: list[bytes] = []
+    for blk in v["blocks"]:
+        raw = [bytes.fromhex(t) for t in blk["txs"]]
+        txs += raw
+        st, _, _ = apply_block(st, codec.decode(bytes.fromhex(blk["header"]), Header), raw)
+    return txs, [rec for _, rec in st.items()]
+
+
+@functools.cache
 def samples() -> tuple[tuple[type[Any], bytes], ...]:
     c, state = _scenario()
     found: dict[type[Any], set[bytes]] = {}
+    tss_txs, tss_records = _tss_chain()
+    _collect(tss_records, found)
+    # No complaint arises in the vector chain: a well-formed answer to one.
+    v = c.keys.validators
+    justify = types.TssJustify(1, v[0].address, [bytes(32), bytes(31) + b"\x01"])
+    _collect(sign_tx(v[1], c.chain_id, 0, 10, justify), found)
+    for raw in tss_txs:
+        tx = decode_tx(raw)
+        _collect([tx, tx.unsigned()], found)
     _collect([rec for _, rec in state.items()], found)
     _collect(c.genesis, found)
     _collect([h for h, _ in c.blocks], found)

@@ -601,6 +601,7 @@ class TssKey(_S, frozen=True):
     round: U64
     height: U64
     valset_hash: Hash32
+    set_height: U64 = 0  # the height whose validator set the committee was taken from
 
 
 class TssRoot(_S, frozen=True):

@@ -383,7 +383,7 @@ class TssAgent:
             shares = self._shares_for(req, me, secret, key, out)
             if shares is not None:
                 items.append(TssShareItem(req.seq, req.attempt, shares))
-            if len(items) >= rules_items_per_tx():
+            if len(items) >= _items_per_tx(me.count):
                 out.bodies.append(TssSign(items))
                 items = []
         if items:
@@ -418,10 +418,12 @@ class TssAgent:
         return shares
 
 
-def rules_items_per_tx() -> int:
+def _items_per_tx(count: int) -> int:
+    """Share items that fit one transaction: each is about 16 + 34 * count
+    bytes encoded, and MAX_TX_PAYLOAD leaves room for the envelope."""
     from dpkid.core.types import MAX_TSS_ITEMS_PER_TX
 
-    return MAX_TSS_ITEMS_PER_TX
+    return max(1, min(MAX_TSS_ITEMS_PER_TX, MAX_TX_PAYLOAD // (16 + 34 * count)))
 
 
 def _pok(identifier: int, a_0: int, a_0_commitment: frost.Element, ctx: bytes, rnd: bytes) -> bytes:

@@ -334,7 +334,15 @@ def _finalize(b: _Block, r: TssRound, key: TssKey | None) -> None:
     vshares = [dkg.eval_commitment(combined, i) for i in range(1, total + 1)]
     epoch = (key.epoch if key is not None else 0) + 1
     newkey = TssKey(
-        epoch, group_pk, r.threshold, r.members, vshares, r.round, b.height, r.valset_hash
+        epoch,
+        group_pk,
+        r.threshold,
+        r.members,
+        vshares,
+        r.round,
+        b.height,
+        r.valset_hash,
+        r.start_height,
     )
     b.put(K_TSS_KEY, newkey)
     b.put(K_TSS_ROUND, msgspec.structs.replace(r, phase="done"))
@@ -786,7 +794,11 @@ def _schedule_crl(b: _Block, key: TssKey) -> None:
     # RFC 5280 §3.3: an entry may leave only after it has appeared on one CRL
     # issued beyond the certificate's validity period.
     gone_before = last.this_update_s if last is not None else 0
-    live = [e for e in (rv.entries if rv else []) if e.not_after_s >= gone_before]
+    live = [
+        e
+        for e in (rv.entries if rv else [])
+        if e.not_after_s >= gone_before or e.revoked_s >= gone_before  # not yet on a CRL
+    ]
     if rv is not None and len(live) != len(rv.entries):
         b.put(K_TSS_REVOKED, TssRevoked(live))
     number = q.crl_number + 1
@@ -835,11 +847,11 @@ def _run_attempts(b: _Block, key: TssKey) -> None:
             # The deadline passed: leave out whoever did not answer this time,
             # and check the shares that did come (they are checked one by one
             # only when an attempt fails), so a bad one never goes unpunished.
+            silent = [s.address for s in req.signers if not s.shares]
             bad = _bad_signers(req, key)
             if bad:
                 _bad_share(b, req, bad, {s.address: s.share_tx for s in req.signers})
                 req = b.get(key_req(req.seq))
-            silent = [s.address for s in req.signers if not s.shares]
             req = msgspec.structs.replace(req, excluded=sorted({*req.excluded, *silent}))
         restarts.append(req)
     starts = 0
@@ -890,9 +902,11 @@ def _start_attempt(b: _Block, req: TssRequest, key: TssKey) -> TssRequest | None
     for i in range(n):
         m = members[(req.seq + i) % n]
         jailed: Jailed | None = b.get(P_JAIL + m.address)
-        # Jailed since this committee was formed: out. (A validator governance
-        # re-admitted after a jail is in a newer committee, made after it.)
-        if m.address in req.excluded or (jailed is not None and jailed.height >= key.height):
+        # Out if its jail took effect (at jail height + 2, SPEC §8.2) after the
+        # set this committee was taken from: it is in the committee only because
+        # the re-sharing has not happened yet. A validator re-admitted after its
+        # jail is in a committee taken from a later set, and signs again.
+        if m.address in req.excluded or (jailed is not None and jailed.height + 2 > key.set_height):
             continue
         nq: TssNonceQueue | None = b.get(key_nonce(m.address))
         if nq is None or nq.epoch != key.epoch or not nq.slots:
