@@ -341,3 +341,28 @@ def test_share_mapping_keeps_both_threshold_properties(powers: list[int]) -> Non
     assert max_minority_shares([(counts.get(v[0], 0), v[2]) for v in vals], total_power) == (
         com.threshold - 1
     )
+
+
+def test_a_lost_nonce_post_is_sent_again_with_the_same_commitments() -> None:
+    """A nonce tx that never landed (dropped, or the node restarted) is
+    re-posted with the same commitments: new secrets for a sequence number
+    that may still land would make the ledger's commitment not ours."""
+    from dpkid.core.node.tss_agent import RESUBMIT_BLOCKS, TssAgent
+
+    c = make_chain(n_validators=4)
+    agents = agents_for(c)
+    run_until(c, agents, lambda c: key_of(c) is not None)
+    addr = sorted(agents)[0]
+    first = [b for b in agents[addr].on_commit(c.state).bodies if isinstance(b, TssNonces)]
+    assert len(first) == 1  # it wants to post; we lose that tx
+    for _ in range(RESUBMIT_BLOCKS):
+        step(c, agents, offline=[addr])
+    again = [b for b in agents[addr].on_commit(c.state).bodies if isinstance(b, TssNonces)]
+    assert again and again[0].first_seq == first[0].first_seq
+    assert again[0].slots[: len(first[0].slots)] == first[0].slots
+    # And after a restart from the persisted secrets, the same again.
+    restarted = TssAgent(agents[addr].key, b"fresh entropy", agents[addr].secrets_blob())
+    for _ in range(RESUBMIT_BLOCKS):
+        step(c, agents, offline=[addr])
+    third = [b for b in restarted.on_commit(c.state).bodies if isinstance(b, TssNonces)]
+    assert third and third[0].slots[: len(first[0].slots)] == first[0].slots

@@ -326,10 +326,18 @@ class TssAgent:
         if queued >= limit // 2 or not self._due(("nonces", next_seq), state.height):
             return
         n = min(BATCH_SLOTS, limit - queued, MAX_TX_PAYLOAD // (64 * count))
-        if n <= 0 or len(self._nonces) + n > MAX_HELD_NONCES:
+        fresh = sum(1 for i in range(n) if next_seq + i not in self._nonces)
+        if n <= 0 or len(self._nonces) + fresh > MAX_HELD_NONCES:
             return
         slots = []
         for i in range(n):
+            have = self._nonces.get(next_seq + i)
+            if have is not None and len(have) == 128 * count:
+                # Posted before but not on the ledger yet (the tx is slow, or
+                # we restarted): post the same commitments again, never new
+                # secrets for a sequence number that may still land.
+                slots.append(have[64 * count :])
+                continue
             secret = b""
             public = b""
             for j in range(count):
