@@ -295,7 +295,9 @@ def _replay_is_refused(node: fuzz.FuzzNode, client: fuzz.RpcClient) -> None:
     """A committed transaction sent again is BAD_NONCE and moves nothing again."""
     key = read_key(Home(node.home).key_file)
     to = bytes(range(20))
-    raw = encode_tx(sign_tx(key, node.daemon.genesis.chain_id, 0, 10, Transfer(to, 5))).hex()
+    # The validator's account has sent its threshold-signing txs: its next nonce.
+    nonce = node.daemon.core.state.account(key.address).nonce
+    raw = encode_tx(sign_tx(key, node.daemon.genesis.chain_id, nonce, 10, Transfer(to, 5))).hex()
     assert "result" in _call(client, _req("tx_submit", {"tx": raw}))
     for _ in range(600):  # until committed, at most 600 x 50 ms
         if _call(client, _req("account_get", {"address": to.hex()}))["result"]["exists"]:

@@ -32,7 +32,7 @@ from dpkid.core.types import CertApply, Policy, Transfer, sign_tx
 from dpkid.daemon.config import ConfigError, read_key, read_settings, settings_from_dict
 from dpkid.daemon.daemon import NodeDaemon
 from dpkid.daemon.rpc_methods import METHODS
-from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE
+from dpkid.daemon.signstate import LOCK_FILE, SIGN_STATE_FILE, TSS_SECRETS_FILE
 from tests.test_rpc_conformance import Conn
 
 DPKID = [sys.executable, "-m", "dpkid"]
@@ -93,7 +93,8 @@ def test_testnet_writes_every_key_file_and_token_0600_even_with_umask_0(tmp_path
 
 
 def test_the_node_writes_its_sign_state_and_lock_0600(tmp_path: Path) -> None:
-    """The double-sign guard files, written while the node signs (here with umask 0)."""
+    """The double-sign guard files and the threshold key share, written while
+    the node signs (here with umask 0)."""
     info = _testnet(tmp_path / "tn", "--timeout-commit-ms", "50")
     home = Path(info["nodes"][0])
     old = os.umask(0)
@@ -106,7 +107,11 @@ def test_the_node_writes_its_sign_state_and_lock_0600(tmp_path: Path) -> None:
                     await n.start(d.run)
                     with trio.fail_after(60):
                         # A lock needs a polka; a few heights make one certain.
-                        while d.core.state.height < 3 or not (home / LOCK_FILE).exists():
+                        while (
+                            d.core.state.height < 3
+                            or not (home / LOCK_FILE).exists()
+                            or not (home / TSS_SECRETS_FILE).exists()
+                        ):
                             await trio.sleep(0.05)
                     n.cancel_scope.cancel()
             finally:
@@ -117,6 +122,7 @@ def test_the_node_writes_its_sign_state_and_lock_0600(tmp_path: Path) -> None:
         os.umask(old)
     assert _mode(home / SIGN_STATE_FILE) == 0o600
     assert _mode(home / LOCK_FILE) == 0o600
+    assert _mode(home / TSS_SECRETS_FILE) == 0o600
 
 
 # ------------------------------------------------------------------ config
@@ -279,6 +285,23 @@ def test_no_rpc_method_answers_with_a_private_key_or_the_token(tmp_path: Path) -
         await call("validators_list")
         await call("validators_at", {"height": 1})
         await call("validators_at", {"height": d.core.ledger.height})
+        # The threshold key's answers: the validator's key share never leaves.
+        from dpkid.core.state import tss as rules
+
+        with trio.fail_after(60):
+            while not (
+                (tc := d.core.ledger.get(rules.key_x509(cert_id))) is not None
+                and tc.der
+                and d.core.ledger.get(rules.K_TSS_CRL) is not None
+            ):
+                await trio.sleep(0.05)
+            h = d.core.ledger.height
+            while d.core.ledger.height < h + 2:
+                await trio.sleep(0.05)
+        await call("tss_status")
+        await call("root_get")
+        await call("crl_get")
+        await call("cert_x509", {"cert_id": cert_id.hex()})
         for s in subs:
             await call("unsubscribe", {"subscription": s["subscription"]})
 

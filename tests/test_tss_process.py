@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from dpkid.client.rpc import RpcClientError
 from dpkid.core import codec
-from dpkid.core.crypto import SigningKey, address_of, sha256
+from dpkid.core.crypto import SigningKey, sha256
 from dpkid.core.genesis import genesis_from_json, genesis_to_json
 from dpkid.core.keys import spki_der_of
 from dpkid.core.state.machine import APP_TAG, GOV_TAG, cert_id_for
@@ -342,14 +342,16 @@ def crl_listing(net: Net, node: int, out: Path, serials: list[int]) -> Path:
 
 
 def tss_bad_share_events(net: Net, node: int, addr: str) -> list[dict[str, Any]]:
-    """The ``tss_bad_share`` events naming ``addr`` in the receipts of its
-    TssSign transactions, over the whole chain."""
+    """The ``tss_bad_share`` events naming ``addr`` in the receipts of TssSign
+    transactions, over the whole chain. The shares are checked when an
+    attempt's last share comes in, so the event is in that signer's receipt,
+    whoever it is."""
     found = []
     for h in range(1, net.height(node) + 1):
         for raw_hex in net.rpc(node, "block_get", {"height": h})["txs"]:
             raw = bytes.fromhex(raw_hex)
             tx = decode_tx(raw)
-            if not isinstance(tx.body, TssSign) or address_of(tx.pubkey).hex() != addr:
+            if not isinstance(tx.body, TssSign):
                 continue
             got = net.rpc(node, "tx_get", {"hash": sha256(raw).hex()})
             for ev in got["receipt"]["events"]:

@@ -80,8 +80,9 @@ class World:
         return call_sync(self.home, method, params)
 
     async def submit(self, d: NodeDaemon, key: Any, body: TxBody) -> bytes:
-        n = self.nonces.get(key.address, 0)
-        self.nonces[key.address] = n + 1
+        # The node's own account also sends its threshold-signing txs: take
+        # the next nonce from the node (committed plus pending), as a wallet would.
+        n = d.core.next_nonce(key.address)
         raw = codec.encode(sign_tx(key, self.genesis.chain_id, n, 10, body))
         v = await d.submit_tx(raw)
         code, why = v.verdict, v.why

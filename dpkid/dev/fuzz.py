@@ -507,13 +507,39 @@ async def fuzz_node(tmp: Path, min_height: int = 2, quiet: bool = True) -> Async
         async with trio.open_nursery() as n:
             await n.start(d.run)
             with trio.fail_after(60):
-                while d.core.state.height < min_height:
+                while d.core.state.height < min_height or not tss_settled(d):
                     await trio.sleep(0.05)
             accounts = [k for k, v in d.core.state.items() if type(v) is types.Account]
             yield FuzzNode(d, home, port, (home / "rpc_token").read_text().strip(), accounts)
             n.cancel_scope.cancel()
     finally:
         await d.aclose()
+
+
+def tss_settled(d: Any) -> bool:
+    """The node's own threshold-key work is done (key made, root and first CRL
+    signed, nonces posted, nothing pending): from then on only a transaction
+    from outside can change committed state, which is what the fuzz checks."""
+    from dpkid.core.state import tss as rules
+
+    st = d.core.state
+    root = st.get(rules.K_TSS_ROOT)
+    q = st.get(rules.K_TSS_QUEUE)
+    key = st.get(rules.K_TSS_KEY)
+    if d.core.tss is None:
+        return True
+    if key is None or root is None or not root.der or st.get(rules.K_TSS_CRL) is None:
+        return False
+    nq = st.get(rules.key_nonce(d.key.address))
+    count = next((m.count for m in key.members if m.address == d.key.address), 1)
+    return bool(
+        q is not None
+        and not q.active
+        and q.next_start == q.next_seq
+        and nq is not None
+        and len(nq.slots) >= rules.queued_slots_limit(count) // 2
+        and d.core.pending_count(d.key.address) == 0
+    )
 
 
 def gossip_verdict(d: Any, topic: str, validate: Callable[[str, bytes], bool], data: bytes) -> bool:
