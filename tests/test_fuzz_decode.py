@@ -210,6 +210,7 @@ def _fresh_txs() -> tuple[bytes, ...]:
         signed(a[1], CertApply("EV", ["fuzz.example"], SPKI[1], 30, 20_000, org)),
         signed(v[0], DvAttest([Attestation(bytes(32), True, "dns-01", "x" * 40)])),
         signed(a[2], Transfer(a[3].address, 1)),
+        signed(a[3], types.AuthzRequest("fuzz-authz.example", "dpkid", "dns-01")),
     )
 
 
@@ -245,6 +246,8 @@ def samples() -> tuple[tuple[type[Any], bytes], ...]:
     v = c.keys.validators
     justify = types.TssJustify(1, v[0].address, [bytes(32), bytes(31) + b"\x01"])
     _collect(sign_tx(v[1], c.chain_id, 0, 10, justify), found)
+    check = types.AuthzAttest([types.AuthzCheck(bytes(32), False, "dns", "NXDOMAIN")])
+    _collect(sign_tx(v[1], c.chain_id, 0, 10, check), found)
     for raw in tss_txs:
         tx = decode_tx(raw)
         _collect([tx, tx.unsigned()], found)

@@ -2237,6 +2237,13 @@ def _sc_tss_bad_nonces() -> Final:
     return Final(c, v, TssNonces(1, 999, [bytes(64)]))
 
 
+@scenario(Code.INVALID_AUTHZ)
+def _sc_invalid_authz() -> Final:
+    c = make_chain()
+    body = CertApply("DV", ["a.example"], SPKI, 30, fee_of(c, "DV"), None, [bytes(32)])
+    return Final(c, c.keys.accounts[0], body)
+
+
 def test_every_code_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(Code)
 

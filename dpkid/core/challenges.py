@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dpkid.core.crypto import sha256
-from dpkid.core.types import Application
+from dpkid.core.types import Application, Authorization
 
 CHALLENGE_TAG: Final = b"dpkid/challenge/v1\x00"
 THUMBPRINT_TAG: Final = b"dpkid/account-thumbprint/v1\x00"
 HTTP_PATH_PREFIX: Final = "/.well-known/dpki-challenge/"
 DNS_LABEL: Final = "_dpki-challenge"
+AUTHZ_TAG: Final = b"dpkid/authz-challenge/v1\x00"
+# RFC 8555 §8.3 and §8.4: the ACME formats, for authorizations made through ACME.
+ACME_HTTP_PATH_PREFIX: Final = "/.well-known/acme-challenge/"
+ACME_DNS_LABEL: Final = "_acme-challenge"
 MAX_HTTP_BODY_BYTES: Final = 1024
 
 
@@ -52,17 +56,19 @@ class Challenge:
     key_authorization: str
     txt_value: str
     domains: tuple[str, ...]
+    path_prefix: str = HTTP_PATH_PREFIX
+    dns_label: str = DNS_LABEL
 
     @property
     def http_path(self) -> str:
-        return HTTP_PATH_PREFIX + self.token
+        return self.path_prefix + self.token
 
     def http_url(self, domain: str, port: int = 80) -> str:
         host = base_name(domain)
         return f"http://{host}{'' if port == 80 else f':{port}'}{self.http_path}"
 
     def dns_name(self, domain: str) -> str:
-        return f"{DNS_LABEL}.{base_name(domain)}"
+        return f"{self.dns_label}.{base_name(domain)}"
 
     def methods_for(self, domain: str) -> tuple[str, ...]:
         # A wildcard covers a whole zone: only DNS shows control of it.
@@ -86,3 +92,17 @@ def challenge_for(app: Application) -> Challenge:
     token = token_for(app.app_id, app.applicant_pubkey)
     ka = key_authorization(token, app.applicant_pubkey)
     return Challenge(token, ka, dns_txt_value(ka), tuple(app.domains))
+
+
+def challenge_for_authz(a: Authorization) -> Challenge:
+    """The challenge of an authorization (SPEC §7.9): dpkid's format, with the
+    token derived from the authorization id and the account key, or ACME's,
+    with the ACME client's token and account-key thumbprint (RFC 8555 §8.1)."""
+    if a.format == "acme":
+        ka = f"{a.token}.{a.thumbprint}"
+        return Challenge(
+            a.token, ka, dns_txt_value(ka), (a.name,), ACME_HTTP_PATH_PREFIX, ACME_DNS_LABEL
+        )
+    token = b64url(sha256(AUTHZ_TAG + a.authz_id + a.account_pubkey))
+    ka = key_authorization(token, a.account_pubkey)
+    return Challenge(token, ka, dns_txt_value(ka), (a.name,))

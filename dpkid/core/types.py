@@ -73,6 +73,48 @@ class CertApply(_S, frozen=True, tag="cert_apply"):
     validity_days: Annotated[int, Meta(ge=1, le=3650)]
     escrow: U64
     org: OrgIdentity | None = None
+    # Valid authorizations of the sender covering every name (SPEC §7.9): the
+    # application then needs no attestations of its own.
+    authzs: Annotated[list[Hash32], Meta(max_length=MAX_DOMAINS_PER_CERT)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class AuthzRequest(_S, frozen=True, tag="authz_request"):
+    """Ask the validators to check that the sender controls ``name`` (SPEC §7.9).
+
+    ``format`` "dpkid": ``token`` and ``thumbprint`` are empty and derived from
+    the authorization id and the sender's key (§7.3.1). "acme": RFC 8555 §8.1,
+    ``token`` is the challenge token and ``thumbprint`` the RFC 7638 thumbprint
+    of the ACME account key, both base64url without padding."""
+
+    name: DomainStr
+    format: Literal["dpkid", "acme"]
+    method: Literal["http-01", "dns-01"]
+    token: Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*\Z")] = ""
+    thumbprint: Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9_-]*\Z")] = ""
+
+
+class AuthzCheck(_S, frozen=True):
+    """One validator's outcome for one authorization; ``problem`` is an ACME
+    error type name (RFC 8555 §6.7) when the check failed."""
+
+    authz_id: Hash32
+    ok: bool
+    problem: Literal[
+        "",
+        "dns",
+        "connection",
+        "incorrectResponse",
+        "unauthorized",
+        "rejectedIdentifier",
+        "serverInternal",
+    ] = ""
+    detail: Reason = ""
+
+
+class AuthzAttest(_S, frozen=True, tag="authz_attest"):
+    items: Annotated[list[AuthzCheck], Meta(min_length=1, max_length=MAX_ATTESTATIONS_PER_TX)]
 
 
 class CertRenew(_S, frozen=True, tag="cert_renew"):
@@ -82,6 +124,9 @@ class CertRenew(_S, frozen=True, tag="cert_renew"):
     validity_days: Annotated[int, Meta(ge=1, le=3650)]
     escrow: U64
     new_spki: Annotated[bytes, Meta(max_length=2048)] = b""
+    authzs: Annotated[list[Hash32], Meta(max_length=MAX_DOMAINS_PER_CERT)] = msgspec.field(
+        default_factory=list
+    )  # as in CertApply: renewal within the reuse window needs no new challenge
 
 
 class Attestation(_S, frozen=True):
@@ -236,6 +281,8 @@ TxBody = (
     | EndorserRevoke
     | GovPropose
     | GovVote
+    | AuthzRequest
+    | AuthzAttest
     | TssDeal
     | TssAck
     | TssJustify
@@ -428,6 +475,41 @@ class Certificate(_S, frozen=True):
     superseded_by: OptHash = b""
 
 
+class AuthzCheckRecord(_S, frozen=True):
+    validator: Addr
+    ok: bool
+    problem: str
+    detail: str
+    height: U64
+    time_ms: U64
+
+
+class Authorization(_S, frozen=True):
+    """Account ``account`` controls ``name`` (SPEC §7.9), under ``authz:`` || id."""
+
+    authz_id: Hash32
+    account: Addr
+    account_pubkey: PubKey
+    name: str
+    format: str  # dpkid | acme
+    method: str  # http-01 | dns-01
+    token: str
+    thumbprint: str
+    created_height: U64
+    created_ms: U64
+    expires_ms: U64  # a pending authorization lapses then
+    status: str  # pending | valid | invalid
+    checks: list[AuthzCheckRecord]  # each validator's latest, sorted by validator
+    decided_height: U64 = 0
+    valid_until_ms: U64 = 0
+
+
+class AccountAuthzs(_S, frozen=True):
+    """An account's pending authorizations, under ``authzs:`` || address."""
+
+    pending: list[bytes]
+
+
 class DomainIndex(_S, frozen=True):
     cert_ids: list[bytes]  # issuance order
 
@@ -472,6 +554,8 @@ class Policy(_S, frozen=True):
     refund_fee_bps: int = 1_000
     application_ttl_ms: U64 = 7 * 86_400_000
     gov_ttl_ms: U64 = 86_400_000
+    authz_reuse_ms: U64 = 30 * 86_400_000  # a valid authorization serves applications this long
+    max_pending_authzs: int = 100  # per account
 
 
 class Meta_(_S, frozen=True):

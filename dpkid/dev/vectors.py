@@ -19,6 +19,9 @@ from dpkid.core.state.smt import SparseMerkleTree
 from dpkid.core.types import (
     AddEndorser,
     Attestation,
+    AuthzAttest,
+    AuthzCheck,
+    AuthzRequest,
     CertApply,
     CertRenew,
     DvAttest,
@@ -169,6 +172,16 @@ def chain_vectors() -> dict[str, Any]:
     c.tx(e[0], EndorseWithdraw(cert_ev, "withdrawn"))
     c.tx(a[0], Revoke(cert_dv, 5))
     c.tx(v[0], GovPropose(SetValidator(SigningKey.from_label("validator-new").public_key, 10)))
+    c.block()
+    # SPEC §7.9: an authorization, checked (one failure with its reason), then cited.
+    r_az = c.tx(a[3], AuthzRequest("authz.example", "dpkid", "http-01"))
+    c.block()
+    authz_id = sha256(b"dpkid/authz/v1\x00" + sha256(r_az))
+    for val in v[:3]:
+        c.tx(val, AuthzAttest([AuthzCheck(authz_id, True)]))
+    c.tx(v[3], AuthzAttest([AuthzCheck(authz_id, False, "connection", "timeout")]))
+    c.block()
+    c.tx(a[3], CertApply("DV", ["authz.example"], spki, 30, 1_000, None, [authz_id]))
     c.block()
     blocks = []
     for (header, txs), receipts in zip(c.blocks, c.receipts, strict=True):

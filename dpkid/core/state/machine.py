@@ -25,16 +25,21 @@ from dpkid.core.crypto import SignatureCache, address_of, sha256, verify_ed25519
 from dpkid.core.domains import DomainError, validate_domain_list
 from dpkid.core.keys import SubjectKeyError, parse_spki, verify_with_spki
 from dpkid.core.merkle import MerkleLog
+from dpkid.core.state import authz as authz_rules
 from dpkid.core.state import tss
 from dpkid.core.state.codes import BlockError, Code, StaleStateError, TxFailure
 from dpkid.core.state.smt import SmtProof, SparseMerkleTree
 from dpkid.core.types import (
     MAX_TX_BYTES,
     Account,
+    AccountAuthzs,
     AddEndorser,
     Application,
     Attestation,
     AttestationRecord,
+    Authorization,
+    AuthzAttest,
+    AuthzRequest,
     CertApply,
     Certificate,
     CertRenew,
@@ -108,6 +113,8 @@ RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
     (P_GOV, GovProposal),
     (P_LOG, LogEntry),
     (P_JAIL, Jailed),
+    (authz_rules.P_AUTHZS, AccountAuthzs),
+    (authz_rules.P_AUTHZ, Authorization),
     *tss.TSS_RECORD_TYPES,
 )
 
@@ -971,9 +978,21 @@ def _new_application(
     return app
 
 
+def _with_authzs(b: _Block, app: Application, authz_ids: list[bytes]) -> None:
+    """SPEC §7.9: valid authorizations stand in for the application's own
+    attestations; the usual decision (§7.5) then runs at once."""
+    if not authz_ids:
+        return
+    atts = authz_rules.covering_attestations(b, app.applicant, app.domains, authz_ids)
+    app = msgspec.structs.replace(app, attestations=atts)
+    b.put(key_app(app.app_id), app)
+    b.emit("app_authorized", app.app_id, f"{len(authz_ids)} authorizations")
+    _decide(b, app)
+
+
 def _h_cert_apply(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     body: CertApply = tx.body  # type: ignore[assignment]
-    _new_application(
+    app = _new_application(
         b,
         sender,
         tx,
@@ -986,6 +1005,7 @@ def _h_cert_apply(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         body.org,
         b"",
     )
+    _with_authzs(b, app, body.authzs)
 
 
 def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
@@ -1000,7 +1020,7 @@ def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     spki = body.new_spki or cert.spki
     # Renewal re-runs validation at the type the certificate holds now, so a
     # degraded OV/EV renews as DV unless it is endorsed again.
-    _new_application(
+    app = _new_application(
         b,
         sender,
         tx,
@@ -1013,6 +1033,7 @@ def _h_cert_renew(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
         cert.org if cert.cert_type != "DV" else None,
         cert.cert_id,
     )
+    _with_authzs(b, app, body.authzs)
 
 
 def _h_dv_attest(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
@@ -1459,6 +1480,8 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Block, Tx, bytes, bytes], None]]] = 
     EndorserRevoke: _h_endorser_revoke,
     GovPropose: _h_gov_propose,
     GovVote: _h_gov_vote,
+    AuthzRequest: authz_rules.h_authz_request,
+    AuthzAttest: authz_rules.h_authz_attest,
     TssDeal: tss.h_tss_deal,
     TssAck: tss.h_tss_ack,
     TssJustify: tss.h_tss_justify,
