@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dpkid.core import codec
 from dpkid.core.crypto import sha256
 from dpkid.core.keys import spki_der_of
+from dpkid.core.state.authz import AUTHZ_TAG
 from dpkid.core.state.machine import APP_TAG, cert_id_for
-from dpkid.core.types import CertApply, Policy, Transfer, sign_tx
+from dpkid.core.types import AuthzRequest, CertApply, Policy, Transfer, sign_tx
 from dpkid.daemon.config import ConfigError, read_key, read_settings, settings_from_dict
 from dpkid.daemon.daemon import NodeDaemon
 from dpkid.daemon.rpc_methods import METHODS
@@ -252,9 +253,14 @@ def test_no_rpc_method_answers_with_a_private_key_or_the_token(tmp_path: Path) -
             sign_tx(a0, chain_id, 1, FEE, CertApply("DV", ["leak.test"], spki, 30, Policy().fee_dv))
         )
         app_id = sha256(APP_TAG + sha256(apply))
+        authz_req = codec.encode(
+            sign_tx(a0, chain_id, 2, FEE, AuthzRequest("leak.test", "dpkid", "dns-01"))
+        )
+        authz_id = sha256(AUTHZ_TAG + sha256(authz_req))
         cert_id = cert_id_for(app_id)
         tx_hashes = [
-            (await call("tx_submit", {"tx": raw.hex()}))["hash"] for raw in (transfer, apply)
+            (await call("tx_submit", {"tx": raw.hex()}))["hash"]
+            for raw in (transfer, apply, authz_req)
         ]
         with trio.fail_after(60):
             while d.core.ledger.certificate(cert_id) is None:
@@ -298,6 +304,7 @@ def test_no_rpc_method_answers_with_a_private_key_or_the_token(tmp_path: Path) -
             h = d.core.ledger.height
             while d.core.ledger.height < h + 2:
                 await trio.sleep(0.05)
+        await call("authz_get", {"authz_id": authz_id.hex()})
         await call("tss_status")
         await call("root_get")
         await call("crl_get")

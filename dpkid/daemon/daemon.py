@@ -287,12 +287,14 @@ class NodeDaemon:
         )
         quiet_libp2p()
         rpc = build_rpc(self)
-        from dpkid.daemon.dv_checker import DvChecker
+        from dpkid.daemon.dv_checker import AuthzChecker, DvChecker
 
         dv = DvChecker(
             self, fault=s.dv_fault, resume_pending=True
         )  # domain validation (SPEC §7.3), validators only
         self.block_listeners.append(dv.on_block)
+        authz = AuthzChecker(dv)  # domain authorizations (SPEC §7.9), the same checks
+        self.block_listeners.append(authz.on_block)
         if s.metrics_listen:
             self.metrics.serve(s.metrics_listen)
         async with trio.open_nursery() as nursery:
@@ -315,6 +317,7 @@ class NodeDaemon:
             nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self._metrics_loop)
             await nursery.start(dv.run)
+            await nursery.start(authz.run)
             self._step(fx.Start(self.clock_ms()))
             self.log.info(
                 "started",

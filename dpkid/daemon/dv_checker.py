@@ -38,6 +38,7 @@ the results waiting to be batched into transactions.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import time
@@ -53,14 +54,24 @@ import dns.resolver
 import h11
 import trio
 
-from dpkid.core.challenges import MAX_HTTP_BODY_BYTES, Challenge, base_name, challenge_for
+from dpkid.core.challenges import (
+    MAX_HTTP_BODY_BYTES,
+    Challenge,
+    base_name,
+    challenge_for,
+    challenge_for_authz,
+)
 from dpkid.core.node.effects import TxVerdict
+from dpkid.core.state.authz import authz_status, key_authz
 from dpkid.core.state.codes import Code
 from dpkid.core.types import (
     MAX_ATTESTATIONS_PER_TX,
     MAX_TX_BYTES,
     Application,
     Attestation,
+    Authorization,
+    AuthzAttest,
+    AuthzCheck,
     DvAttest,
     encode_tx,
     sign_tx,
@@ -825,3 +836,146 @@ def split_for_tx(
             continue
         out.append(chunk)
     return out
+
+
+# ------------------------------------------------------------------ authorizations (SPEC §7.9)
+
+MAX_AUTHZ_TRACKED: Final = 512
+
+
+def acme_problem(res: CheckResult) -> str:
+    """The ACME error type (RFC 8555 §6.7) for a failed check."""
+    r = res.reason.lower()
+    if "address" in r and ("private" in r or "loopback" in r or "reserved" in r or "is " in r):
+        return "rejectedIdentifier"
+    if "dns" in r or "nxdomain" in r or "no a record" in r or "no txt record" in r:
+        return "dns"
+    if res.outcome == UNREACHABLE or "connect" in r or "timed out" in r or "reset" in r:
+        return "connection"
+    return "incorrectResponse"
+
+
+async def check_authz(
+    resolver: dns.asyncresolver.Resolver, a: Authorization, cfg: CheckConfig
+) -> CheckResult:
+    """The authorization's one method, in its format (dpkid's or ACME's)."""
+    ch = challenge_for_authz(a)
+    if a.method == "dns-01":
+        res = await check_dns01(resolver, a.name, ch, cfg.dns_timeout_s)
+        if not res.ok and res.outcome == FAIL:
+            gone = await name_exists(resolver, base_name(a.name), cfg.dns_timeout_s)
+            if gone is not None:
+                return gone
+        return res
+    return await check_http01(resolver, a.name, ch, cfg)
+
+
+class AuthzChecker:
+    """Checks every new authorization once this validator sees it, and posts
+    the outcome with an ACME problem type and the reason (``authz_attest``).
+    A failure is posted only after ``fail_grace_s`` (the applicant may still
+    be publishing), and a later success replaces it while the authorization
+    is pending; retries back off as for applications."""
+
+    def __init__(self, dv: DvChecker) -> None:
+        self.dv = dv
+        self.d = dv.d
+        self.log = dv.log.bind(component="authz")
+        self._q_send, self._q_recv = trio.open_memory_channel[bytes](QUEUE_SIZE)
+        self._slots = trio.Semaphore(MAX_AUTHZ_TRACKED)
+        self._tracked: set[bytes] = set()
+        self.stats = {"checked": 0, "ok": 0, "fail": 0, "unreachable": 0, "txs": 0}
+
+    def on_block(self, e: Any) -> None:
+        try:
+            if not self.dv.enabled or not self.d.core.is_validator:
+                return
+            for r in e.receipts:
+                for ev in r.events:
+                    if ev.kind == "authz_created":
+                        with contextlib.suppress(trio.WouldBlock):
+                            self._q_send.send_nowait(bytes(ev.ref))
+        except Exception as exc:
+            self.log.warning("authz_on_block_failed", error=repr(exc))
+
+    def _open(self, authz_id: bytes) -> Authorization | None:
+        st = self.d.core.ledger
+        a: Authorization | None = st.get(key_authz(authz_id))
+        if a is None or authz_status(a, st.time_ms) != "pending":
+            return None
+        if a.account == self.d.key.address:
+            return None
+        return a
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for aid in self._q_recv:
+                if aid in self._tracked:
+                    continue
+                await self._slots.acquire()
+                self._tracked.add(aid)
+                nursery.start_soon(self._track, aid)
+
+    async def _track(self, aid: bytes) -> None:
+        delay = BACKOFF_START_S
+        first = trio.current_time()
+        posted: bool | None = None  # the outcome we last posted
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                a = self._open(aid)
+                if a is None:
+                    return
+                if self.dv.fault == "approve_all":
+                    res = _ok(a.method)
+                elif self.dv.fault == "reject_all":
+                    res = _fail("fault injection: reject_all")
+                else:
+                    async with self.dv.limiter:
+                        res = await check_authz(self.dv.resolver, a, self.dv.cfg)
+                self.stats["checked"] += 1
+                self.stats[res.outcome] += 1
+                late = trio.current_time() - first >= self.dv.cfg.fail_grace_s
+                if res.ok or (late and posted is None):
+                    check = AuthzCheck(
+                        aid,
+                        res.ok,
+                        "" if res.ok else acme_problem(res),  # type: ignore[arg-type]
+                        _clip(res.reason),
+                    )
+                    if await self._submit(check):
+                        posted = res.ok
+                    if res.ok:
+                        return
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        except Exception as exc:
+            self.log.warning("authz_check_crashed", authz_id=aid.hex(), error=repr(exc))
+        finally:
+            self._tracked.discard(aid)
+            self._slots.release()
+
+    async def _submit(self, check: AuthzCheck) -> bool:
+        for attempt in range(2):
+            tx = sign_tx(
+                self.d.key,
+                self.d.genesis.chain_id,
+                self.dv.next_nonce(),
+                self.d.core.ledger.policy.min_tx_fee,
+                AuthzAttest([check]),
+            )
+            v = await self.d.submit_tx(encode_tx(tx))
+            if v.verdict == Code.OK:
+                self.stats["txs"] += 1
+                self.log.info(
+                    "authz_checked",
+                    authz_id=check.authz_id.hex(),
+                    ok=check.ok,
+                    problem=check.problem,
+                    reason=check.detail,
+                )
+                return True
+            if v.verdict != Code.BAD_NONCE or attempt:
+                self.log.warning("authz_attest_rejected", code=str(v.verdict), why=v.why)
+                return False
+        return False

@@ -599,6 +599,24 @@ async def cert_x509(c: Ctx, params: Any, conn: Connection) -> Any:
     return out
 
 
+async def authz_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    """A domain authorization (SPEC §7.9): its status now, each validator's
+    latest check with its ACME problem type and reason, and the challenge to
+    publish."""
+    from dpkid.core.challenges import challenge_for_authz
+    from dpkid.core.state.authz import authz_status, key_authz
+
+    aid = hex_param(params, "authz_id", 32)
+    st = c.d.core.ledger
+    a = st.get(key_authz(aid))
+    if a is None:
+        raise RpcError(NOT_FOUND, "no such authorization", {"authz_id": aid.hex()})
+    v = to_json(a)
+    v["status_at_head"] = authz_status(a, st.time_ms)
+    v["challenge"] = challenge_for_authz(a).as_json()
+    return {"height": st.height, "time_ms": st.time_ms, "authorization": v}
+
+
 # Method name -> handler (RPC.md §7; tests/test_rpc_doc.py reads this table).
 METHODS: dict[str, Method] = {
     "status": status,
@@ -622,6 +640,7 @@ METHODS: dict[str, Method] = {
     "root_get": root_get,
     "crl_get": crl_get,
     "cert_x509": cert_x509,
+    "authz_get": authz_get,
 }
 
 
