@@ -53,6 +53,7 @@ from dpkid.core.crypto import SigningKey
 from dpkid.core.domains import DomainError, normalize_domain, validate_domain_list
 from dpkid.core.types import (
     MAX_DOMAINS_PER_CERT,
+    AuthzRequest,
     CertApply,
     CertRenew,
     Endorse,
@@ -657,6 +658,16 @@ def _report_application(ctx: Ctx, tx_hash: str, res: dict[str, Any], what: str) 
     )
 
 
+def _hex32(s: str, flag: str) -> bytes:
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        b = b""
+    if len(b) != 32:
+        raise UsageError(f"{flag} takes a 64-hex-digit id, not {s!r}")
+    return b
+
+
 def cmd_cert_apply(ctx: Ctx) -> int:
     a = ctx.args
     cert_type = a.type.upper()
@@ -684,6 +695,7 @@ def cmd_cert_apply(ctx: Ctx) -> int:
         validity_days=days,
         escrow=escrow,
         org=org,
+        authzs=[_hex32(x, "--authz") for x in (a.authz or [])],
     )
     if a.prepare:
         if a.wait:
@@ -945,6 +957,7 @@ def cmd_cert_renew(ctx: Ctx) -> int:
         validity_days=_days(ctx),
         escrow=_escrow(ctx, cert["cert_type"]),
         new_spki=new_spki,
+        authzs=[_hex32(x, "--authz") for x in (a.authz or [])],
     )
     if a.prepare:
         if a.wait:
@@ -1241,6 +1254,7 @@ def _leaf(
 def add_parsers(sub: Any) -> None:
     _add_account(sub)
     _add_cert(sub)
+    _add_authz(sub)
     from dpkid.cli.verify import add_root_parsers
 
     add_root_parsers(sub)
@@ -1310,6 +1324,13 @@ def _add_cert(sub: Any) -> None:
     hidden_alias(p, ck, "--key")
     k.add_argument("--csr", metavar="CSR.pem", help="a certificate signing request (PEM/DER)")
     _account_key(p, "the paying applicant's dpkid key file")
+    p.add_argument(
+        "--authz",
+        action="append",
+        metavar="AUTHZ_ID",
+        help="a valid authorization of this account (`dpkid authz request`), one per name:"
+        " the application then needs no new domain check",
+    )
     org = p.add_argument_group("organization (OV and EV only)")
     for name, what in (
         ("name", "legal name (required; default: the CSR's O)"),
@@ -1384,6 +1405,13 @@ def _add_cert(sub: Any) -> None:
         old=("--new-key",),
     )
     p.add_argument("--days", type=_positive, default=None)
+    p.add_argument(
+        "--authz",
+        action="append",
+        metavar="AUTHZ_ID",
+        help="a valid authorization of this account (`dpkid authz request`), one per name:"
+        " the application then needs no new domain check",
+    )
     p.add_argument("--escrow", type=_non_negative, default=None)
     _prepare_opt(p)
     _tx_opts(p, WAIT_ISSUED)
@@ -1442,4 +1470,113 @@ def _add_endorse(sub: Any) -> None:
     _endorser_key(p)
     p.add_argument("--reason", required=True, choices=list(REASONS))
     _tx_opts(p)
+    _connection(p)
+
+
+# ====================================================================== authorizations (SPEC §7.9)
+
+
+def _authz_lines(a: dict[str, Any]) -> list[str]:
+    out = [
+        f"authorization {a['authz_id']} for {a['name']} ({a['format']} {a['method']}): "
+        f"{a['status_at_head']}"
+    ]
+    if a["status_at_head"] == "valid":
+        out[0] += f" until {a['valid_until_ms']} ms"
+    for c in a["checks"]:
+        what = "ok" if c["ok"] else f"FAILED [{c['problem']}] {c['detail']}"
+        out.append(f"  validator {c['validator'][:12]}: {what} (height {c['height']})")
+    if not a["checks"]:
+        out.append("  no validator has reported yet")
+    return out
+
+
+def _authz(ctx: Ctx, authz_id: str) -> dict[str, Any]:
+    got: dict[str, Any] = ctx.client().call("authz_get", {"authz_id": authz_id})["authorization"]
+    return got
+
+
+def cmd_authz_request(ctx: Ctx) -> int:
+    import time
+
+    from dpkid.core.crypto import sha256
+    from dpkid.core.domains import DomainError, validate_domain
+    from dpkid.core.state.authz import AUTHZ_TAG
+
+    a = ctx.args
+    try:
+        name = validate_domain(a.domain)
+    except DomainError as exc:
+        raise UsageError(f"--domain: {exc}") from None
+    method = a.method or ("dns-01" if name.startswith("*.") else "http-01")
+    fmt = "acme" if a.acme_token or a.acme_thumbprint else "dpkid"
+    key = _read_account_key(a.account_key)
+    body = AuthzRequest(name, fmt, method, a.acme_token or "", a.acme_thumbprint or "")  # type: ignore[arg-type]
+    h = ctx.send(key, body)
+    res = ctx.commit(h)
+    authz_id = sha256(AUTHZ_TAG + bytes.fromhex(h)).hex()
+    az = _authz(ctx, authz_id)
+    ch = az["challenge"]
+    lines = [f"authorization {authz_id} requested at height {res['height']} (tx {h})"]
+    if method == "http-01":
+        lines.append(f"  serve {ch['http_body']!r} at http://{name}{ch['http_path']}")
+    else:
+        d = ch["dns"][0]
+        lines.append(f"  publish TXT {d['name']} = {d['value']!r}")
+    if not a.wait:
+        ctx.emit({"authz_id": authz_id, "tx_hash": h, "authorization": az}, lines)
+        return Exit.OK
+    for line in lines:
+        ctx.say(line)
+    deadline = time.monotonic() + ctx.timeout()
+    shown = ""
+    while True:
+        az = _authz(ctx, authz_id)
+        text = "\n".join(_authz_lines(az))
+        if text != shown:
+            shown = text
+            ctx.say(text)
+        if az["status_at_head"] != "pending":
+            break
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(
+                f"timed out after {ctx.timeout():g} s; authorization {authz_id} is still pending",
+                {"authz_id": authz_id, "authorization": az},
+            )
+        time.sleep(0.5)
+    out = {"authz_id": authz_id, "tx_hash": h, "authorization": az, "status": az["status_at_head"]}
+    if az["status_at_head"] == "valid":
+        ctx.emit(out, [f"valid: cite it with `dpkid cert apply ... --authz {authz_id}`"])
+        return Exit.OK
+    raise Refused(f"authorization {authz_id} is {az['status_at_head']}", out)
+
+
+def cmd_authz_status(ctx: Ctx) -> int:
+    az = _authz(ctx, ctx.args.id)
+    ctx.emit({"authorization": az, "status": az["status_at_head"]}, _authz_lines(az))
+    return Exit.OK
+
+
+def _add_authz(sub: Any) -> None:
+    ss = _group(sub, "authz", "domain authorizations: prove control of a name once, cite it")
+    p = _leaf(
+        ss,
+        "request",
+        cmd_authz_request,
+        "ask the validators to check control of a name (http-01 or dns-01)",
+        "Request an authorization for one name and print what to publish. With --wait,\n"
+        "follow each validator's check (its ACME problem type and reason) until the\n"
+        "authorization is valid or invalid; a valid one is cited by `cert apply --authz`\n"
+        "and `cert renew --authz` for the policy's reuse window (SPEC section 7.9).\n"
+        "--acme-token/--acme-thumbprint use ACME's format (RFC 8555 section 8).",
+    )
+    p.add_argument("--domain", required=True, metavar="NAME")
+    p.add_argument("--method", choices=["http-01", "dns-01"], default=None)
+    p.add_argument("--acme-token", default=None, metavar="TOKEN")
+    p.add_argument("--acme-thumbprint", default=None, metavar="THUMBPRINT")
+    _account_key(p, "the account that will hold the authorization")
+    _tx_opts(p, "wait until the validators decide, printing each one's check")
+    _connection(p)
+    p = _leaf(ss, "status", cmd_authz_status, "show an authorization and every validator's check")
+    p.add_argument("id", metavar="AUTHZ_ID")
     _connection(p)

@@ -62,7 +62,7 @@ from dpkid.core.challenges import (
     challenge_for_authz,
 )
 from dpkid.core.node.effects import TxVerdict
-from dpkid.core.state.authz import authz_status, key_authz
+from dpkid.core.state.authz import authz_status, authorized, key_authz
 from dpkid.core.state.codes import Code
 from dpkid.core.types import (
     MAX_ATTESTATIONS_PER_TX,
@@ -725,6 +725,8 @@ class DvChecker:
             return None
         me = self.d.key.address
         if app.applicant == me or any(a.validator == me for a in app.attestations):
+            return None
+        if authorized(app.attestations):  # validated through cited authorizations
             return None
         return app
 

@@ -1066,6 +1066,9 @@ def _attest_one(b: _Block, validator: bytes, item: Attestation) -> None:
     if app.applicant == validator:
         b.emit("attest_skipped", item.app_id, "a validator may not attest its own application")
         return
+    if authz_rules.authorized(app.attestations):
+        b.emit("attest_skipped", item.app_id, "validated through authorizations")
+        return
     rec = AttestationRecord(validator, item.ok, item.method, item.reason, b.height)
     prior = next((a for a in app.attestations if a.validator == validator), None)
     if prior is not None:
