@@ -62,7 +62,7 @@ from dpkid.core.challenges import (
     challenge_for_authz,
 )
 from dpkid.core.node.effects import TxVerdict
-from dpkid.core.state.authz import authz_status, authorized, key_authz
+from dpkid.core.state.authz import authorized, authz_status, key_authz
 from dpkid.core.state.codes import Code
 from dpkid.core.types import (
     MAX_ATTESTATIONS_PER_TX,
