@@ -455,6 +455,16 @@ def _app_progress(app: dict[str, Any], powers: dict[str, int], k: int | None) ->
     return "; ".join(parts)
 
 
+def _check_lines(app: dict[str, Any]) -> list[str]:
+    """Each validator's word on the application, failures with their reason:
+    the applicant sees why, not only that it is still pending."""
+    out = []
+    for a in app.get("attestations", []):
+        what = f"ok ({a['method']})" if a["ok"] else f"FAILED: {a['reason'] or 'no reason given'}"
+        out.append(f"    validator {a['validator'][:12]}: {what} (height {a['height']})")
+    return out
+
+
 def _challenge_lines(app: dict[str, Any], policy: Policy | None) -> list[str]:
     ch = app["challenge"]
     http = list(ch.get("http", []))
@@ -603,6 +613,7 @@ def _follow(ctx: Ctx, app_id: str, cert_type: str) -> dict[str, Any]:
     k = _k_for(p, cert_type) if p else None
     last: list[str] = [""]
     view: dict[str, Any] = {}
+    shown_failures: set[str] = set()
 
     def show(app: dict[str, Any]) -> None:
         view.clear()
@@ -611,6 +622,10 @@ def _follow(ctx: Ctx, app_id: str, cert_type: str) -> dict[str, Any]:
         if line != last[0]:
             last[0] = line
             ctx.say(f"  {line}")
+            for fail in _check_lines(app):
+                if "FAILED" in fail and fail not in shown_failures:
+                    shown_failures.add(fail)
+                    ctx.say(fail)
 
     ctx.say(f"waiting up to {ctx.timeout():g} s for application {app_id} ...")
     try:
@@ -863,6 +878,7 @@ def cmd_cert_status(ctx: Ctx) -> int:
         lines = [
             f"application {rec['app_id']} ({rec['cert_type']}, {', '.join(rec['domains'])})",
             f"  {_app_progress(rec, powers, _k_for(p, rec['cert_type']) if p else None)}",
+            *_check_lines(rec),
         ]
         good = status in ("pending", "issued")
     ctx.emit({"kind": kind, "status": status, "record": rec}, lines)
