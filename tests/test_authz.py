@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpkid.core.challenges import challenge_for_authz
+from dpkid.core.challenges import acme_token_for, challenge_for_authz
 from dpkid.core.crypto import sha256
 from dpkid.core.state.authz import AUTHZ_TAG, authz_status, key_authz
 from dpkid.core.state.codes import Code
@@ -23,11 +23,11 @@ from dpkid.core.types import (
 from tests.test_machine import SPKI, expect, fee_of, get_app, make_chain, ok, only_event
 
 THUMB = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"  # RFC 7638 §3.1's example
-TOKEN = "DGyRejmCefe7v4NfDGDKfA"  # RFC 8555 §8.3's example
+SALT = bytes(range(16))
 
 
 def request(c, key, name: str, method: str = "http-01", fmt: str = "dpkid") -> bytes:  # type: ignore[no-untyped-def]
-    tok, th = (TOKEN, THUMB) if fmt == "acme" else ("", "")
+    tok, th = (acme_token_for(key.public_key, SALT), THUMB) if fmt == "acme" else ("", "")
     raw = c.tx(key, AuthzRequest(name, fmt, method, tok, th))  # type: ignore[arg-type]
     (r,) = c.block()
     ok(r)
@@ -81,10 +81,16 @@ def test_a_valid_authorization_issues_a_dv_certificate_in_the_applying_tx() -> N
 
 def test_acme_format_uses_the_acme_paths_and_key_authorization() -> None:
     c = make_chain()
-    aid = request(c, c.keys.accounts[0], "*.shop.example", "dns-01", "acme")
+    acct = c.keys.accounts[0]
+    aid = request(c, acct, "*.shop.example", "dns-01", "acme")
     ch = challenge_for_authz(authz(c, aid))
-    assert ch.key_authorization == f"{TOKEN}.{THUMB}"
-    assert ch.http_path == f"/.well-known/acme-challenge/{TOKEN}"
+    token = acme_token_for(acct.public_key, SALT)
+    assert ch.key_authorization == f"{token}.{THUMB}"
+    assert ch.http_path == f"/.well-known/acme-challenge/{token}"
+    # The same published key authorization cannot be claimed by another account.
+    c.tx(c.keys.accounts[1], AuthzRequest("*.shop.example", "acme", "dns-01", token, THUMB))
+    (r,) = c.block()
+    assert "bound to the sender" in expect(r, Code.INVALID_AUTHZ).log
     assert ch.dns_name("*.shop.example") == "_acme-challenge.shop.example"
 
 
@@ -139,7 +145,7 @@ def test_ov_with_an_authorization_still_needs_its_endorsers() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["other_account", "not_covering", "pending", "unknown"],
+    ["other_account", "not_covering", "pending", "unknown", "twice", "extra"],
 )
 def test_applications_citing_unusable_authorizations_are_refused(case: str) -> None:
     c = make_chain()
@@ -154,6 +160,12 @@ def test_applications_citing_unusable_authorizations_are_refused(case: str) -> N
         names = ["a.example", "b.example"]
     elif case == "unknown":
         ids = [bytes(32)]
+    elif case == "twice":
+        ids = [aid, aid]
+    elif case == "extra":
+        other = request(c, a0, "z.example")
+        check(c, other, [0, 1, 2])
+        ids = [aid, other]
     c.tx(sender, CertApply("DV", names, SPKI, 30, fee_of(c, "DV"), None, ids))
     (r,) = c.block()
     expect(r, Code.INVALID_AUTHZ)
@@ -164,8 +176,9 @@ def test_request_rules() -> None:
     acct = c.keys.accounts[0]
     for body in (
         AuthzRequest("*.w.example", "dpkid", "http-01"),  # wildcard needs dns-01
-        AuthzRequest("a.example", "acme", "http-01", "short", THUMB),  # token too short
-        AuthzRequest("a.example", "dpkid", "http-01", TOKEN, ""),  # dpkid derives it
+        AuthzRequest("a.example", "acme", "http-01", "short", THUMB),  # token not bound
+        AuthzRequest("a.example", "acme", "http-01", acme_token_for(acct.public_key, SALT), "x"),
+        AuthzRequest("a.example", "dpkid", "http-01", acme_token_for(acct.public_key, SALT), ""),
     ):
         c.tx(acct, body)
         (r,) = c.block()

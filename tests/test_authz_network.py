@@ -24,7 +24,6 @@ from tests.netutil import LocalNet, wait_for
 pytestmark = pytest.mark.slow
 
 DPKID = [sys.executable, "-m", "dpkid"]
-TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"  # RFC 8555 §8.3's example
 THUMB = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"  # RFC 7638 §3.1's example
 
 
@@ -58,7 +57,12 @@ def test_authorizations_are_checked_reused_and_fail_fast_with_reasons(
     n, zone, web = net
     home = str(n.home(0))
     acct = n.info["account_keys"][0]
-    # 1. ACME format, http-01: published, then valid.
+    # 1. ACME format, http-01: published, then valid. The token must be bound
+    # to the dpkid account (SPEC §7.9), as an ACME server in front would make it.
+    from dpkid.core.challenges import acme_token_for
+    from dpkid.daemon.config import read_key
+
+    TOKEN = acme_token_for(read_key(Path(acct)).public_key, bytes(16))
     zone.set_a("shop.example", ["127.0.0.1"])
     web.set_path("shop.example", f"/.well-known/acme-challenge/{TOKEN}", f"{TOKEN}.{THUMB}")
     r = _dpkid(

@@ -1527,7 +1527,14 @@ def cmd_authz_request(ctx: Ctx) -> int:
     method = a.method or ("dns-01" if name.startswith("*.") else "http-01")
     fmt = "acme" if a.acme_token or a.acme_thumbprint else "dpkid"
     key = _read_account_key(a.account_key)
-    body = AuthzRequest(name, fmt, method, a.acme_token or "", a.acme_thumbprint or "")  # type: ignore[arg-type]
+    token = a.acme_token or ""
+    if fmt == "acme" and not token:
+        import os
+
+        from dpkid.core.challenges import acme_token_for
+
+        token = acme_token_for(key.public_key, os.urandom(16))
+    body = AuthzRequest(name, fmt, method, token, a.acme_thumbprint or "")  # type: ignore[arg-type]
     h = ctx.send(key, body)
     res = ctx.commit(h)
     authz_id = sha256(AUTHZ_TAG + bytes.fromhex(h)).hex()
@@ -1588,8 +1595,18 @@ def _add_authz(sub: Any) -> None:
     )
     p.add_argument("--domain", required=True, metavar="NAME")
     p.add_argument("--method", choices=["http-01", "dns-01"], default=None)
-    p.add_argument("--acme-token", default=None, metavar="TOKEN")
-    p.add_argument("--acme-thumbprint", default=None, metavar="THUMBPRINT")
+    p.add_argument(
+        "--acme-thumbprint",
+        default=None,
+        metavar="THUMBPRINT",
+        help="use ACME's format, with this RFC 7638 thumbprint of the ACME account key",
+    )
+    p.add_argument(
+        "--acme-token",
+        default=None,
+        metavar="TOKEN",
+        help="the ACME token (default: a fresh one bound to the account key, as the ledger needs)",
+    )
     _account_key(p, "the account that will hold the authorization")
     _tx_opts(p, "wait until the validators decide, printing each one's check")
     _connection(p)

@@ -23,6 +23,31 @@ AUTHZ_TAG: Final = b"dpkid/authz-challenge/v1\x00"
 # RFC 8555 §8.3 and §8.4: the ACME formats, for authorizations made through ACME.
 ACME_HTTP_PATH_PREFIX: Final = "/.well-known/acme-challenge/"
 ACME_DNS_LABEL: Final = "_acme-challenge"
+ACME_TOKEN_TAG: Final = b"dpkid/acme-token/v1\x00"
+ACME_SALT_LEN: Final = 16
+
+
+def acme_token_for(account_pubkey: bytes, salt: bytes) -> str:
+    """An ACME challenge token (RFC 8555 §8.1: base64url, 256 bits here) bound
+    to the dpkid account that will hold the authorization: 16 random bytes
+    and the first 16 of sha256(tag || account key || them). The ledger checks
+    the binding, so nobody can request an authorization with someone else's
+    published key authorization."""
+    if len(salt) != ACME_SALT_LEN:
+        raise ValueError(f"the salt is {ACME_SALT_LEN} bytes")
+    return b64url(salt + sha256(ACME_TOKEN_TAG + account_pubkey + salt)[:16])
+
+
+def acme_token_binds(token: str, account_pubkey: bytes) -> bool:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        return False
+    if len(raw) != 2 * ACME_SALT_LEN or b64url(raw) != token:
+        return False
+    return acme_token_for(account_pubkey, raw[:ACME_SALT_LEN]) == token
+
+
 MAX_HTTP_BODY_BYTES: Final = 1024
 
 

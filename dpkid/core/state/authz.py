@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from dpkid.core.challenges import acme_token_binds
 from dpkid.core.crypto import sha256
 from dpkid.core.domains import DomainError, validate_domain
 from dpkid.core.state.codes import Code, TxFailure
@@ -36,14 +37,15 @@ if TYPE_CHECKING:
 P_AUTHZ: Final = b"authz:"
 P_AUTHZS: Final = b"authzs:"
 AUTHZ_TAG: Final = b"dpkid/authz/v1\x00"
-MIN_ACME_TOKEN_CHARS: Final = 22  # RFC 8555 §8.1: at least 128 bits of entropy
 THUMBPRINT_CHARS: Final = 43  # base64url of a SHA-256 RFC 7638 thumbprint
-AUTHORIZED: Final = "authorization"  # the reason of attestations that come from one
+# The method of the attestation records an application gets from cited
+# authorizations: no dv_attest can carry it (its method is http-01 or dns-01).
+AUTHORIZED: Final = "authz"
 
 
 def authorized(app_attestations: list[AttestationRecord]) -> bool:
     """The application was validated through cited authorizations."""
-    return any(a.reason == AUTHORIZED for a in app_attestations)
+    return any(a.method == AUTHORIZED for a in app_attestations)
 
 
 def key_authz(authz_id: bytes) -> bytes:
@@ -88,11 +90,15 @@ def h_authz_request(b: _Block, tx: Tx, sender: bytes, h: bytes) -> None:
     if body.format == "dpkid":
         if body.token or body.thumbprint:
             raise TxFailure(Code.INVALID_AUTHZ, "the dpkid format derives token and thumbprint")
-    elif len(body.token) < MIN_ACME_TOKEN_CHARS or len(body.thumbprint) != THUMBPRINT_CHARS:
+    elif len(body.thumbprint) != THUMBPRINT_CHARS:
         raise TxFailure(
-            Code.INVALID_AUTHZ,
-            f"ACME needs a token of at least {MIN_ACME_TOKEN_CHARS} base64url characters and a"
-            f" {THUMBPRINT_CHARS}-character key thumbprint",
+            Code.INVALID_AUTHZ, f"an ACME key thumbprint is {THUMBPRINT_CHARS} characters"
+        )
+    elif not acme_token_binds(body.token, tx.pubkey):
+        # The key authorization is public once published: without this
+        # binding, another account could request the same one and be valid.
+        raise TxFailure(
+            Code.INVALID_AUTHZ, "the ACME token must be bound to the sender's key (acme_token_for)"
         )
     pending = _pending(b, sender)
     if len(pending) >= p.max_pending_authzs:
@@ -179,6 +185,8 @@ def covering_attestations(
     said ok on any of them, one attestation record (so the application's DV
     decision and payout are the usual ones, SPEC §7.5, §9.2)."""
     covering: dict[str, Authorization] = {}
+    if len(set(authz_ids)) != len(authz_ids):
+        raise TxFailure(Code.INVALID_AUTHZ, "an authorization is cited twice")
     for aid in authz_ids:
         a: Authorization | None = b.get(key_authz(aid))
         if a is None:
@@ -188,6 +196,10 @@ def covering_attestations(
         status = authz_status(a, b.now)
         if status != "valid":
             raise TxFailure(Code.INVALID_AUTHZ, f"authorization {aid.hex()} is {status}")
+        if a.name not in domains or a.name in covering:
+            raise TxFailure(
+                Code.INVALID_AUTHZ, f"authorization {aid.hex()} for {a.name} is not one per name"
+            )
         covering[a.name] = a
     missing = [d for d in domains if d not in covering]
     if missing:
@@ -196,5 +208,4 @@ def covering_attestations(
     # every name is; the records are the union of the validators that said ok
     # (they are the ones paid, SPEC §9.2).
     oks = sorted({c.validator for d in domains for c in covering[d].checks if c.ok})
-    a0 = covering[domains[0]]
-    return [AttestationRecord(v, True, a0.method, AUTHORIZED, b.height) for v in oks]
+    return [AttestationRecord(v, True, AUTHORIZED, "", b.height) for v in oks]

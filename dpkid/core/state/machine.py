@@ -494,6 +494,10 @@ def validate_genesis(g: Genesis) -> None:
     year_ms = 366 * 86_400_000
     if p.application_ttl_ms > 10 * year_ms or p.gov_ttl_ms > 10 * year_ms:
         raise GenesisError("TTLs are at most ten years")
+    if not 0 < p.authz_reuse_ms <= year_ms or not 1 <= p.max_pending_authzs <= 10_000:
+        raise GenesisError(
+            "authz_reuse_ms must be in (0, 1 year] and max_pending_authzs in 1..10000"
+        )
     if max(p.fee_dv, p.fee_ov, p.fee_ev, p.min_tx_fee) >= 2**62:
         raise GenesisError("fees must be below 2**62")
 
