@@ -1313,6 +1313,16 @@ def _add_account(sub: Any) -> None:
     _connection(p)
 
 
+def _authz_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--authz",
+        action="append",
+        metavar="AUTHZ_ID",
+        help="a valid authorization of this account (`dpkid authz request`), one per name:"
+        " the application then needs no new domain check",
+    )
+
+
 def _add_cert(sub: Any) -> None:
     ss = _group(sub, "cert", "apply for, inspect, export, renew and revoke certificates")
     p = _leaf(
@@ -1340,13 +1350,7 @@ def _add_cert(sub: Any) -> None:
     hidden_alias(p, ck, "--key")
     k.add_argument("--csr", metavar="CSR.pem", help="a certificate signing request (PEM/DER)")
     _account_key(p, "the paying applicant's dpkid key file")
-    p.add_argument(
-        "--authz",
-        action="append",
-        metavar="AUTHZ_ID",
-        help="a valid authorization of this account (`dpkid authz request`), one per name:"
-        " the application then needs no new domain check",
-    )
+    _authz_opt(p)
     org = p.add_argument_group("organization (OV and EV only)")
     for name, what in (
         ("name", "legal name (required; default: the CSR's O)"),
@@ -1421,13 +1425,7 @@ def _add_cert(sub: Any) -> None:
         old=("--new-key",),
     )
     p.add_argument("--days", type=_positive, default=None)
-    p.add_argument(
-        "--authz",
-        action="append",
-        metavar="AUTHZ_ID",
-        help="a valid authorization of this account (`dpkid authz request`), one per name:"
-        " the application then needs no new domain check",
-    )
+    _authz_opt(p)
     p.add_argument("--escrow", type=_non_negative, default=None)
     _prepare_opt(p)
     _tx_opts(p, WAIT_ISSUED)

@@ -28,6 +28,7 @@ from dpkid.core.tss.x509 import (
     OID_DPKID_TYPE,
     OID_JURISDICTION_COUNTRY,
     OID_LEDGER_REF,
+    cert_policies,
     ledger_ref,
     ledger_ref_extension,
 )
@@ -180,15 +181,7 @@ def to_x509(
             x509.SubjectAlternativeName([x509.DNSName(d) for d in cert.domains]), critical=False
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.CertificatePolicies(
-                [
-                    x509.PolicyInformation(OID_CABF_TYPE[cert.cert_type], None),
-                    x509.PolicyInformation(OID_DPKID_TYPE[cert.cert_type], None),
-                ]
-            ),
-            critical=False,
-        )
+        .add_extension(cert_policies(cert.cert_type), critical=False)
         .add_extension(
             ledger_ref_extension(chain_id, cert.issued_height, cert.cert_id, cert.log_index),
             critical=False,

@@ -183,34 +183,13 @@ def chain_vectors() -> dict[str, Any]:
     c.block()
     c.tx(a[3], CertApply("DV", ["authz.example"], spki, 30, 1_000, None, [authz_id]))
     c.block()
-    blocks = []
-    for (header, txs), receipts in zip(c.blocks, c.receipts, strict=True):
-        blocks.append(
-            {
-                "header": codec.encode(header).hex(),
-                "txs": [t.hex() for t in txs],
-                "receipt_codes": [r.code for r in receipts],
-                "receipts": [codec.encode(r).hex() for r in receipts],
-            }
-        )
-    # Re-run to record the app hash after each block.
-    c2 = DevChain(genesis, keys)
-    hashes = [c2.state.app_hash.hex()]
-    from dpkid.core.state.machine import apply_block
-
-    st = c2.state
-    for header, txs in c.blocks:
-        st, _, app_hash = apply_block(st, header, txs)
-        hashes.append(app_hash.hex())
-    return {
-        "description": "Apply each block (header and tx bytes) in order from the genesis; the app "
+    return _chain_record(
+        c,
+        genesis,
+        keys,
+        "Apply each block (header and tx bytes) in order from the genesis; the app "
         "hash after genesis and after each block, and every receipt, must match.",
-        "genesis": codec.encode(genesis).hex(),
-        "blocks": blocks,
-        "app_hashes": hashes,
-        "final_log_size": st.log.size,
-        "final_log_root": st.log.root().hex(),
-    }
+    )
 
 
 def _chain_record(c: DevChain, genesis: Any, keys: Any, description: str) -> dict[str, Any]:

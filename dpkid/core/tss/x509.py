@@ -242,6 +242,16 @@ ED25519: Final = SigScheme(
 # --------------------------------------------------------------------------- helpers
 
 
+def cert_policies(cert_type: str) -> x509.CertificatePolicies:
+    """The CA/Browser Forum policy of the type, then dpkid's (SPEC §14.2)."""
+    return x509.CertificatePolicies(
+        [
+            x509.PolicyInformation(OID_CABF_TYPE[cert_type], None),
+            x509.PolicyInformation(OID_DPKID_TYPE[cert_type], None),
+        ]
+    )
+
+
 def root_name(chain_id: str) -> x509.Name:
     """Issuer (and the root's subject): O = "dpkid ledger", CN = "dpkid root " + chain_id."""
     cn = ROOT_CN_PREFIX + chain_id
@@ -454,15 +464,7 @@ def leaf_tbs(
                 critical=not subject,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.CertificatePolicies(
-                    [
-                        x509.PolicyInformation(OID_CABF_TYPE[cert.cert_type], None),
-                        x509.PolicyInformation(OID_DPKID_TYPE[cert.cert_type], None),
-                    ]
-                ),
-                critical=False,
-            )
+            .add_extension(cert_policies(cert.cert_type), critical=False)
             .add_extension(
                 ledger_ref_extension(chain_id, cert.issued_height, cert.cert_id, cert.log_index),
                 critical=False,
