@@ -248,6 +248,13 @@ def samples() -> tuple[tuple[type[Any], bytes], ...]:
     _collect(sign_tx(v[1], c.chain_id, 0, 10, justify), found)
     check = types.AuthzAttest([types.AuthzCheck(bytes(32), False, "dns", "NXDOMAIN")])
     _collect(sign_tx(v[1], c.chain_id, 0, 10, check), found)
+    a = c.keys.accounts
+    for body in (
+        types.GrantCreate(a[1].public_key, 5_000, 30, b"\x01" * 80),
+        types.GrantRevoke(bytes(32)),
+        types.Delegated(bytes(32), types.Revoke(bytes(32), 1)),
+    ):
+        _collect(sign_tx(a[0], c.chain_id, 0, 10, body), found)
     for raw in tss_txs:
         tx = decode_tx(raw)
         _collect([tx, tx.unsigned()], found)
@@ -602,8 +609,10 @@ def test_apply_block_survives_signed_odd_bodies(blobs: list[bytes]) -> None:
     for blob, r in zip(blobs, receipts, strict=True):
         if currently_in_test_context():
             event(f"receipt {Code(r.code).name}")
-        assert r.code == Code.OK or r.code >= 10, (Code(r.code).name, r.log)
         tx = decode_tx(blob)
+        if isinstance(tx.body, types.Delegated) and r.code == Code.BAD_GRANT:
+            continue  # a made-up grant: refused before execution (SPEC §4.3 check 8)
+        assert r.code == Code.OK or r.code >= 10, (Code(r.code).name, r.log)
         executed[tx.pubkey] = executed.get(tx.pubkey, 0) + 1
     state = d.state
     assert state.supply_in_accounts_and_escrow() == state.meta.total_supply

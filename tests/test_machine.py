@@ -50,6 +50,7 @@ from dpkid.core.types import (
     CertApply,
     Certificate,
     CertRenew,
+    Delegated,
     DomainIndex,
     DvAttest,
     Endorse,
@@ -403,6 +404,20 @@ def assert_only_fee_charged(
     proposer = c.blocks[-1][0].proposer
     after = snapshot(c)
     sk, pk = key_account(key.address), key_account(proposer)
+    if isinstance(body, Delegated):
+        # SPEC §7.10: the grant's owner pays and the grant counts it; the
+        # delegate only uses its nonce.
+        from dpkid.core.state.grants import key_grant
+
+        gk = key_grant(body.grant_id)
+        payer = key_account(c.state.get(gk).owner)
+        assert changed_keys(before, after) <= {K_META, sk, pk, payer, gk}
+        assert after[gk].spent == before[gk].spent + f
+        assert after[sk].nonce == (before[sk].nonce if sk in before else 0) + 1
+        assert proposer != c.state.get(gk).owner
+        assert after[payer].balance == before[payer].balance - f
+        assert c.state.log.size == log_size
+        return r
     assert changed_keys(before, after) <= {K_META, sk, pk}
     assert after[sk].nonce == before[sk].nonce + 1
     if proposer == key.address:
@@ -2242,6 +2257,38 @@ def _sc_invalid_authz() -> Final:
     c = make_chain()
     body = CertApply("DV", ["a.example"], SPKI, 30, fee_of(c, "DV"), None, [bytes(32)])
     return Final(c, c.keys.accounts[0], body)
+
+
+def _granted() -> tuple[Chain, bytes, SigningKey]:
+    from dpkid.core.types import GrantCreate
+
+    c = make_chain()
+    delegate = SigningKey.from_label("scenario-delegate")
+    r = ok(send(c, c.keys.accounts[0], GrantCreate(delegate.public_key, 1_000, 1)))
+    return c, only_event(r.events, "grant_created").ref, delegate
+
+
+@scenario(Code.BAD_GRANT)
+def _sc_bad_grant() -> Final:
+    c, gid, _ = _granted()
+    # Signed by the owner, not by the grant's delegate.
+    return Final(c, raw=signed_raw(c, c.keys.accounts[0], Delegated(gid, Revoke(bytes(32), 1))))
+
+
+@scenario(Code.INVALID_GRANT)
+def _sc_invalid_grant() -> Final:
+    from dpkid.core.types import GrantCreate
+
+    c = make_chain()
+    key = c.keys.accounts[0]
+    return Final(c, key, GrantCreate(key.public_key, 1_000, 1))
+
+
+@scenario(Code.GRANT_LIMIT)
+def _sc_grant_limit() -> Final:
+    c, gid, delegate = _granted()
+    body = CertApply("DV", ["a.example"], SPKI, 30, 5_000, None)
+    return Final(c, delegate, Delegated(gid, body))
 
 
 def test_every_code_has_a_scenario() -> None:

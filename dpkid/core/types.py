@@ -33,6 +33,8 @@ OptSig = Annotated[bytes, Meta(max_length=1024)]
 MAX_TX_BYTES: Final = 16 * 1024
 MAX_DOMAINS_PER_CERT: Final = 100
 MAX_ATTESTATIONS_PER_TX: Final = 64
+MAX_GRANT_DAYS: Final = 366
+MAX_GRANT_SEALED: Final = 128
 
 CERT_TYPES: Final = ("DV", "OV", "EV")
 CHALLENGE_METHODS: Final = ("http-01", "dns-01")
@@ -115,6 +117,24 @@ class AuthzCheck(_S, frozen=True):
 
 class AuthzAttest(_S, frozen=True, tag="authz_attest"):
     items: Annotated[list[AuthzCheck], Meta(min_length=1, max_length=MAX_ATTESTATIONS_PER_TX)]
+
+
+class GrantCreate(_S, frozen=True, tag="grant_create"):
+    """SPEC §7.10: let ``delegate`` act for the sender (authz_request,
+    cert_apply, cert_renew, revoke) and spend up to ``spend_limit`` of the
+    sender's balance on fees and escrow, so a service such as an ACME server
+    works for an account without holding its key or owning its certificates."""
+
+    delegate: PubKey
+    spend_limit: U64
+    valid_days: Annotated[int, Meta(ge=1, le=MAX_GRANT_DAYS)]
+    # Opaque to the ledger; dpkid's ACME server reads an EAB MAC key sealed
+    # to its key here, so binding needs no channel but the ledger.
+    sealed: Annotated[bytes, Meta(max_length=MAX_GRANT_SEALED)] = b""
+
+
+class GrantRevoke(_S, frozen=True, tag="grant_revoke"):
+    grant_id: Hash32
 
 
 class CertRenew(_S, frozen=True, tag="cert_renew"):
@@ -270,6 +290,16 @@ class TssSign(_S, frozen=True, tag="tss_sign"):
     items: Annotated[list[TssShareItem], Meta(min_length=1, max_length=MAX_TSS_ITEMS_PER_TX)]
 
 
+DelegableBody = AuthzRequest | CertApply | CertRenew | Revoke
+
+
+class Delegated(_S, frozen=True, tag="delegated"):
+    """SPEC §7.10: ``body`` run for the grant's owner, signed by its delegate."""
+
+    grant_id: Hash32
+    body: DelegableBody
+
+
 TxBody = (
     Transfer
     | CertApply
@@ -288,6 +318,9 @@ TxBody = (
     | TssJustify
     | TssNonces
     | TssSign
+    | GrantCreate
+    | GrantRevoke
+    | Delegated
 )
 
 
@@ -502,6 +535,23 @@ class Authorization(_S, frozen=True):
     checks: list[AuthzCheckRecord]  # each validator's latest, sorted by validator
     decided_height: U64 = 0
     valid_until_ms: U64 = 0
+
+
+class Grant(_S, frozen=True):
+    """SPEC §7.10: a delegation from ``owner`` to the ``delegate`` key."""
+
+    grant_id: Hash32
+    owner: Addr
+    owner_pubkey: PubKey
+    delegate: PubKey
+    spend_limit: U64
+    spent: U64
+    created_height: U64
+    created_ms: U64
+    expires_ms: U64
+    status: str  # active | revoked
+    sealed: bytes
+    revoked_height: U64 = 0
 
 
 class AccountAuthzs(_S, frozen=True):

@@ -617,6 +617,21 @@ async def authz_get(c: Ctx, params: Any, conn: Connection) -> Any:
     return {"height": st.height, "time_ms": st.time_ms, "authorization": v}
 
 
+async def grant_get(c: Ctx, params: Any, conn: Connection) -> Any:
+    """A delegation grant (SPEC §7.10): owner, delegate, spend limit and what
+    is spent, and its status now."""
+    from dpkid.core.state.grants import grant_status, key_grant
+
+    gid = hex_param(params, "grant_id", 32)
+    st = c.d.core.ledger
+    g = st.get(key_grant(gid))
+    if g is None:
+        raise RpcError(NOT_FOUND, "no such grant", {"grant_id": gid.hex()})
+    v = to_json(g)
+    v["status_at_head"] = grant_status(g, st.time_ms)
+    return {"height": st.height, "time_ms": st.time_ms, "grant": v}
+
+
 # Method name -> handler (RPC.md §7; tests/test_rpc_doc.py reads this table).
 METHODS: dict[str, Method] = {
     "status": status,
@@ -641,6 +656,7 @@ METHODS: dict[str, Method] = {
     "crl_get": crl_get,
     "cert_x509": cert_x509,
     "authz_get": authz_get,
+    "grant_get": grant_get,
 }
 
 

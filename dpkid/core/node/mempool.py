@@ -9,10 +9,12 @@ from typing import Final
 
 from dpkid.core.crypto import SignatureCache, address_of, sha256
 from dpkid.core.state.codes import Code, TxFailure
+from dpkid.core.state.grants import check_delegated
 from dpkid.core.state.machine import State, check_tx_fee, check_tx_form
 from dpkid.core.types import (
     CertApply,
     CertRenew,
+    Delegated,
     DvAttest,
     TssDeal,
     TssJustify,
@@ -64,7 +66,7 @@ def tx_weight(tx: Tx) -> int:
     """What a transaction costs a block's budget (a proposer's rule, not a
     validity rule: it keeps a block's execution short under a burst of
     applications, so rounds end in time and the committed rate holds)."""
-    body = tx.body
+    body = tx.body.body if isinstance(tx.body, Delegated) else tx.body
     if isinstance(body, CertApply | CertRenew):
         return CERT_APPLY_WEIGHT
     if isinstance(body, DvAttest):
@@ -223,6 +225,12 @@ class Mempool:
             return Code.BAD_NONCE, f"nonce {tx.nonce} already pending", h, False
         if tx.nonce > nonce + MAX_NONCE_GAP:
             return Code.BAD_NONCE, f"nonce {tx.nonce} too far ahead of {nonce}", h, False
+        if isinstance(tx.body, Delegated):
+            grant = check_delegated(state.get, tx, state.time_ms)
+            if isinstance(grant, TxFailure):
+                return grant.code, grant.message, h, False
+            payer = state.account(grant.owner)
+            balance = payer.balance if payer else 0
         unpaid = check_tx_fee(tx, state.policy, balance)
         if unpaid is not None:
             return unpaid.code, unpaid.message, h, False

@@ -20,6 +20,7 @@ class Code(IntEnum):
     BAD_NONCE = 5
     FEE_TOO_LOW = 6
     CANNOT_PAY_FEE = 7
+    BAD_GRANT = 8  # a delegated tx whose grant cannot act for it now
     # execution failures (fee charged, nonce consumed)
     INSUFFICIENT_FUNDS = 10
     INVALID_AMOUNT = 11
@@ -31,6 +32,8 @@ class Code(IntEnum):
     INSUFFICIENT_ESCROW = 25
     DOMAIN_CERT_LIMIT = 26
     INVALID_AUTHZ = 27
+    INVALID_GRANT = 28
+    GRANT_LIMIT = 29
     UNKNOWN_APPLICATION = 30
     APPLICATION_CLOSED = 31
     NOT_VALIDATOR = 32

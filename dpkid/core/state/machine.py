@@ -26,7 +26,7 @@ from dpkid.core.domains import DomainError, validate_domain_list
 from dpkid.core.keys import SubjectKeyError, parse_spki, verify_with_spki
 from dpkid.core.merkle import MerkleLog
 from dpkid.core.state import authz as authz_rules
-from dpkid.core.state import tss
+from dpkid.core.state import grants, tss
 from dpkid.core.state.codes import BlockError, Code, StaleStateError, TxFailure
 from dpkid.core.state.smt import SmtProof, SparseMerkleTree
 from dpkid.core.types import (
@@ -43,6 +43,7 @@ from dpkid.core.types import (
     CertApply,
     Certificate,
     CertRenew,
+    Delegated,
     DomainIndex,
     DvAttest,
     Endorse,
@@ -58,6 +59,9 @@ from dpkid.core.types import (
     GovPropose,
     GovRevokeCert,
     GovVote,
+    Grant,
+    GrantCreate,
+    GrantRevoke,
     Header,
     Jailed,
     LogEntry,
@@ -115,6 +119,7 @@ RECORD_TYPES: Final[tuple[tuple[bytes, type[Any]], ...]] = (
     (P_JAIL, Jailed),
     (authz_rules.P_AUTHZS, AccountAuthzs),
     (authz_rules.P_AUTHZ, Authorization),
+    (grants.P_GRANT, Grant),
     *tss.TSS_RECORD_TYPES,
 )
 
@@ -855,15 +860,25 @@ def _apply_tx(b: _Block, raw: bytes) -> Receipt:
     acct = b.account(sender)
     if tx.nonce != acct.nonce:
         return _receipt(h, Code.BAD_NONCE, f"nonce {tx.nonce}, expected {acct.nonce}")
-    unpaid = check_tx_fee(tx, b.policy, acct.balance)
+    grant: Grant | None = None
+    if isinstance(tx.body, Delegated):
+        # SPEC §4.3 check 8 and §7.10: the grant's owner pays, within its limit.
+        found = grants.check_delegated(b.get, tx, b.now)
+        if isinstance(found, TxFailure):
+            return _receipt(h, found.code, found.message)
+        grant = found
+    payer = grant.owner if grant is not None else sender
+    unpaid = check_tx_fee(tx, b.policy, b.account(payer).balance)
     if unpaid is not None:
         return _receipt(h, unpaid.code, unpaid.message)
     # SPEC §4.4: from here on the fee is charged and the nonce is used, even if
     # the body fails, so a failing tx still pays for the block space it took.
-    b.put(
-        key_account(sender),
-        Account(acct.balance - tx.fee, acct.nonce + 1, tx.pubkey),
-    )
+    if grant is None:
+        b.put(key_account(sender), Account(acct.balance - tx.fee, acct.nonce + 1, tx.pubkey))
+    else:
+        b.put(key_account(sender), Account(acct.balance, acct.nonce + 1, tx.pubkey))
+        b.debit(payer, tx.fee)
+        grants.charge_fee(b, grant, tx.fee)
     b.fees += tx.fee
     b.begin_tx()
     try:
@@ -1494,4 +1509,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Block, Tx, bytes, bytes], None]]] = 
     TssJustify: tss.h_tss_justify,
     TssNonces: tss.h_tss_nonces,
     TssSign: tss.h_tss_sign,
+    GrantCreate: grants.h_grant_create,
+    GrantRevoke: grants.h_grant_revoke,
+    Delegated: lambda b, tx, sender, h: grants.h_delegated(b, tx, sender, h, _HANDLERS),
 }
