@@ -76,7 +76,8 @@ def test_a_delegate_applies_for_the_owner_who_owns_and_pays() -> None:
     tx_fee = c.state.policy.min_tx_fee
     assert c.state.balance(owner.address) == before - 2 * tx_fee - fee
     assert c.state.balance(DELEGATE.address) == 0
-    assert c.state.account(DELEGATE.address).nonce == 2
+    d_acct = c.state.account(DELEGATE.address)
+    assert d_acct is not None and d_acct.nonce == 2
     assert get_grant(c, gid).spent == 2 * tx_fee + fee
     # Renewal and revocation through the same grant act on the owner's certificate.
     c.tx(DELEGATE, Delegated(gid, CertRenew(cert.cert_id, 30, fee, b"", [aid])))
@@ -183,6 +184,8 @@ def test_the_mempool_refuses_what_the_grant_cannot_pay_for() -> None:
     verdict, why, _, _ = mp.admit(over, c.state)
     assert verdict == Code.BAD_GRANT and "left of the grant" in why
     # The owner's own key is not the delegate either.
-    n = c.state.account(owner.address).nonce
+    o_acct = c.state.account(owner.address)
+    assert o_acct is not None
+    n = o_acct.nonce
     by_owner = codec.encode(sign_tx(owner, c.chain_id, n, 10, body))
     assert mp.admit(by_owner, c.state)[0] == Code.BAD_GRANT
