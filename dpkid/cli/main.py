@@ -265,6 +265,9 @@ def build_parser() -> Parser:
     from dpkid.cli.verify import add_parsers as add_verify
 
     add_roles(sub)
+    from dpkid.cli.acme import add_parsers as add_acme
+
+    add_acme(sub)
 
     add_verify(sub)
     from dpkid.cli.watch import add_parsers as add_watch
