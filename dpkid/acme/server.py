@@ -585,7 +585,7 @@ class AcmeServer:
             bound: jwk.JWK = jwk.JWK.from_json(json.loads(inner.payload))  # type: ignore[assignment]
         except (ValueError, errors.DeserializationError):
             raise Problem(400, "malformed", "externalAccountBinding payload is not a JWK") from None
-        if bound.public_key() != account_key.public_key():
+        if bound.thumbprint() != account_key.thumbprint():
             raise Problem(401, "unauthorized", "externalAccountBinding binds another account key")
         if self.db.account_by_grant(kid) is not None:
             raise Problem(
@@ -644,7 +644,7 @@ class AcmeServer:
             raise Problem(400, "malformed", "the inner payload needs account and oldKey") from None
         if body.get("account") != self._acct_url(s.account):
             raise Problem(400, "malformed", "the inner payload names another account")
-        if old.public_key() != s.jwk.public_key():
+        if old.thumbprint() != s.jwk.thumbprint():
             raise Problem(400, "malformed", "oldKey is not the account's current key")
         thumb = thumbprint_b64(h.jwk)
         other = self.db.account_by_thumbprint(thumb)
@@ -1089,7 +1089,7 @@ class AcmeServer:
         ref = parse_ledger_ref(cert)
         if ref is None or ref.get("chain_id") != self.ledger.chain_id:
             raise Problem(404, "malformed", "this certificate names no ledger record of this chain")
-        cert_id = str(ref["cert_id"])
+        cert_id = bytes(ref["cert_id"]).hex()
         res = await self.ledger.get("cert_get", {"cert_id": cert_id})
         if res is None:
             raise Problem(404, "malformed", f"certificate {cert_id} is not on the ledger")

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from dpkid.cli.common import (
     Exit,
     UsageError,
@@ -127,7 +129,9 @@ def cmd_testnet(args: argparse.Namespace) -> int:
     ports = free_ports(n + (n if args.metrics else 0))
     policy = Policy()
     if args.application_ttl_ms is not None:
-        policy = Policy(application_ttl_ms=args.application_ttl_ms)
+        policy = msgspec.structs.replace(policy, application_ttl_ms=args.application_ttl_ms)
+    if args.authz_reuse_ms is not None:
+        policy = msgspec.structs.replace(policy, authz_reuse_ms=args.authz_reuse_ms)
     genesis = Genesis(
         chain_id=args.chain_id,
         genesis_time_ms=args.genesis_time_ms
@@ -283,6 +287,12 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--metrics", action="store_true", help="give each node a Prometheus port")
     t.add_argument(
         "--application-ttl-ms", type=int, default=None, help="genesis policy (default 7 days)"
+    )
+    t.add_argument(
+        "--authz-reuse-ms",
+        type=int,
+        default=None,
+        help="genesis policy: how long a valid authorization serves (default 30 days)",
     )
     t.add_argument(
         "--dns-resolver",
