@@ -102,7 +102,7 @@ def test_certbot_obtains_renews_and_revokes_through_the_ledger(tmp_path: Path) -
         eab = a.eab()
         cfg = tmp_path / "certbot"
         owner = dpkid_json("account", "show", "--account-key", a.account_key, "--home", a.home)
-        balance0 = int(owner["balance"])  # type: ignore[arg-type]
+        balance0 = int(owner["balance"])
 
         # 1. Obtain: http-01, certbot's own standalone server answers the validators.
         r = certbot(
@@ -119,7 +119,7 @@ def test_certbot_obtains_renews_and_revokes_through_the_ledger(tmp_path: Path) -
         # The user's account owns the certificate and paid for it; the server paid nothing.
         assert st["record"]["owner"] == owner["address"], st  # type: ignore[index]
         after = dpkid_json("account", "show", "--account-key", a.account_key, "--home", a.home)
-        assert int(after["balance"]) < balance0  # type: ignore[arg-type]
+        assert int(after["balance"]) < balance0
 
         # 2. Renew: a new certificate on the ledger, with no new challenge
         # (the authorizations are reused within the policy's window).

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import josepy as jose
 import pytest
 import requests
 from acme import challenges, errors, messages
@@ -22,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from josepy import b64, jwa
+from josepy import jwk as jose_jwk
 
 from dpkid.acme.jose import JWKOKP, EdDSA
 from dpkid.client.x509 import parse_ledger_ref
@@ -34,18 +35,29 @@ ERR = "urn:ietf:params:acme:error:"
 REUSE_MS = 25_000  # authorizations expire quickly here, to test expiry
 
 
-def rsa_jwk() -> jose.JWKRSA:
-    return jose.JWKRSA(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+def rsa_jwk() -> jose_jwk.JWKRSA:
+    return jose_jwk.JWKRSA(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
-def client_for(a: AcmeNet, key: jose.JWK, alg: Any = jose.RS256) -> acme_client.ClientV2:
+def client_for(a: AcmeNet, key: jose_jwk.JWK, alg: Any = jwa.RS256) -> acme_client.ClientV2:
     net = acme_client.ClientNetwork(key, alg=alg, user_agent="dpkid-tests")
     return acme_client.ClientV2(acme_client.ClientV2.get_directory(a.directory, net), net)
 
 
+def key_of(c: acme_client.ClientV2) -> jose_jwk.JWK:
+    k = c.net.key
+    assert isinstance(k, jose_jwk.JWK)
+    return k
+
+
+def uri_of(c: acme_client.ClientV2) -> str:
+    assert c.net.account is not None
+    return str(c.net.account.uri)
+
+
 def register(a: AcmeNet, c: acme_client.ClientV2, eab: dict[str, Any]) -> None:
     binding = messages.ExternalAccountBinding.from_data(
-        c.net.key.public_key(), eab["eab_kid"], eab["eab_hmac_key"], c.directory
+        key_of(c).public_key(), eab["eab_kid"], eab["eab_hmac_key"], c.directory
     )
     regr = c.new_account(
         messages.NewRegistration.from_data(
@@ -90,13 +102,13 @@ def deadline(s: float = 90) -> datetime.datetime:
 class Raw:
     """Hand-made JWS requests, for what a well-behaved client never sends."""
 
-    def __init__(self, a: AcmeNet, key: jose.JWK, alg: Any, kid: str | None = None) -> None:
+    def __init__(self, a: AcmeNet, key: jose_jwk.JWK, alg: Any, kid: str | None = None) -> None:
         self.dir = requests.get(a.directory, timeout=10).json()
         self.key, self.alg, self.kid = key, alg, kid
 
     def nonce(self) -> bytes:
         r = requests.head(self.dir["newNonce"], timeout=10)
-        return jose.b64decode(r.headers["Replay-Nonce"])
+        return b64.b64decode(r.headers["Replay-Nonce"])
 
     def post(
         self,
@@ -147,13 +159,13 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
         assert "dpkid acme eab" in (problem(ei.value).detail or "")
         # EAB with the wrong MAC key.
         eab = a.eab()
-        wrong = {**eab, "eab_hmac_key": jose.b64encode(b"\x01" * 32).decode()}
+        wrong = {**eab, "eab_hmac_key": b64.b64encode(b"\x01" * 32).decode()}
         with pytest.raises(messages.Error) as ei:
             register(a, c, wrong)
         assert problem(ei.value).typ == ERR + "unauthorized"
         assert "MAC" in (problem(ei.value).detail or "")
         register(a, c, eab)
-        kid = c.net.account.uri
+        kid = uri_of(c)
         # The same EAB key cannot bind a second ACME account.
         with pytest.raises(messages.Error) as ei:
             register(a, client_for(a, rsa_jwk()), eab)
@@ -161,15 +173,15 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
 
         # Malformed JWS: a flipped signature, a MAC "account" algorithm, the
         # wrong URL, the wrong content type, a reused nonce.
-        raw = Raw(a, c.net.key, jose.RS256, kid)
+        raw = Raw(a, key_of(c), jwa.RS256, kid)
         acct_url = kid
 
         def flip(doc: dict[str, Any]) -> dict[str, Any]:
-            sig = jose.b64decode(doc["signature"])
-            return {**doc, "signature": jose.b64encode(bytes([sig[0] ^ 1]) + sig[1:]).decode()}
+            sig = b64.b64decode(doc["signature"])
+            return {**doc, "signature": b64.b64encode(bytes([sig[0] ^ 1]) + sig[1:]).decode()}
 
         expect_problem(raw.post(acct_url, None, mutate=flip), 400, "malformed")
-        mac = Raw(a, jose.JWKOct(key=b"k" * 32), jose.HS256, kid)
+        mac = Raw(a, jose_jwk.JWKOct(key=b"k" * 32), jwa.HS256, kid)
         doc = expect_problem(mac.post(acct_url, None), 400, "badSignatureAlgorithm")
         assert "EdDSA" in doc["algorithms"] and "RS256" in doc["algorithms"]
         expect_problem(raw.post(acct_url, None, sign_url=raw.dir["newOrder"]), 401, "unauthorized")
@@ -195,7 +207,7 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 60  # fails fast, not at the 7-day TTL
         (failed,) = ve.value.failed_authzrs
         ch = next(x for x in failed.body.challenges if x.error is not None)
-        assert ch.error.typ == ERR + "incorrectResponse", ch.error
+        assert ch.error is not None and ch.error.typ == ERR + "incorrectResponse", ch.error
         assert (ch.error.detail or "").count("validator") >= 2, ch.error.detail
         # ...and the same reasons through `dpkid authz status`.
         body = c._post_as_get(failed.uri).json()
@@ -281,8 +293,8 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
         aki = first.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         assert aki.key_identifier is not None
         serial = first.serial_number.to_bytes((first.serial_number.bit_length() + 7) // 8, "big")
-        ari_id = f"{jose.b64encode(aki.key_identifier).decode()}.{jose.b64encode(serial).decode()}"
-        edraw = Raw(a, ed.net.key, EdDSA, ed.net.account.uri)
+        ari_id = f"{b64.b64encode(aki.key_identifier).decode()}.{b64.b64encode(serial).decode()}"
+        edraw = Raw(a, key_of(ed), EdDSA, uri_of(ed))
         ids = [{"type": "dns", "value": n} for n in ("ed.test", "www.ed.test")]
         r = edraw.post(edraw.dir["newOrder"], {"identifiers": ids, "replaces": ari_id})
         assert r.status_code == 201, r.text
@@ -308,22 +320,22 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
         expect_problem(r, 409, "alreadyReplaced")
         # Key rollover: the new key signs for the account, the old one no longer.
         new_key = JWKOKP(key=ed25519.Ed25519PrivateKey.generate())
-        change = {"account": ed.net.account.uri, "oldKey": ed.net.key.public_key().to_json()}
+        change = {"account": uri_of(ed), "oldKey": key_of(ed).public_key().to_json()}
         inner = acme_jws.JWS.sign(
             json.dumps(change).encode(), new_key, EdDSA, None, edraw.dir["keyChange"], None
         )
         r = edraw.post(edraw.dir["keyChange"], inner.to_partial_json())
         assert r.status_code == 200, r.text
-        stale = Raw(a, ed.net.key, EdDSA, None)
+        stale = Raw(a, key_of(ed), EdDSA, None)
         r = stale.post(stale.dir["newAccount"], {"onlyReturnExisting": True})
         expect_problem(r, 400, "accountDoesNotExist")
         fresh = Raw(a, new_key, EdDSA, None)
         r = fresh.post(fresh.dir["newAccount"], {"onlyReturnExisting": True})
-        assert r.status_code == 200 and r.headers["Location"] == ed.net.account.uri
+        assert r.status_code == 200 and r.headers["Location"] == uri_of(ed)
         # Revocation signed by the certificate's own key (RFC 8555 §7.6).
-        by_key = Raw(a, jose.JWKEC(key=key), jose.ES256, None)
+        by_key = Raw(a, jose_jwk.JWKEC(key=key), jwa.ES256, None)
         der = second.public_bytes(serialization.Encoding.DER)
-        r = by_key.post(by_key.dir["revokeCert"], {"certificate": jose.b64encode(der).decode()})
+        r = by_key.post(by_key.dir["revokeCert"], {"certificate": b64.b64encode(der).decode()})
         assert r.status_code == 200, r.text
         gone = dpkid_json("cert", "status", ref2["cert_id"].hex(), "--home", a.home)
         assert gone["status"] == "revoked", gone

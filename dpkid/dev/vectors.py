@@ -24,12 +24,15 @@ from dpkid.core.types import (
     AuthzRequest,
     CertApply,
     CertRenew,
+    Delegated,
     DvAttest,
     Endorse,
     EndorserRevoke,
     EndorseWithdraw,
     GovPropose,
     GovVote,
+    GrantCreate,
+    GrantRevoke,
     OrgIdentity,
     RemoveEndorser,
     Revoke,
@@ -182,6 +185,36 @@ def chain_vectors() -> dict[str, Any]:
     c.tx(v[3], AuthzAttest([AuthzCheck(authz_id, False, "connection", "timeout")]))
     c.block()
     c.tx(a[3], CertApply("DV", ["authz.example"], spki, 30, 1_000, None, [authz_id]))
+    c.block()
+    # SPEC §7.10: a grant; its delegate requests an ACME-format authorization
+    # and applies for the owner, who owns and pays; then the owner ends the
+    # grant and the delegate's next tx is refused before execution (BAD_GRANT).
+    from dpkid.core.challenges import acme_token_for
+
+    delegate = SigningKey.from_label("vector-delegate")
+    r_g = c.tx(a[2], GrantCreate(delegate.public_key, 5_000, 30, b"\x5e" * 80))
+    c.block()
+    grant_id = sha256(b"dpkid/grant/v1\x00" + sha256(r_g))
+    token = acme_token_for(a[2].public_key, bytes(range(16)))
+    thumb = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    r_daz = c.tx(
+        delegate, Delegated(grant_id, AuthzRequest("acme.example", "acme", "dns-01", token, thumb))
+    )
+    c.block()
+    d_authz = sha256(b"dpkid/authz/v1\x00" + sha256(r_daz))
+    for val in v:
+        c.tx(val, AuthzAttest([AuthzCheck(d_authz, True)]))
+    c.block()
+    r_dapp = c.tx(
+        delegate,
+        Delegated(grant_id, CertApply("DV", ["acme.example"], spki, 30, 1_000, None, [d_authz])),
+    )
+    c.block()
+    d_cert = cert_id_for(sha256(b"dpkid/app/v1\x00" + sha256(r_dapp)))
+    c.tx(delegate, Delegated(grant_id, Revoke(d_cert, 4)))
+    c.tx(a[2], GrantRevoke(grant_id))
+    c.block()
+    c.tx(delegate, Delegated(grant_id, Revoke(d_cert, 1)))
     c.block()
     return _chain_record(
         c,
