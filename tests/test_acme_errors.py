@@ -214,6 +214,10 @@ def test_acme_library_client_every_error_path(tmp_path: Path) -> None:
         st = dpkid_json("authz", "status", body["dpkidAuthorization"], "--home", a.home)
         assert st["status"] == "invalid", st
         assert any(x["problem"] == "incorrectResponse" for x in st["authorization"]["checks"])
+        st = dpkid_json("cert", "status", body["dpkidAuthorization"], "--home", a.home)
+        assert st["_rc"] == 1 and st["kind"] == "authorization" and st["status"] == "invalid"
+        failures = [x for x in st["record"]["checks"] if not x["ok"]]
+        assert len(failures) >= 2 and all(x["detail"] for x in failures), failures
 
         # A CSR naming a name the order has no authorization for: badCSR.
         pem, key = csr_pem(["ok.test"])

@@ -186,3 +186,16 @@ def test_request_rules() -> None:
     c.tx(acct, AuthzRequest("A.Example", "dpkid", "http-01"))
     (r,) = c.block()
     expect(r, Code.INVALID_DOMAIN)
+
+
+def test_pending_authorizations_are_listed_for_a_restarted_validator() -> None:
+    c = make_chain()
+    acct = c.keys.accounts[0]
+    first = request(c, acct, "a.example")
+    second = request(c, acct, "b.example")
+    done = request(c, acct, "c.example")
+    check(c, done, [0, 1, 2])
+    assert c.state.pending_authz_ids() == [first, second]  # soonest expiry first
+    assert c.state.pending_authz_ids(limit=1) == [first]
+    c.block(advance_ms=c.state.policy.application_ttl_ms)
+    assert c.state.pending_authz_ids() == []  # lapsed

@@ -294,6 +294,9 @@ def sample(dest: str, e: Env) -> str:
         "out": str(e.tmp / "out"),
         "scenario": str(e.tmp / "scenario.toml"),
         "manifest": str(e.tmp / "chaos.toml"),
+        "listen": "127.0.0.1:1",
+        "server": "http://127.0.0.1:1/directory",
+        "grant_id": HEX32,
     }
     assert dest in values, f"add a sample value for the argument {dest!r} to sample()"
     return values[dest]
@@ -680,7 +683,10 @@ def test_local_file_errors_name_the_file(
     r = run(capsys, monkeypatch, "cert", "submit", str(prepared), *h)
     assert r.line().startswith(f"dpkid cert submit: {prepared} is not a prepared application")
     r = run(capsys, monkeypatch, "cert", "status", "xyz", *h)
-    assert r.line() == "dpkid cert status: certificate or application id must be hex, got 'xyz'"
+    assert (
+        r.line()
+        == "dpkid cert status: certificate, application or authorization id must be hex, got 'xyz'"
+    )
     r = run(capsys, monkeypatch, "tls-check", "a:b:c:d:e", *h)
     assert r.line() == "dpkid tls-check: the server 'a:b:c:d:e' is not HOST:PORT"
 

@@ -19,6 +19,7 @@ from dpkid.cli.common import (
     add_node_args,
     home_dir,
     load_genesis,
+    node_client,
     parse_host_port,
 )
 from dpkid.cli.roles import (
@@ -61,8 +62,8 @@ def cmd_acme_eab(ctx: Ctx) -> int:
     if a.days > MAX_GRANT_DAYS:
         raise UsageError(f"--days: at most {MAX_GRANT_DAYS}")
     key = _read_account_key(a.account_key)
-    info = _server_info(a.server, min(ctx.timeout(), 30.0))
     chain = ctx.client().chain_id()
+    info = _server_info(a.server, min(ctx.timeout(), 30.0))
     if info.get("chain_id") != chain:
         raise UsageError(
             f"the ACME server is on chain {info.get('chain_id')!r}, the node on {chain!r}"
@@ -137,9 +138,10 @@ def cmd_acme_serve(args: argparse.Namespace) -> int:
     home = home_dir(args)
     if home is None and not args.socket:
         home = require_home(args)
+    node_client(args).call("status")  # the node is up: else the usual "cannot reach" error
     genesis = Path(args.genesis) if args.genesis else (home / "genesis.json" if home else None)
     if genesis is None or not genesis.exists():
-        raise UsageError("give --genesis (the chain's genesis.json) or a node --home")
+        raise UsageError(f"no genesis file {genesis}: give --genesis (the chain's genesis.json)")
     policy = load_genesis(genesis).policy
     state_dir = Path(args.state) if args.state else (home / "acme" if home else Path("acme"))
     base = args.base_url or f"http://{host}:{port}"

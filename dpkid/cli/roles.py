@@ -820,8 +820,8 @@ def cmd_cert_submit(ctx: Ctx) -> int:
 
 
 def _find_record(ctx: Ctx, ident: str) -> tuple[str, dict[str, Any]]:
-    """A certificate or (failing that) an application by its id."""
-    rid = _hex_id(ident, 32, "certificate or application id")
+    """A certificate, an application or an authorization, by its id."""
+    rid = _hex_id(ident, 32, "certificate, application or authorization id")
     c = ctx.client()
     try:
         return "certificate", c.cert(rid)
@@ -833,7 +833,14 @@ def _find_record(ctx: Ctx, ident: str) -> tuple[str, dict[str, Any]]:
     except RpcClientError as exc:
         if exc.code != NOT_FOUND:
             raise
-    raise Refused(f"no certificate or application with id {rid}")
+    # An ACME client sees only authorizations when a domain check fails; the
+    # ACME server names the ledger one (dpkidAuthorization), shown here too.
+    try:
+        return "authorization", _authz(ctx, rid)
+    except RpcClientError as exc:
+        if exc.code != NOT_FOUND:
+            raise
+    raise Refused(f"no certificate, application or authorization with id {rid}")
 
 
 def _cert_summary(cert: dict[str, Any]) -> list[str]:
@@ -871,6 +878,10 @@ def cmd_cert_status(ctx: Ctx) -> int:
         status = rec["status_at_head"]
         lines = _cert_summary(rec)
         good = status == "valid"
+    elif kind == "authorization":
+        status = rec["status_at_head"]
+        lines = _authz_lines(rec)
+        good = status in ("pending", "valid")
     else:
         status = rec["status"]
         p = ctx.policy()
@@ -1381,12 +1392,13 @@ def _add_cert(sub: Any) -> None:
         (
             "status",
             cmd_cert_status,
-            "a certificate's or application's status (exit 1 unless valid/pending/issued)",
+            "a certificate's, application's or authorization's status, with each "
+            "validator's check (exit 1 unless valid/pending/issued)",
         ),
-        ("show", cmd_cert_show, "the full record of a certificate or application"),
+        ("show", cmd_cert_show, "the full record of a certificate, application or authorization"),
     ):
         p = _leaf(ss, name, fn, helptext)
-        p.add_argument("id", metavar="ID", help="certificate id or application id")
+        p.add_argument("id", metavar="ID", help="certificate, application or authorization id")
         _connection(p)
 
     p = _leaf(ss, "list", cmd_cert_list, "certificates for a domain name")

@@ -910,6 +910,14 @@ class AuthzChecker:
         return a
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.dv.resume_pending and self.dv.enabled and self.d.core.is_validator:
+            # After a restart, authorizations requested before it are still ours to check.
+            me = self.d.key.address
+            for aid in self.d.core.ledger.pending_authz_ids(limit=min(256, QUEUE_SIZE)):
+                a = self._open(aid)
+                if a is not None and all(c.validator != me for c in a.checks):
+                    with contextlib.suppress(trio.WouldBlock):
+                        self._q_send.send_nowait(aid)
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for aid in self._q_recv:

@@ -348,6 +348,21 @@ class State(_Reads):
         validator re-checks these). Read from the derived expiry index."""
         return [app_id for _, app_id in self.pending_applications(limit)]
 
+    def pending_authz_ids(self, limit: int = 256) -> list[bytes]:
+        """Authorizations still pending, soonest expiry first, for a restarted
+        validator to check. A full scan of the records (there is no index):
+        for startup, not for every block."""
+        self._check()
+        now = self.time_ms
+        found = sorted(
+            (a.expires_ms, a.authz_id)
+            for k, a in self._kv.items()
+            if k.startswith(authz_rules.P_AUTHZ)
+            and isinstance(a, Authorization)
+            and authz_rules.authz_status(a, now) == "pending"
+        )
+        return [aid for _, aid in found[:limit]]
+
     def pending_applications(
         self, limit: int, after: tuple[int, bytes] = (-1, b"")
     ) -> list[tuple[int, bytes]]:
