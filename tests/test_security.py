@@ -257,10 +257,17 @@ def test_no_rpc_method_answers_with_a_private_key_or_the_token(tmp_path: Path) -
             sign_tx(a0, chain_id, 2, FEE, AuthzRequest("leak.test", "dpkid", "dns-01"))
         )
         authz_id = sha256(AUTHZ_TAG + sha256(authz_req))
+        from dpkid.core.state.grants import GRANT_TAG
+        from dpkid.core.types import GrantCreate
+
+        grant_req = codec.encode(
+            sign_tx(a0, chain_id, 3, FEE, GrantCreate(accounts[1].public_key, 100, 1, b"box"))
+        )
+        grant_id = sha256(GRANT_TAG + sha256(grant_req))
         cert_id = cert_id_for(app_id)
         tx_hashes = [
             (await call("tx_submit", {"tx": raw.hex()}))["hash"]
-            for raw in (transfer, apply, authz_req)
+            for raw in (transfer, apply, authz_req, grant_req)
         ]
         with trio.fail_after(60):
             while d.core.ledger.certificate(cert_id) is None:
@@ -305,6 +312,7 @@ def test_no_rpc_method_answers_with_a_private_key_or_the_token(tmp_path: Path) -
             while d.core.ledger.height < h + 2:
                 await trio.sleep(0.05)
         await call("authz_get", {"authz_id": authz_id.hex()})
+        await call("grant_get", {"grant_id": grant_id.hex()})
         await call("tss_status")
         await call("root_get")
         await call("crl_get")

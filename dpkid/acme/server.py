@@ -74,6 +74,7 @@ ORDER_TTL_MS: Final = 7 * 86_400_000
 PENDING_AUTHZ_TTL_MS: Final = 7 * 86_400_000
 REUSE_MARGIN_MS: Final = 3_600_000  # reuse a valid authorization only if it lasts this much longer
 REVOKE_WAIT_S: Final = 60.0
+READ_TIMEOUT_S: Final = 30
 NOT_FOUND: Final = -32004
 NOT_READY: Final = -32005
 SERVER_FILE: Final = "acme-server.key"
@@ -1190,6 +1191,10 @@ async def serve(
     hc.errorlog = None
     hc.h2_max_concurrent_streams = 16
     hc.keep_alive_timeout = 30
+    # A client that stops sending mid-request is dropped (slow-loris), and
+    # headers are bounded, as every other input is.
+    hc.read_timeout = READ_TIMEOUT_S
+    hc.h11_max_incomplete_size = 16 * 1024
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(hyper_serve, server.app, hc)
