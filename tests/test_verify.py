@@ -157,6 +157,15 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
         assert v.valid and v.status == "valid" and v.cert.cert_type == "DV"
         v = await _verify(w, w.rpc, parsed_from_x509(ev_x))
         assert v.valid and v.cert.cert_type == "EV"
+        # LIGHT.md: cold from the genesis, then warm from the trusted store.
+        store = tmp_path / "light.json"
+        cold: dict[str, Any] = {}
+        v = await _verify(w, w.rpc, parsed_from_x509(dv_x), store=store, stats=cold)
+        assert v.valid and not cold["warm"] and cold["from"] == 0 and cold["light_blocks"] >= 1
+        warm: dict[str, Any] = {}
+        v = await _verify(w, w.rpc, parsed_from_x509(dv_x), store=store, stats=warm)
+        assert v.valid and warm["warm"] and warm["from"] > 0
+        assert warm["light_blocks"] <= 1
         # `dpkid cert export` writes it (from a checked proof), and openssl parses it.
         pem_path = tmp_path / "ev.pem"
         exp = await trio.to_thread.run_sync(

@@ -83,9 +83,14 @@ def print_ledger_verdict(
     """Verify ``parsed`` on the ledger, trusting only ``genesis``, and print the verdict
     (with ``extra`` in its document). One the ledger cannot speak for is NOT VALID,
     "``who``: why"."""
-    from dpkid.client.verify import CertificateError, verify_certificate
+    from dpkid.client.verify import CertificateError, default_store_path, verify_certificate
 
     more = extra or {}
+    stats: dict[str, Any] = {}
+    store = None
+    if not getattr(args, "no_trust_store", False):
+        given = getattr(args, "trust_store", None)
+        store = Path(given) if given else default_store_path(genesis.chain_id)
     try:
         verdict = verify_certificate(
             node_call(args),
@@ -93,11 +98,52 @@ def print_ledger_verdict(
             parsed,
             max_header_age_s=args.max_age,
             on_header=header_progress(progress_for(args)),
+            checkpoint=checkpoint_of(args),
+            store=store,
+            stats=stats,
         )
     except CertificateError as exc:
         reason = f"{who}: {exc}"
         return print_verdict(args, not_checkable(reason) | more, [f"NOT VALID: {reason}"])
-    return print_verdict(args, verdict.as_json() | more, lines(verdict))
+    light = {"light_client": stats | {"store": str(store) if store else None}}
+    return print_verdict(args, verdict.as_json() | more | light, lines(verdict))
+
+
+def checkpoint_of(args: argparse.Namespace) -> tuple[int, bytes] | None:
+    """--trust-height H --trust-hash X: a header published out of band (LIGHT.md §6)."""
+    h, x = getattr(args, "trust_height", None), getattr(args, "trust_hash", None)
+    if h is None and x is None:
+        return None
+    if h is None or x is None:
+        raise UsageError("--trust-height and --trust-hash go together")
+    try:
+        raw = bytes.fromhex(x.strip().lower().removeprefix("0x"))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32 or h < 1:
+        raise UsageError("--trust-hash is a header hash of 64 hex digits, --trust-height >= 1")
+    return h, raw
+
+
+def add_trust_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("light client (protocol/LIGHT.md)")
+    g.add_argument("--trust-height", type=int, default=None, metavar="H", help="checkpoint height")
+    g.add_argument(
+        "--trust-hash",
+        default=None,
+        metavar="HASH",
+        help="the checkpoint's header hash, from a source you trust (instead of the genesis)",
+    )
+    g.add_argument(
+        "--trust-store",
+        default=None,
+        metavar="FILE",
+        help="the trusted header kept between runs (0600; default "
+        "$XDG_STATE_HOME/dpkid/light-CHAIN.json)",
+    )
+    g.add_argument(
+        "--no-trust-store", action="store_true", help="start from the trust root every time"
+    )
 
 
 def _verdict_lines(verdict: CertVerdict) -> list[str]:
@@ -355,6 +401,7 @@ def add_parsers(sub: Any) -> None:
     )
     v.add_argument("cert", metavar="CERT.pem", help="certificate file (PEM or DER)")
     v.add_argument("--max-age", type=int, default=600, help="reject headers older than this (s)")
+    add_trust_args(v)
     add_node_args(v, genesis=True)
     v.set_defaults(func=cmd_verify)
 

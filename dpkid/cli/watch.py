@@ -34,7 +34,7 @@ from dpkid.cli.common import (
     trusted_genesis,
     write_file,
 )
-from dpkid.cli.verify import not_checkable, print_ledger_verdict, print_verdict
+from dpkid.cli.verify import add_trust_args, not_checkable, print_ledger_verdict, print_verdict
 from dpkid.client.lightclient import CertVerdict, VerifyError
 from dpkid.daemon.config import ConfigError, Home
 
@@ -497,6 +497,7 @@ def add_parsers(sub: Any) -> None:
         help="the domain to check, sent as SNI (default: HOST, the host connected to)",
     )
     t.add_argument("--max-age", type=int, default=600, help="reject headers older than this (s)")
+    add_trust_args(t)
     t.add_argument(
         "--timeout",
         type=float,

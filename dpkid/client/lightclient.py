@@ -11,7 +11,7 @@ header. Anything a lying node could change breaks one of these checks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,11 @@ class TrustedState:
     header: Header | None
     block_hash: bytes
     vals_next: ValidatorSet  # the set that must sign height + 1
+    time_ms: int = 0  # the trusted header's time (the genesis time at height 0)
 
 
 def trust_genesis(g: Genesis) -> TrustedState:
-    return TrustedState(g.chain_id, 0, None, b"", genesis_valset(g))
+    return TrustedState(g.chain_id, 0, None, b"", genesis_valset(g), g.genesis_time_ms)
 
 
 def advance(
@@ -76,7 +77,148 @@ def advance(
         next_vals = t.vals_next
     if header.next_validators_hash != valset_hash(next_vals):
         raise VerifyError(f"validator set offered for {h + 1} does not match header {h}")
-    return TrustedState(t.chain_id, h, header, bh, next_vals)
+    return TrustedState(t.chain_id, h, header, bh, next_vals, header.time_ms)
+
+
+# ------------------------------------------------------------------ skipping (LIGHT.md)
+
+# LIGHT.md §3: a header that skips ahead is trusted when validators of the
+# trusted next set holding more than this fraction of its power signed it
+# (CometBFT's default trust level), and more than 2/3 of its own set did.
+TRUST_NUM = 1
+TRUST_DEN = 3
+MAX_CLOCK_DRIFT_MS = 10_000
+MAX_BISECTION_STEPS = 4_096
+
+
+class NotEnoughTrust(VerifyError):
+    """Too little of the trusted set signed the target: bisect (LIGHT.md §4)."""
+
+
+class TrustExpired(VerifyError):
+    """The trusted header is older than the trusting period (LIGHT.md §5)."""
+
+
+@dataclass(frozen=True)
+class LightBlock:
+    """A header with its commit and the two sets it names (LIGHT.md §2)."""
+
+    header: Header
+    commit: Commit
+    vals: ValidatorSet  # hashes to header.validators_hash; signed the commit
+    next_vals: ValidatorSet  # hashes to header.next_validators_hash
+
+
+def signed_power(chain_id: str, commit: Commit, vals: ValidatorSet) -> int:
+    """The power of ``vals``' members whose signature in ``commit`` is good;
+    signers outside ``vals`` count nothing (the sets may differ)."""
+    from dpkid.core.consensus.messages import sign_bytes_of_vote
+    from dpkid.core.consensus.validity import commit_votes
+
+    power = 0
+    last = b""
+    for vote in commit_votes(chain_id, commit):
+        if vote.validator <= last:
+            return 0  # unsorted or repeated: malformed, count nothing
+        last = vote.validator
+        v = vals.get(vote.validator)
+        if v is not None and verify_ed25519(v.pubkey, sign_bytes_of_vote(vote), vote.sig):
+            power += v.power
+    return power
+
+
+def check_light_block(chain_id: str, lb: LightBlock) -> bytes:
+    """A light block in itself: its sets are the ones its header names, and
+    more than 2/3 of its own set signed it. Returns the header's hash."""
+    h = lb.header
+    if h.chain_id != chain_id:
+        raise VerifyError(f"header {h.height}: chain id {h.chain_id!r} is not {chain_id!r}")
+    if h.validators_hash != valset_hash(lb.vals):
+        raise VerifyError(f"header {h.height}: the validator set offered is not the one it names")
+    if h.next_validators_hash != valset_hash(lb.next_vals):
+        raise VerifyError(f"header {h.height}: the next validator set offered is not the one named")
+    bh = header_hash(h)
+    if lb.commit.height != h.height or not verify_commit(
+        chain_id, lb.commit, lb.vals, bh, verify_ed25519
+    ):
+        raise VerifyError(
+            f"commit for header {h.height} lacks signatures of more than 2/3 of its set's power"
+        )
+    return bh
+
+
+def verify_light_block(
+    t: TrustedState, lb: LightBlock, now_ms: int, trusting_period_ms: int
+) -> TrustedState:
+    """LIGHT.md §3: one step from a trusted state to a later header, adjacent
+    or skipping. Raises NotEnoughTrust when a bisection step may still help."""
+    h = lb.header
+    if now_ms - t.time_ms >= trusting_period_ms:
+        raise TrustExpired(
+            f"the trusted header (height {t.height}) is {(now_ms - t.time_ms) // 1000} s old, "
+            f"beyond the trusting period of {trusting_period_ms // 1000} s: validators of that "
+            "set may have left and could sign a fork unpunished; re-establish trust with "
+            "--trust genesis.json or --trust-height/--trust-hash from a source you trust"
+        )
+    if h.height <= t.height:
+        raise VerifyError(f"header {h.height} is not after the trusted height {t.height}")
+    if t.header is not None and h.time_ms <= t.header.time_ms:
+        raise VerifyError(f"header {h.height} time does not increase")
+    if h.time_ms > now_ms + MAX_CLOCK_DRIFT_MS:
+        raise VerifyError(f"header {h.height} is from the future ({h.time_ms} ms)")
+    bh = check_light_block(t.chain_id, lb)
+    if h.height == t.height + 1:
+        # CometBFT's verifyAdjacent: the hand-off the trusted header committed to.
+        if h.prev_block_hash != t.block_hash:
+            raise VerifyError(f"header {h.height} does not link to header {t.height}")
+        if h.validators_hash != valset_hash(t.vals_next):
+            raise VerifyError(f"header {h.height} names a validator set we do not trust")
+    else:
+        # CometBFT's verifyNonAdjacent: enough of the set we trust vouches for it.
+        p = signed_power(t.chain_id, lb.commit, t.vals_next)
+        if TRUST_DEN * p <= TRUST_NUM * t.vals_next.total_power:
+            raise NotEnoughTrust(
+                f"header {h.height}: the trusted set signed {p} of {t.vals_next.total_power}"
+            )
+    return TrustedState(t.chain_id, h.height, h, bh, lb.next_vals, h.time_ms)
+
+
+def skip_to(
+    t: TrustedState,
+    target: int,
+    fetch: Callable[[int], LightBlock],
+    now_ms: int,
+    trusting_period_ms: int,
+) -> tuple[TrustedState, int]:
+    """LIGHT.md §4: bisection from ``t`` to ``target``; returns the new trusted
+    state and how many light blocks were fetched."""
+    cache: dict[int, LightBlock] = {}
+
+    def get(height: int) -> LightBlock:
+        if height not in cache:
+            lb = fetch(height)
+            if lb.header.height != height:
+                raise VerifyError(f"asked for header {height}, got {lb.header.height}")
+            cache[height] = lb
+        return cache[height]
+
+    # CometBFT's verifySkipping: a stack of heights that could not yet be
+    # trusted, target at the bottom. After a success the next one up is tried
+    # again from the new height, rather than the target, so each set change
+    # costs one descent of about log2(gap) fetches.
+    pending = [target]
+    for _ in range(MAX_BISECTION_STEPS):
+        if not pending:
+            return t, len(cache)
+        top = pending[-1]
+        try:
+            t = verify_light_block(t, get(top), now_ms, trusting_period_ms)
+            pending.pop()
+        except NotEnoughTrust:
+            if top <= t.height + 1:
+                raise  # an adjacent step never lacks trust; unreachable in practice
+            pending.append((t.height + top) // 2)
+    raise VerifyError(f"no path to header {target} within {MAX_BISECTION_STEPS} steps")
 
 
 @dataclass

@@ -8,9 +8,12 @@ against the local clock (a node that shows an old state is "stale").
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -19,14 +22,19 @@ from cryptography.hazmat.primitives import serialization
 
 from dpkid.client.lightclient import (
     CertVerdict,
+    LightBlock,
     TrustedState,
+    TrustExpired,
     VerifyError,
     advance,
+    check_light_block,
     decode_commit,
     decode_header,
     judge_certificate,
+    skip_to,
     trust_genesis,
     valset_from_pairs,
+    verify_light_block,
 )
 from dpkid.client.x509 import claimed_type, parse_ledger_ref
 from dpkid.core.consensus.messages import header_hash
@@ -134,6 +142,120 @@ def walk_headers(
     return t
 
 
+def fetch_light_block(rpc: RpcCall, height: int) -> LightBlock:
+    """Header ``height``, its commit, and the sets it names (each checked by
+    the caller against the header's hashes)."""
+    page = rpc("headers_get", {"from": height, "count": 1})
+    items = page.get("headers") if isinstance(page, dict) else None
+    if not items or not isinstance(items, list):
+        raise VerifyError(f"node returned no header {height}")
+    header = decode_header(items[0]["header_bytes"])
+    commit = decode_commit(items[0]["commit_bytes"])
+
+    def vals_at(h: int) -> Any:
+        got = rpc("validators_at", {"height": h})
+        try:
+            return valset_from_pairs(
+                [(bytes.fromhex(v["pubkey"]), int(v["power"])) for v in got["validators"]]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerifyError(f"undecodable validator set for height {h}: {exc}") from None
+
+    return LightBlock(header, commit, vals_at(height), vals_at(height + 1))
+
+
+# ------------------------------------------------------------------ trust roots (LIGHT.md §6)
+
+STORE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """What verification starts from: the genesis, or a checkpoint (a height
+    and header hash published out of band), of the chain ``genesis`` names."""
+
+    genesis: Genesis
+    checkpoint: tuple[int, bytes] | None = None
+
+    def ident(self) -> str:
+        from dpkid.core import codec
+        from dpkid.core.crypto import sha256
+
+        g = sha256(codec.encode(self.genesis)).hex()
+        if self.checkpoint is None:
+            return f"genesis:{g}"
+        return f"checkpoint:{g}:{self.checkpoint[0]}:{self.checkpoint[1].hex()}"
+
+
+def default_store_path(chain_id: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dpkid" / f"light-{chain_id}.json"
+
+
+def load_store(path: Path, root: TrustRoot) -> TrustedState | None:
+    """The trusted state saved by an earlier run from the same trust root, or
+    None (no file, another root, or a file that does not parse: start cold)."""
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("version") != STORE_VERSION or doc.get("root") != root.ident():
+            return None
+        header = decode_header(doc["header_bytes"])
+        vals = valset_from_pairs([(bytes.fromhex(pk), int(p)) for pk, p in doc["vals_next"]])
+    except (OSError, ValueError, KeyError, TypeError, VerifyError):
+        return None
+    if header.chain_id != root.genesis.chain_id or header.height != doc.get("height"):
+        return None
+    return TrustedState(
+        header.chain_id, header.height, header, header_hash(header), vals, header.time_ms
+    )
+
+
+def save_store(path: Path, root: TrustRoot, t: TrustedState) -> None:
+    """Atomically, mode 0600: the next run starts from here (warm)."""
+    if t.header is None:
+        return
+    from dpkid.core import codec
+
+    doc = {
+        "version": STORE_VERSION,
+        "root": root.ident(),
+        "chain_id": t.chain_id,
+        "height": t.height,
+        "time_ms": t.time_ms,
+        "header_bytes": codec.encode(t.header).hex(),
+        "vals_next": [[v.pubkey.hex(), v.power] for v in t.vals_next.members],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent runs do not clash
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def establish(rpc: RpcCall, root: TrustRoot, now_ms: int) -> TrustedState:
+    """The trusted state a cold start begins with (LIGHT.md §6)."""
+    if root.checkpoint is None:
+        return trust_genesis(root.genesis)
+    height, want = root.checkpoint
+    lb = fetch_light_block(rpc, height)
+    got = check_light_block(root.genesis.chain_id, lb)
+    if got != want:
+        raise VerifyError(
+            f"header {height} hashes to {got.hex()}, not the checkpoint {want.hex()}: "
+            "this node serves another chain than the checkpoint's"
+        )
+    period = root.genesis.policy.trusting_period_ms
+    if now_ms - lb.header.time_ms >= period:
+        raise TrustExpired(
+            f"the checkpoint (height {height}) is {(now_ms - lb.header.time_ms) // 1000} s old, "
+            f"beyond the trusting period of {period // 1000} s: use a newer checkpoint"
+        )
+    return TrustedState(lb.header.chain_id, height, lb.header, got, lb.next_vals, lb.header.time_ms)
+
+
 def verify_certificate(
     rpc: RpcCall,
     genesis: Genesis,
@@ -141,9 +263,14 @@ def verify_certificate(
     now_ms: int | None = None,
     max_header_age_s: int = DEFAULT_MAX_HEADER_AGE_S,
     on_header: Callable[[Header, int], None] | None = None,
+    checkpoint: tuple[int, bytes] | None = None,
+    store: Path | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> CertVerdict:
-    """The verdict on ``parsed``; ``on_header(header, target_height)`` sees each
-    header of the light-client walk as it is verified (for progress)."""
+    """The verdict on ``parsed``. The proof's header is reached by skipping
+    verification (LIGHT.md) from the trusted store when it holds a state from
+    the same trust root, else from the checkpoint or the genesis; ``store``
+    is then updated. ``stats`` receives how many light blocks were fetched."""
     if parsed.chain_id is not None and parsed.chain_id != genesis.chain_id:
         raise CertificateError(
             f"certificate is from chain {parsed.chain_id!r}, we trust {genesis.chain_id!r}"
@@ -151,16 +278,31 @@ def verify_certificate(
     cert_id = parsed.cert_id
     if cert_id is None:
         raise CertificateError("certificate carries no dpkid ledger reference")
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    root = TrustRoot(genesis, checkpoint)
     res = rpc("cert_proof", {"cert_id": cert_id.hex()})
     header = decode_header(res["header_bytes"])
     target = header.height
-    trusted = walk_headers(
-        rpc, genesis, target, None if on_header is None else lambda hd: on_header(hd, target)
-    )
+    warm = load_store(store, root) if store is not None else None
+    if warm is not None and warm.height > target:
+        warm = None  # the node answers from behind what we trusted: go from the root
+    start = warm if warm is not None else establish(rpc, root, now)
+    period = genesis.policy.trusting_period_ms
+    if start.height == target and start.header is not None:
+        trusted, fetched = start, 0
+        if now - start.time_ms >= period:
+            verify_light_block(start, fetch_light_block(rpc, target), now, period)
+    else:
+        trusted, fetched = skip_to(start, target, lambda h: fetch_light_block(rpc, h), now, period)
+    if stats is not None:
+        stats.update({"light_blocks": fetched, "warm": warm is not None, "from": start.height})
     assert trusted.header is not None
+    if on_header is not None:
+        on_header(trusted.header, target)
     if header_hash(trusted.header) != header_hash(header):
         raise VerifyError("the proof's header is not the one the verified chain has at that height")
-    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    if store is not None:
+        save_store(store, root, trusted)
     if now - header.time_ms > max_header_age_s * 1000:
         raise VerifyError(
             f"stale header: height {header.height} is {(now - header.time_ms) // 1000} s old "

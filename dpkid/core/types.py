@@ -606,6 +606,8 @@ class Policy(_S, frozen=True):
     gov_ttl_ms: U64 = 86_400_000
     authz_reuse_ms: U64 = 30 * 86_400_000  # a valid authorization serves applications this long
     max_pending_authzs: int = 100  # per account
+    # LIGHT.md §5: how long a light client may trust a verified header's set.
+    trusting_period_ms: U64 = 7 * 86_400_000
 
 
 class Meta_(_S, frozen=True):

@@ -514,6 +514,8 @@ def validate_genesis(g: Genesis) -> None:
     year_ms = 366 * 86_400_000
     if p.application_ttl_ms > 10 * year_ms or p.gov_ttl_ms > 10 * year_ms:
         raise GenesisError("TTLs are at most ten years")
+    if not 60_000 <= p.trusting_period_ms <= year_ms:
+        raise GenesisError("trusting_period_ms must be between one minute and one year")
     if not 0 < p.authz_reuse_ms <= year_ms or not 1 <= p.max_pending_authzs <= 10_000:
         raise GenesisError(
             "authz_reuse_ms must be in (0, 1 year] and max_pending_authzs in 1..10000"
