@@ -611,7 +611,7 @@ def test_apply_block_survives_signed_odd_bodies(blobs: list[bytes]) -> None:
             event(f"receipt {Code(r.code).name}")
         tx = decode_tx(blob)
         if isinstance(tx.body, types.Delegated) and r.code == Code.BAD_GRANT:
-            continue  # a made-up grant: refused before execution (SPEC §4.3 check 8)
+            continue  # a made-up grant: refused before execution (SPEC §4.3 check 7)
         assert r.code == Code.OK or r.code >= 10, (Code(r.code).name, r.log)
         executed[tx.pubkey] = executed.get(tx.pubkey, 0) + 1
     state = d.state

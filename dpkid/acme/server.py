@@ -70,6 +70,7 @@ MAX_NONCES: Final = 50_000  # issued, unused nonces kept; the oldest are forgott
 MAX_IDENTIFIERS: Final = 100
 MAX_CONTACTS: Final = 4
 MAX_ORDERS_LISTED: Final = 100
+MAX_OWNER_ACCOUNTS: Final = 16  # grants tried for a revocation signed by the certificate key
 ORDER_TTL_MS: Final = 7 * 86_400_000
 PENDING_AUTHZ_TTL_MS: Final = 7 * 86_400_000
 REUSE_MARGIN_MS: Final = 3_600_000  # reuse a valid authorization only if it lasts this much longer
@@ -77,6 +78,7 @@ REVOKE_WAIT_S: Final = 60.0
 READ_TIMEOUT_S: Final = 30
 NOT_FOUND: Final = -32004
 NOT_READY: Final = -32005
+RETRY_LATER: Final = -32006  # RPC.md §4.1: refused for now, not for good
 SERVER_FILE: Final = "acme-server.key"
 DB_FILE: Final = "acme.sqlite"
 
@@ -215,10 +217,18 @@ class Ledger:
             try:
                 res = await self.call("tx_submit", {"tx": raw.hex()})
             except RpcClientError as e:
+                if e.code == RETRY_LATER:
+                    # Not the request's fault (a full mempool): the client retries.
+                    data = e.data if isinstance(e.data, dict) else {}
+                    after_s = max(1, int(data.get("retry_after_ms", 1000)) // 1000)
+                    raise Problem(
+                        503,
+                        "rateLimited",
+                        f"the node is busy: {e.message}",
+                        {"Retry-After": str(after_s)},
+                    ) from None
                 raise Problem(
-                    403 if e.code != -32000 else 503,
-                    "unauthorized" if e.code != -32000 else "rateLimited",
-                    f"the ledger refused the transaction: {e.message}",
+                    403, "unauthorized", f"the ledger refused the transaction: {e.message}"
                 ) from None
             return str(res["hash"])
 
@@ -261,6 +271,8 @@ class AcmeServer:
         self.ledger = Ledger(cfg, key)
         self._x25519_sk = x25519_secret(key.seed)
         self._nonces: OrderedDict[str, None] = OrderedDict()
+        self._finalize_lock = trio.Lock()
+        self._answer_lock = trio.Lock()
         b = cfg.base_url
         self.urls = {
             "newNonce": f"{b}/acme/new-nonce",
@@ -854,10 +866,19 @@ class AcmeServer:
         a = s.account
         assert a is not None
         o = self._own_order(a, request.path_params["oid"])
+        csr = self._csr(s.json(), o)
+        # One finalize at a time: the status check, the submission and the
+        # mark must not interleave, or two requests could pay two escrows.
+        async with self._finalize_lock:
+            return await self._finalize(a, o, csr)
+
+    async def _finalize(
+        self, a: st.Account, o: st.Order, csr: x509.CertificateSigningRequest
+    ) -> Response:
+        o = self._own_order(a, o.id)  # re-read under the lock
         status, _, _ = await self._order_status(o)
         if status != "ready":
             raise Problem(403, "orderNotReady", f"the order is {status}, not ready")
-        csr = self._csr(s.json(), o)
         spki = csr.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -1035,21 +1056,8 @@ class AcmeServer:
         ctype = request.path_params["ctype"]
         if ctype not in z.tokens:
             raise Problem(404, "malformed", f"this authorization has no {ctype} challenge")
-        if s.payload and not z.ledger_id and not z.deactivated:
-            # The client says it is ready: ask the validators, once (RFC 8555 §7.5.1).
-            await self._can_pay(a, self.cfg.policy.min_tx_fee)
-            body = AuthzRequest(
-                z.name,
-                "acme",
-                ctype,
-                z.tokens[ctype],
-                thumbprint_b64(s.jwk),
-            )
-            h = await self.ledger.submit(a.grant_id, body)
-            ledger_id = sha256(AUTHZ_TAG + bytes.fromhex(h)).hex()
-            if self.db.set_authz_answer(z.id, ledger_id, ctype, h):
-                log.info("acme_challenge", authz=z.id, method=ctype, tx=h, ledger_authz=ledger_id)
-            z = self._own_authz(a, z.id)
+        async with self._answer_lock:
+            z = await self._answer(s, a, z, ctype)
         view = await self._authz_view(z)
         (c,) = [c for c in view["challenges"] if c["type"] == ctype]
         up = f'<{self.cfg.base_url}/acme/authz/{z.id}>;rel="up"'
@@ -1057,6 +1065,28 @@ class AcmeServer:
         if c["status"] == "processing":
             headers["Retry-After"] = str(self.cfg.retry_after_s)
         return self._json(c, 200, headers)
+
+    async def _answer(self, s: Signed, a: st.Account, z: st.Authz, ctype: str) -> st.Authz:
+        """The client says it is ready: ask the validators, once (RFC 8555 §7.5.1)."""
+        z = self._own_authz(a, z.id)  # re-read under the lock
+        if not s.payload or z.ledger_id:
+            return z
+        status, _ = await self._authz_status(z)
+        if status != "pending":
+            raise Problem(403, "malformed", f"the authorization is {status}")
+        await self._can_pay(a, self.cfg.policy.min_tx_fee)
+        body = AuthzRequest(
+            z.name,
+            "acme",
+            ctype,  # type: ignore[arg-type]
+            z.tokens[ctype],
+            thumbprint_b64(s.jwk),
+        )
+        h = await self.ledger.submit(a.grant_id, body)
+        ledger_id = sha256(AUTHZ_TAG + bytes.fromhex(h)).hex()
+        if self.db.set_authz_answer(z.id, ledger_id, ctype, h):
+            log.info("acme_challenge", authz=z.id, method=ctype, tx=h, ledger_authz=ledger_id)
+        return self._own_authz(a, z.id)
 
     # ------------------------------------------------------------ revocation, ARI
     async def _root(self) -> x509.Certificate:
@@ -1074,7 +1104,7 @@ class AcmeServer:
         except (KeyError, ValueError, TypeError) as e:
             raise Problem(400, "malformed", f"the certificate does not parse: {e}") from None
         reason = p.get("reason", 0)
-        if not isinstance(reason, int) or reason not in ALLOWED_REASONS:
+        if isinstance(reason, bool) or not isinstance(reason, int) or reason not in ALLOWED_REASONS:
             raise Problem(
                 400, "badRevocationReason", f"reason {reason!r}: use one of {list(ALLOWED_REASONS)}"
             )
@@ -1097,7 +1127,7 @@ class AcmeServer:
         rec = res["certificate"]
         if rec["status"] == "revoked":
             raise Problem(400, "alreadyRevoked", f"certificate {cert_id} is revoked already")
-        acting = self._revoker(s, cert, rec)
+        acting = await self._revoker(s, cert, rec)
         h = await self.ledger.submit(acting.grant_id, Revoke(bytes.fromhex(cert_id), reason))
         done = await self.ledger.wait_committed(h, REVOKE_WAIT_S)
         if done is None:
@@ -1109,7 +1139,7 @@ class AcmeServer:
         log.info("acme_revoke", cert=cert_id, tx=h, reason=reason)
         return Response(status_code=200, headers=self._headers())
 
-    def _revoker(self, s: Signed, cert: x509.Certificate, rec: dict[str, Any]) -> st.Account:
+    async def _revoker(self, s: Signed, cert: x509.Certificate, rec: dict[str, Any]) -> st.Account:
         if s.account is not None:
             if s.account.owner != rec["owner"]:
                 raise Problem(
@@ -1129,15 +1159,16 @@ class AcmeServer:
             raise Problem(
                 403, "unauthorized", "the JWS key is neither an account nor the certificate's"
             )
-        owners = self.db.accounts_of_owner(rec["owner"])
-        if not owners:
-            raise Problem(
-                403,
-                "unauthorized",
-                "no grant of the owning dpkid account lets this server act: "
-                "use `dpkid cert revoke --cert-key`",
-            )
-        return owners[0]
+        for acct in self.db.accounts_of_owner(rec["owner"])[:MAX_OWNER_ACCOUNTS]:
+            res = await self.ledger.get("grant_get", {"grant_id": acct.grant_id})
+            if res is not None and res["grant"]["status_at_head"] == "active":
+                return acct
+        raise Problem(
+            403,
+            "unauthorized",
+            "no active grant of the owning dpkid account lets this server act: "
+            "use `dpkid cert revoke --cert-key`",
+        )
 
     def _cert_for_ari_id(self, text: Any) -> str:
         """RFC 9773 §4.1: base64url(AKI keyIdentifier) "." base64url(serial DER)."""

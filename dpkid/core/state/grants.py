@@ -45,7 +45,7 @@ def escrow_of(body: Any) -> int:
 
 
 def check_delegated(get: Callable[[bytes], Any], tx: Tx, now_ms: int) -> Grant | TxFailure:
-    """The pre-check of a delegated tx (SPEC §4.3 check 8): its grant exists,
+    """The pre-check of a delegated tx (SPEC §4.3 check 7): its grant exists,
     names the signer as delegate, is active now and still covers the fee. The
     mempool runs it too, so a tx the ledger would not charge is never pooled."""
     body: Delegated = tx.body  # type: ignore[assignment]

@@ -841,7 +841,7 @@ def _receipt(
 
 
 def check_tx_form(raw: bytes, h: bytes, chain_id: str, check_sig: SigCheck) -> Tx | TxFailure:
-    """SPEC §4.3 checks 1-4 (size, encoding, chain id, signature): the ledger's
+    """SPEC §4.3 checks 1-5 (bytes, size, encoding, chain id, signature): the ledger's
     pre-checks, which the mempool runs too, so both refuse alike."""
     if len(raw) > MAX_TX_BYTES:
         return TxFailure(Code.TX_TOO_LARGE, f"{len(raw)} bytes > {MAX_TX_BYTES}")
@@ -857,7 +857,7 @@ def check_tx_form(raw: bytes, h: bytes, chain_id: str, check_sig: SigCheck) -> T
 
 
 def check_tx_fee(tx: Tx, policy: Policy, balance: int) -> TxFailure | None:
-    """SPEC §4.3 checks 6-7: the fee meets the minimum and the sender can pay it."""
+    """SPEC §4.3 checks 8-9: the fee meets the minimum and the sender can pay it."""
     if tx.fee < policy.min_tx_fee:
         return TxFailure(Code.FEE_TOO_LOW, f"fee {tx.fee} < minimum {policy.min_tx_fee}")
     if balance < tx.fee:
@@ -879,7 +879,7 @@ def _apply_tx(b: _Block, raw: bytes) -> Receipt:
         return _receipt(h, Code.BAD_NONCE, f"nonce {tx.nonce}, expected {acct.nonce}")
     grant: Grant | None = None
     if isinstance(tx.body, Delegated):
-        # SPEC §4.3 check 8 and §7.10: the grant's owner pays, within its limit.
+        # SPEC §4.3 check 7 and §7.10: the grant's owner pays, within its limit.
         found = grants.check_delegated(b.get, tx, b.now)
         if isinstance(found, TxFailure):
             return _receipt(h, found.code, found.message)
