@@ -102,9 +102,32 @@ def _tbs_of(der: bytes) -> bytes:
         return x509.load_der_x509_crl(der).tbs_certlist_bytes
 
 
-@pytest.mark.parametrize("name", ["encoding.json", "smt.json", "chain.json", "tss-chain.json"])
+@pytest.mark.parametrize(
+    "name", ["encoding.json", "smt.json", "chain.json", "tss-chain.json", "bundle.json"]
+)
 def test_vectors_are_current(name: str) -> None:
     """The committed files equal what the code generates: a change in encoding
     or rules must come with regenerated vectors (dpkid vectors) and a spec note."""
     text = json.dumps(build_vectors()[name], indent=1, sort_keys=True) + "\n"
     assert (VECTORS / name).read_text() == text
+
+
+def test_bundle_vector_verifies_and_any_flipped_byte_fails() -> None:
+    from dpkid.client.bundle import verify_bundle
+    from dpkid.client.lightclient import VerifyError
+    from dpkid.client.verify import TrustRoot
+    from dpkid.core.types import Genesis
+
+    v = json.loads((VECTORS / "bundle.json").read_text())
+    root = TrustRoot(codec.decode(bytes.fromhex(v["genesis"]), Genesis))
+    got = verify_bundle(v["bundle"], root, v["now_ms"])
+    assert {"valid": got.valid, "status": got.status} == {
+        "valid": v["expect"]["valid"],
+        "status": v["expect"]["status"],
+    }
+    for field in ("header", "commit"):
+        bad = json.loads(json.dumps(v["bundle"]))
+        text = bad["light_blocks"][0][field]
+        bad["light_blocks"][0][field] = text[:-2] + ("00" if text[-2:] != "00" else "01")
+        with pytest.raises(VerifyError):
+            verify_bundle(bad, root, v["now_ms"])

@@ -166,6 +166,36 @@ def test_valid_revoked_degraded_and_cli(tmp_path: Path) -> None:
         v = await _verify(w, w.rpc, parsed_from_x509(dv_x), store=store, stats=warm)
         assert v.valid and warm["warm"] and warm["from"] > 0
         assert warm["light_blocks"] <= 1
+        # An offline bundle (LIGHT.md §7): written from the node, checked with none.
+        bundle = tmp_path / "dv.bundle.json"
+
+        def dpkid(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "dpkid", *args, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        exp = await trio.to_thread.run_sync(
+            lambda: dpkid(
+                "cert", "export", dv.hex(), "--bundle", str(bundle), "--home", str(w.home)
+            )
+        )
+        assert exp.returncode == 0, exp.stdout + exp.stderr
+        assert json.loads(exp.stdout)["bytes"] <= 16 * 1024
+        genesis_file = str(w.home / "genesis.json")
+        off = await trio.to_thread.run_sync(
+            lambda: dpkid("verify", "--bundle", str(bundle), "--genesis", genesis_file)
+        )
+        assert off.returncode == 0 and json.loads(off.stdout)["valid"], off.stdout + off.stderr
+        doc = json.loads(bundle.read_text())
+        doc["proof"] = doc["proof"][:-2] + ("00" if doc["proof"][-2:] != "00" else "01")
+        bundle.write_text(json.dumps(doc))
+        bad = await trio.to_thread.run_sync(
+            lambda: dpkid("verify", "--bundle", str(bundle), "--genesis", genesis_file)
+        )
+        assert bad.returncode != 0 and not json.loads(bad.stdout).get("valid"), bad.stdout
         # `dpkid cert export` writes it (from a checked proof), and openssl parses it.
         pem_path = tmp_path / "ev.pem"
         exp = await trio.to_thread.run_sync(

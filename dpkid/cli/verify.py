@@ -160,8 +160,29 @@ def _verdict_lines(verdict: CertVerdict) -> list[str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     genesis = trusted_genesis(args)
+    if args.bundle:
+        return _verify_bundle(args, genesis)
+    if not args.cert:
+        raise UsageError("give CERT.pem, or --bundle FILE")
     parsed = load_certificate(args.cert)
     return print_ledger_verdict(args, genesis, parsed, args.cert, _verdict_lines)
+
+
+def _verify_bundle(args: argparse.Namespace, genesis: Genesis) -> int:
+    """LIGHT.md §7: no node is asked; the file alone proves the verdict."""
+    import time
+
+    from dpkid.client.bundle import load_bundle, verify_bundle
+    from dpkid.client.verify import TrustRoot
+
+    if args.cert:
+        raise UsageError("--bundle carries its certificate: give no CERT.pem with it")
+    doc = load_bundle(read_bytes(args.bundle, "bundle"))
+    root = TrustRoot(genesis, checkpoint_of(args))
+    verdict = verify_bundle(doc, root, time.time_ns() // 1_000_000)
+    lines = _verdict_lines(verdict)
+    lines.append(f"  offline, from bundle {args.bundle} (header time {verdict.time_ms} ms)")
+    return print_verdict(args, verdict.as_json() | {"bundle": args.bundle}, lines)
 
 
 def _cert_id(text: str) -> bytes:
@@ -277,6 +298,8 @@ def cmd_root_crl(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     cert_id = _cert_id(args.cert_id)
+    if args.bundle:
+        return _export_bundle(args, cert_id)
     if args.cert_key:
         return _export_self_signed(args, cert_id)
     from dpkid.core.state import tss as rules
@@ -297,6 +320,36 @@ def cmd_export(args: argparse.Namespace) -> int:
             "self_signed": False,
         },
     )
+
+
+def _export_bundle(args: argparse.Namespace, cert_id: bytes) -> int:
+    import json
+    import time
+
+    from dpkid.client.bundle import export_bundle
+    from dpkid.client.verify import TrustRoot
+
+    genesis = trusted_genesis(args)
+    root = TrustRoot(genesis, checkpoint_of(args))
+    doc = export_bundle(node_call(args), root, cert_id, time.time_ns() // 1_000_000)
+    text = json.dumps(doc, sort_keys=True, indent=1) + "\n"
+    write_file(Path(args.bundle), text, "bundle")
+    summary = {
+        "cert_id": cert_id.hex(),
+        "bundle": args.bundle,
+        "bytes": len(text.encode()),
+        "light_blocks": len(doc["light_blocks"]),
+        "proof_height": doc["proof_height"],
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"wrote {args.bundle}: {summary['bytes']} bytes, {summary['light_blocks']} light "
+            f"blocks to height {summary['proof_height']}; check it offline with "
+            f"`dpkid verify --bundle {args.bundle} --trust GENESIS.json`"
+        )
+    return Exit.OK
 
 
 def _export_self_signed(args: argparse.Namespace, cert_id: bytes) -> int:
@@ -385,7 +438,14 @@ def add_export_parser(sub: Any, name: str, hidden: bool = False) -> None:
         metavar="SECONDS",
         help="wait this long for the validators to sign it (default: do not wait)",
     )
-    add_node_args(e)
+    e.add_argument(
+        "--bundle",
+        default=None,
+        metavar="BUNDLE.json",
+        help="write an offline proof bundle instead (LIGHT.md section 7), from the trust root",
+    )
+    add_trust_args(e)
+    add_node_args(e, genesis=True)
     e.set_defaults(func=cmd_export)
 
 
@@ -399,7 +459,13 @@ def add_parsers(sub: Any) -> None:
         "1 not valid (revoked, expired, unknown, another chain), 2 no answer could be had\n"
         "(a bad file, the node unreachable, or answers that do not verify).",
     )
-    v.add_argument("cert", metavar="CERT.pem", help="certificate file (PEM or DER)")
+    v.add_argument("cert", metavar="CERT.pem", nargs="?", help="certificate file (PEM or DER)")
+    v.add_argument(
+        "--bundle",
+        default=None,
+        metavar="BUNDLE.json",
+        help="verify an offline proof bundle (`cert export --bundle`) with no node at all",
+    )
     v.add_argument("--max-age", type=int, default=600, help="reject headers older than this (s)")
     add_trust_args(v)
     add_node_args(v, genesis=True)

@@ -312,5 +312,63 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         "smt.json": smt_vectors(),
         "chain.json": chain_vectors(),
         "tss-chain.json": tss_chain_vectors(),
+        "bundle.json": bundle_vectors(),
         "x509-tss.json": x509_tss_vectors(),
+    }
+
+
+def bundle_vectors() -> dict[str, Any]:
+    """LIGHT.md §7: a bundle for a DV certificate, from the genesis, with one
+    light block the genesis validators signed; and what verifying it gives."""
+    from dpkid.client.bundle import make_bundle, verify_bundle
+    from dpkid.client.lightclient import LightBlock
+    from dpkid.client.verify import TrustRoot
+    from dpkid.core.consensus.messages import header_hash
+    from dpkid.core.consensus.validity import valset_hash
+    from dpkid.core.state.machine import key_cert
+    from dpkid.core.state.proofs import RecordProof
+    from dpkid.core.types import Header
+    from dpkid.dev.synthchain import sign_commit, valset_of
+
+    genesis, keys = dev_genesis(chain_id=VECTOR_CHAIN_ID)
+    c = DevChain(genesis, keys)
+    v, a = keys.validators, keys.accounts
+    spki = spki_der_of(subject_key("bundle").public_key())
+    raw = c.tx(a[0], CertApply("DV", ["bundle.example"], spki, 30, 1_000))
+    c.block()
+    app_id = sha256(b"dpkid/app/v1\x00" + sha256(raw))
+    for val in v:
+        c.tx(val, DvAttest([Attestation(app_id, True, "dns-01")]))
+    c.block()
+    cert_id = cert_id_for(app_id)
+    value, path = c.state.prove(key_cert(cert_id))
+    proof = RecordProof(key_cert(cert_id), value is not None, value or b"", path)
+    signers = [(k, vr.power) for k, vr in zip(v, genesis.validators, strict=True)]
+    vs = valset_of(signers)
+    h = c.state.height + 1
+    header = Header(
+        chain_id=c.chain_id,
+        height=h,
+        time_ms=c.state.time_ms + 1_000,
+        proposer=v[0].address,
+        prev_block_hash=header_hash(c.blocks[-1][0]),
+        app_hash=c.state.app_hash,
+        validators_hash=valset_hash(vs),
+        next_validators_hash=valset_hash(vs),
+    )
+    commit = sign_commit(c.chain_id, h, header_hash(header), signers, header.time_ms)
+    root = TrustRoot(genesis)
+    doc = make_bundle(
+        root, [LightBlock(header, commit, vs, vs)], cert_id, codec.encode(proof).hex()
+    )
+    now_ms = header.time_ms + 1_000
+    verdict = verify_bundle(doc, root, now_ms)
+    return {
+        "description": "Verify `bundle` offline from the trust root `genesis` at time `now_ms`: "
+        "the verdict must be `expect`. Flipping any byte of the proof, a header or a commit "
+        "must make verification fail.",
+        "genesis": codec.encode(genesis).hex(),
+        "now_ms": now_ms,
+        "bundle": doc,
+        "expect": {"valid": verdict.valid, "status": verdict.status, "cert_id": cert_id.hex()},
     }
