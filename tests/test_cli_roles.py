@@ -607,7 +607,7 @@ def test_errors_are_one_line_with_exit_codes(tn: Net) -> None:
     h = ["--home", tn.home(0)]
     unknown = "00" * 32
     fails(dpkid("cert", "show", unknown, *h), 1, unknown)
-    fails(dpkid("cert", "status", unknown, *h), 1, "no certificate or application")
+    fails(dpkid("cert", "status", unknown, *h), 1, "no certificate, application or authorization")
     fails(dpkid("cert", "revoke", unknown, "--reason", "superseded", "--account-key",
                 tn.key("account0"), *h), 1, "no such certificate")  # fmt: skip
     fails(

@@ -19,7 +19,7 @@ from dpkid.core.types import (
     Transfer,
 )
 from dpkid.dev.devchain import DevChain
-from dpkid.dev.vectors import subject_key
+from dpkid.dev.labelkeys import subject_key
 
 
 def _busy_chain() -> tuple[DevChain, bytes, bytes]:

@@ -34,7 +34,7 @@ from dpkid.core.types import (
     tx_sign_bytes,
 )
 from dpkid.dev.devchain import GENESIS_TIME_MS
-from dpkid.dev.vectors import subject_key
+from dpkid.dev.labelkeys import subject_key
 
 CHAIN = "dpkid-bench"
 

@@ -36,7 +36,7 @@ from dpkid.core.types import CertApply, Transfer, sign_tx
 from dpkid.daemon.config import read_key
 from dpkid.dev.dns_server import Zone
 from dpkid.dev.http_server import ChallengeMap
-from dpkid.dev.vectors import subject_key
+from dpkid.dev.labelkeys import subject_key
 
 BATCH_TXS: Final = 50  # tx_submit calls per JSON-RPC batch (the RPC server takes up to 100)
 TICK_S: Final = 0.01  # how often each node's sender checks what is due

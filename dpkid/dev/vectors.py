@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
 from dpkid.core import codec
 from dpkid.core.crypto import SigningKey, address_of, sha256
 from dpkid.core.keys import spki_der_of
@@ -44,17 +42,9 @@ from dpkid.core.types import (
     tx_sign_bytes,
 )
 from dpkid.dev.devchain import DevChain, dev_genesis
+from dpkid.dev.labelkeys import p256_subject_key, subject_key
 
 VECTOR_CHAIN_ID = "dpkid-vectors"
-
-
-def subject_key(label: str) -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.from_private_bytes(sha256(b"subject/" + label.encode()))
-
-
-def p256_subject_key(label: str) -> ec.EllipticCurvePrivateKey:
-    scalar = int.from_bytes(sha256(b"p256/" + label.encode()), "big") % (2**255)
-    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 def _tx_vector(name: str, key: SigningKey, nonce: int, fee: int, body: TxBody) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dpkid.core.types import (
     revoke_sign_bytes,
 )
 from dpkid.dev.devchain import DevChain, dev_genesis
-from dpkid.dev.vectors import p256_subject_key, subject_key
+from dpkid.dev.labelkeys import p256_subject_key, subject_key
 
 
 @dataclass

@@ -59,7 +59,7 @@ from dpkid.core.types import (
     sign_tx,
 )
 from dpkid.dev.devchain import GENESIS_TIME_MS
-from dpkid.dev.vectors import subject_key
+from dpkid.dev.labelkeys import subject_key
 from dpkid.sim.settings import Crash, Scenario, Starvation
 
 CONSENSUS_MSGS = (ProposalMsg, VoteMsg, EvidenceMsg, TxBatch)
